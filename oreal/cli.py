@@ -1,0 +1,23 @@
+"""The `oreal` command line: every subcommand registers itself here."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math")
+    sub = parser.add_subparsers(dest="command", required=True)
+    from .verify import cli as verify_cli
+
+    verify_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""`oreal verify`: one answer on the command line, or a JSONL file of them."""
+from __future__ import annotations
+
+import json
+import sys
+
+from .verifier import EXTRACT_MODES, Verifier
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("verify", help="grade answers against gold answers")
+    p.add_argument("--gold")
+    p.add_argument("--response")
+    p.add_argument("--input", help="JSONL with gold, response, optional id and finished")
+    p.add_argument("--output", help="JSONL written in input order")
+    p.add_argument("--extract", default="boxed", choices=EXTRACT_MODES)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=run)
+
+
+def _read_lines(path: str) -> list[tuple[dict | None, str | None]]:
+    """(record, error) per non-empty line; a bad line becomes an error, never an exception."""
+    rows = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                rows.append(({"line": n}, f"line {n}: not valid JSON ({e})"))
+                continue
+            if not isinstance(rec, dict):
+                rows.append(({"line": n}, f"line {n}: expected a JSON object"))
+            elif "gold" not in rec or "response" not in rec:
+                missing = [k for k in ("gold", "response") if k not in rec]
+                rows.append((rec, f"line {n}: missing field(s) {', '.join(missing)}"))
+            elif not isinstance(rec.get("finished", True), bool):
+                rows.append((rec, f"line {n}: 'finished' must be true or false"))
+            else:
+                rows.append((rec, None))
+    return rows
+
+
+def run(args) -> int:
+    if args.input is None:
+        if args.gold is None or args.response is None:
+            print("oreal verify: give --gold and --response, or --input and --output", file=sys.stderr)
+            return 2
+        with Verifier(workers=1, timeout=args.timeout) as v:
+            print(json.dumps(v.verify(args.gold, args.response, extract=args.extract).to_dict()))
+        return 0
+    if args.output is None:
+        print("oreal verify: --input needs --output", file=sys.stderr)
+        return 2
+    try:
+        rows = _read_lines(args.input)
+    except OSError as e:
+        print(f"oreal verify: cannot read {args.input}: {e}", file=sys.stderr)
+        return 1
+    good = [(i, rec) for i, (rec, err) in enumerate(rows) if err is None]
+    verdicts = {}
+    chunk = 256
+    from tqdm import tqdm
+
+    with Verifier(workers=args.workers, timeout=args.timeout) as v, \
+            tqdm(total=len(good), desc="verify", unit="ans", file=sys.stderr,
+                 disable=len(good) < 1000) as bar:
+        for s in range(0, len(good), chunk):
+            part = good[s:s + chunk]
+            batch = [(r["gold"], r["response"], r.get("finished", True)) for _, r in part]
+            for (i, _), verdict in zip(part, v.verify_batch(batch, extract=args.extract)):
+                verdicts[i] = verdict
+            bar.update(len(part))
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            for i, (rec, err) in enumerate(rows):
+                if err is not None:
+                    row = dict(rec, correct=False, status="bad_input", extracted=None, seconds=0.0,
+                               detail=err)
+                else:
+                    d = verdicts[i].to_dict()
+                    row = dict(rec, **d)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except OSError as e:
+        print(f"oreal verify: cannot write {args.output}: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,186 @@
+"""The reward: `verify(gold, response)` and the pooled `Verifier`."""
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from .extract import (
+    DEFAULT_FINISH_MARKERS,
+    Limits,
+    boxed_answers,
+    brace_depth,
+    graded_part,
+    gsm8k_answer,
+    normalise_for_hedge,
+)
+from .pool import WorkerPool
+
+EXTRACT_MODES = ("boxed", "auto", "gsm8k")
+STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
+
+
+@dataclass
+class Verdict:
+    correct: bool
+    status: str
+    extracted: str | None = None
+    seconds: float = 0.0
+    detail: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class VerifierConfig:
+    workers: int = 2
+    timeout: float = 10.0  # hard wall-clock limit per item, enforced by SIGKILL
+    memory_mb: int = 1536  # RLIMIT_AS of each worker
+    max_items_per_worker: int = 20000  # recycle workers after this many items
+    finish_markers: tuple[str, ...] = DEFAULT_FINISH_MARKERS
+    hedge_is_wrong: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+class Verifier:
+    """Grades responses against gold answers in a warm pool of isolated worker processes.
+
+    Safe to call from any thread, and from many at once. Use as a context manager or call
+    `close()`; a module-level default instance backs `oreal.verify.verify`.
+    """
+
+    def __init__(self, config: VerifierConfig | None = None, **overrides):
+        cfg = config or VerifierConfig()
+        for k, v in overrides.items():
+            if not hasattr(cfg, k):
+                raise TypeError(f"unknown verifier option {k!r}")
+            setattr(cfg, k, v)
+        self.config = cfg
+        self.pool = WorkerPool(cfg.workers, cfg.timeout, cfg.memory_mb, cfg.max_items_per_worker)
+        self._threads = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="oreal-verify")
+
+    # -- parent-side preparation: cheap string work, decides what (if anything) goes to sympy
+    def _prepare(self, gold, response, extract: str, finished: bool) -> Verdict | dict:
+        lim = self.config.limits
+        if extract not in EXTRACT_MODES:
+            return Verdict(False, "bad_input", detail=f"unknown extract mode {extract!r}")
+        if isinstance(gold, (int, float)) and not isinstance(gold, bool):
+            gold = str(gold)
+        if not isinstance(gold, str) or not gold.strip():
+            return Verdict(False, "bad_input", detail="gold must be a non-empty string")
+        if not isinstance(response, str):
+            return Verdict(False, "bad_input", detail="response must be a string")
+        if not finished:
+            return Verdict(False, "unfinished", detail="response did not finish")
+        if len(gold) > lim.answer_chars * 4:
+            return Verdict(False, "bad_input", detail="gold answer too long")
+        if boxed_answers("\\boxed{" + gold + "}") != [gold.strip()]:
+            return Verdict(False, "bad_input", detail="gold answer has unbalanced braces")
+        text = graded_part(response, self.config.finish_markers, lim.graded_chars)
+        if extract == "auto":
+            return {"gold": gold, "kind": "auto", "text": text}
+        if extract == "gsm8k":
+            num = gsm8k_answer(text)
+            if num is None:
+                return Verdict(False, "no_answer", detail="no '#### N' answer")
+            cands = [num]
+        else:
+            cands = boxed_answers(text)
+            if not cands:
+                return Verdict(False, "no_answer", detail="no closed \\boxed{} answer")
+            # The final answer goes last; distinct earlier ones only matter for the hedge check.
+            final = cands[-1]
+            others: dict[str, str] = {}
+            if self.config.hedge_is_wrong:
+                for c in cands[:-1]:
+                    if normalise_for_hedge(c) != normalise_for_hedge(final):
+                        others[normalise_for_hedge(c)] = c
+            cands = list(others.values())[-(lim.max_candidates - 1):] + [final]
+        for c in cands:
+            if len(c) > lim.answer_chars:
+                return Verdict(False, "error", extracted=c[:80] + "...", detail="answer too long")
+            if brace_depth(c) > lim.brace_depth:
+                return Verdict(False, "error", extracted=c[:80], detail="answer nested too deeply")
+        return {"gold": gold, "kind": "latex", "cands": cands}
+
+    def verify_batch(self, items, extract: str = "boxed") -> list[Verdict]:
+        """Grade an iterable of `(gold, response)` or `(gold, response, finished)` tuples."""
+        items = list(items)
+        t0 = time.perf_counter()
+        verdicts: list[Verdict | None] = [None] * len(items)
+        pending: list[tuple[int, dict]] = []
+        for i, item in enumerate(items):
+            gold, response = item[0], item[1]
+            finished = item[2] if len(item) > 2 else True
+            prep = self._prepare(gold, response, extract, finished)
+            if isinstance(prep, Verdict):
+                verdicts[i] = prep
+            else:
+                pending.append((i, prep))
+        if pending:
+            n = self.pool.size
+            shards = [pending[s::n] for s in range(n) if pending[s::n]]
+            futures = [self._threads.submit(self._run_shard, sh) for sh in shards]
+            for sh, fut in zip(shards, futures):
+                for (i, _), res in zip(sh, fut.result()):
+                    verdicts[i] = res
+        per_item = (time.perf_counter() - t0) / max(1, len(items))
+        for v in verdicts:
+            if not v.seconds:
+                v.seconds = per_item
+        return verdicts
+
+    def _run_shard(self, shard: list[tuple[int, dict]]) -> list[Verdict]:
+        t0 = time.perf_counter()
+        raw = self.pool.run([req for _, req in shard])
+        per_item = (time.perf_counter() - t0) / max(1, len(shard))
+        out = []
+        for res in raw:
+            if res is None:
+                out.append(Verdict(False, "timeout", seconds=per_item,
+                                   detail=f"grading exceeded {self.config.timeout}s"))
+            else:
+                out.append(Verdict(bool(res["correct"]), res["status"], res.get("extracted"),
+                                   per_item, res.get("detail")))
+        return out
+
+    def verify(self, gold, response, extract: str = "boxed", finished: bool = True) -> Verdict:
+        t0 = time.perf_counter()
+        prep = self._prepare(gold, response, extract, finished)
+        if isinstance(prep, Verdict):
+            prep.seconds = time.perf_counter() - t0
+            return prep
+        v = self._run_shard([(0, prep)])[0]
+        v.seconds = time.perf_counter() - t0
+        return v
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        self.pool.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+_default: Verifier | None = None
+_default_lock = threading.Lock()
+
+
+def default_verifier() -> Verifier:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Verifier()
+            atexit.register(_default.close)
+        return _default
+
+
+def verify(gold, response, extract: str = "boxed", finished: bool = True) -> Verdict:
+    """Grade one response against one gold answer in the shared default pool."""
+    return default_verifier().verify(gold, response, extract=extract, finished=finished)
