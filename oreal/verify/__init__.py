@@ -4,3 +4,6 @@ from .verifier import EXTRACT_MODES, STATUSES, Verdict, Verifier, VerifierConfig
 
 __all__ = ["DEFAULT_FINISH_MARKERS", "EXTRACT_MODES", "STATUSES", "Limits", "Verdict", "Verifier",
            "VerifierConfig", "boxed_answers", "default_verifier", "graded_part", "verify"]
+from .judge import JudgeConfig, LLMJudge  # noqa: E402
+
+__all__ += ["JudgeConfig", "LLMJudge"]

@@ -16,7 +16,20 @@ def add_parser(sub) -> None:
     p.add_argument("--extract", default="boxed", choices=EXTRACT_MODES)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL of an optional LLM judge")
+    p.add_argument("--judge-model", default="judge")
     p.set_defaults(func=run)
+
+
+def _judge(args):
+    if not args.judge_url:
+        return None
+    import os
+
+    from .judge import JudgeConfig, LLMJudge
+
+    return LLMJudge(JudgeConfig(base_url=args.judge_url, model=args.judge_model,
+                                api_key=os.environ.get("OREAL_JUDGE_API_KEY", "EMPTY")))
 
 
 def _read_lines(path: str) -> list[tuple[dict | None, str | None]]:
@@ -48,7 +61,7 @@ def run(args) -> int:
         if args.gold is None or args.response is None:
             print("oreal verify: give --gold and --response, or --input and --output", file=sys.stderr)
             return 2
-        with Verifier(workers=1, timeout=args.timeout) as v:
+        with Verifier(workers=1, timeout=args.timeout, judge=_judge(args)) as v:
             print(json.dumps(v.verify(args.gold, args.response, extract=args.extract).to_dict()))
         return 0
     if args.output is None:
@@ -64,13 +77,15 @@ def run(args) -> int:
     chunk = 256
     from tqdm import tqdm
 
-    with Verifier(workers=args.workers, timeout=args.timeout) as v, \
+    with Verifier(workers=args.workers, timeout=args.timeout, judge=_judge(args)) as v, \
             tqdm(total=len(good), desc="verify", unit="ans", file=sys.stderr,
                  disable=len(good) < 1000) as bar:
         for s in range(0, len(good), chunk):
             part = good[s:s + chunk]
             batch = [(r["gold"], r["response"], r.get("finished", True)) for _, r in part]
-            for (i, _), verdict in zip(part, v.verify_batch(batch, extract=args.extract)):
+            questions = [r.get("question", "") for _, r in part]
+            for (i, _), verdict in zip(part, v.verify_batch(batch, extract=args.extract,
+                                                             questions=questions)):
                 verdicts[i] = verdict
             bar.update(len(part))
     try:

@@ -52,13 +52,14 @@ class Verifier:
     `close()`; a module-level default instance backs `oreal.verify.verify`.
     """
 
-    def __init__(self, config: VerifierConfig | None = None, **overrides):
+    def __init__(self, config: VerifierConfig | None = None, judge=None, **overrides):
         cfg = config or VerifierConfig()
         for k, v in overrides.items():
             if not hasattr(cfg, k):
                 raise TypeError(f"unknown verifier option {k!r}")
             setattr(cfg, k, v)
         self.config = cfg
+        self.judge = judge  # optional LLMJudge, asked only about rule-rejected answers
         self.pool = WorkerPool(cfg.workers, cfg.timeout, cfg.memory_mb, cfg.max_items_per_worker)
         self._threads = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="oreal-verify")
 
@@ -106,8 +107,11 @@ class Verifier:
                 return Verdict(False, "error", extracted=c[:80], detail="answer nested too deeply")
         return {"gold": gold, "kind": "latex", "cands": cands}
 
-    def verify_batch(self, items, extract: str = "boxed") -> list[Verdict]:
-        """Grade an iterable of `(gold, response)` or `(gold, response, finished)` tuples."""
+    def verify_batch(self, items, extract: str = "boxed", questions=None) -> list[Verdict]:
+        """Grade an iterable of `(gold, response)` or `(gold, response, finished)` tuples.
+
+        `questions` (same order) are only used by the optional LLM judge.
+        """
         items = list(items)
         t0 = time.perf_counter()
         verdicts: list[Verdict | None] = [None] * len(items)
@@ -127,11 +131,29 @@ class Verifier:
             for sh, fut in zip(shards, futures):
                 for (i, _), res in zip(sh, fut.result()):
                     verdicts[i] = res
+        if self.judge is not None:
+            self._ask_judge(items, verdicts, questions)
         per_item = (time.perf_counter() - t0) / max(1, len(items))
         for v in verdicts:
             if not v.seconds:
                 v.seconds = per_item
         return verdicts
+
+    def _ask_judge(self, items, verdicts: list[Verdict], questions) -> None:
+        """Second opinion on parsed-but-rejected answers; hedges and failures keep the rule verdict."""
+        todo = [i for i, v in enumerate(verdicts)
+                if v.status == "ok" and not v.correct and v.extracted and not v.detail]
+        if not todo:
+            return
+        with ThreadPoolExecutor(max_workers=self.judge.config.concurrency) as ex:
+            answers = ex.map(lambda i: self.judge.judge(
+                questions[i] if questions else "", str(items[i][0]), verdicts[i].extracted), todo)
+            for i, ok in zip(todo, answers):
+                if ok is None:
+                    verdicts[i].detail = "judge failed; rule verdict kept"
+                elif ok:
+                    verdicts[i].correct = True
+                    verdicts[i].detail = "accepted by LLM judge"
 
     def _run_shard(self, shard: list[tuple[int, dict]]) -> list[Verdict]:
         t0 = time.perf_counter()
@@ -147,13 +169,16 @@ class Verifier:
                                    per_item, res.get("detail")))
         return out
 
-    def verify(self, gold, response, extract: str = "boxed", finished: bool = True) -> Verdict:
+    def verify(self, gold, response, extract: str = "boxed", finished: bool = True,
+               question: str | None = None) -> Verdict:
         t0 = time.perf_counter()
         prep = self._prepare(gold, response, extract, finished)
         if isinstance(prep, Verdict):
-            prep.seconds = time.perf_counter() - t0
-            return prep
-        v = self._run_shard([(0, prep)])[0]
+            v = prep
+        else:
+            v = self._run_shard([(0, prep)])[0]
+            if self.judge is not None:
+                self._ask_judge([(gold, response)], [v], [question or ""])
         v.seconds = time.perf_counter() - t0
         return v
 
