@@ -1,0 +1,259 @@
+"""Load problems from JSONL, JSON, Parquet, CSV, or Hugging Face datasets, via field presets.
+
+A preset says which fields hold the question, the gold answer and the id, and how to turn a
+raw gold value into the verifier's gold string. Bad rows raise `DataError` naming the file,
+the line or row and the field; `skip_bad=True` instead skips them and reports which.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from ..verify.extract import boxed_answers
+from .records import DataError, Problem
+
+
+def _number_gold(v) -> str:
+    """27.0 -> '27', 3.5 -> '3.5', '025' -> '25' (AIME pads with zeros)."""
+    if isinstance(v, bool):
+        raise TypeError("a boolean is not an answer")
+    if isinstance(v, (int, float)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise TypeError("answer is not a finite number")
+        return str(int(v)) if float(v).is_integer() else repr(v)
+    if isinstance(v, str):
+        s = v.strip()
+        if s.isdigit():
+            return str(int(s))
+        try:
+            return _number_gold(float(s))
+        except ValueError:
+            return s
+    raise TypeError(f"expected a number or string, got {type(v).__name__}")
+
+
+def _string_gold(v) -> str:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return _number_gold(v)
+    if not isinstance(v, str):
+        raise TypeError(f"expected a string, got {type(v).__name__}")
+    return v
+
+
+def _gsm8k_gold(v) -> str:
+    if not isinstance(v, str) or "####" not in v:
+        raise TypeError("expected a GSM8K answer ending in '#### N'")
+    return v.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def _list_gold(v) -> str:
+    """OlympiadBench keeps answers as a list of LaTeX strings; several answers join with commas."""
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(x, str) for x in v):
+        raise TypeError("expected a non-empty list of strings")
+    # Elements are LaTeX with math delimiters, sometimes several answers in one: "$69$,$84$".
+    return ", ".join(x.replace("$", "").strip().rstrip(".").strip() for x in v)
+
+
+def _last_boxed_gold(v) -> str:
+    if not isinstance(v, str):
+        raise TypeError("expected a solution string")
+    boxes = boxed_answers(v)
+    if not boxes:
+        raise TypeError("solution has no \\boxed{} answer")
+    return boxes[-1]
+
+
+@dataclass(frozen=True)
+class Preset:
+    question: str
+    answer: str
+    id: str | None = None
+    gold: Callable = _string_gold
+    extract: str = "boxed"  # the verifier mode for this data's *model* responses
+    extra: dict = field(default_factory=dict)  # record field -> source field (level, subject, ...)
+
+
+PRESETS: dict[str, Preset] = {
+    "math": Preset("problem", "answer", "unique_id", extra={"level": "level", "subject": "subject",
+                                                            "solution": "solution"}),
+    "gsm8k": Preset("question", "answer", None, _gsm8k_gold),
+    "aime24": Preset("problem", "answer", "id", _number_gold),
+    "aime25": Preset("problem", "answer", "id", _number_gold),
+    "amc23": Preset("question", "answer", "id", _number_gold),
+    "olympiadbench": Preset("question", "final_answer", "id", _list_gold,
+                            extra={"subject": "subfield"}),
+    "minerva": Preset("problem", "solution", "idx", _last_boxed_gold, extra={"subject": "type"}),
+    "oreal": Preset("question", "gold_answer", "id", _string_gold, extra={"pass_rate": "pass_rate"}),
+    "oreal_records": Preset("question", "gold", "id", _string_gold,
+                            extra={"pass_rate": "pass_rate", "level": "level", "subject": "subject",
+                                   "skills": "skills", "solution": "solution", "source": "source",
+                                   "extract": "extract"}),
+}
+
+
+def _rows(path: Path) -> Iterator[tuple[str, object]]:
+    """(location, raw row) pairs; location is 'line N' or 'row N'."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield f"line {n}", DataError(f"undecodable bytes ({e.reason} at byte {e.start})")
+                    continue
+                try:
+                    yield f"line {n}", json.loads(text)
+                except json.JSONDecodeError as e:
+                    yield f"line {n}", DataError(f"malformed JSON ({e.msg} at column {e.colno})")
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: malformed JSON file ({e})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
+        for n, row in enumerate(data):
+            yield f"record {n}", row
+    elif suffix == ".csv":
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                for n, row in enumerate(csv.DictReader(f), 2):  # row 1 is the header
+                    yield f"row {n}", row
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: undecodable bytes ({e.reason})") from None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for n, row in enumerate(pq.read_table(path).to_pylist()):
+            yield f"row {n}", row
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r} (use .jsonl, .json, .csv or .parquet)")
+
+
+def _hf_rows(name: str, split: str | None) -> Iterator[tuple[str, object]]:
+    import datasets
+
+    p = Path(name)
+    if p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+    else:
+        ds = datasets.load_dataset(name)
+    if isinstance(ds, datasets.DatasetDict):
+        split = split or ("train" if "train" in ds else next(iter(ds)))
+        ds = ds[split]
+    for n, row in enumerate(ds):
+        yield f"row {n}", row
+
+
+@dataclass
+class LoadResult:
+    problems: list[Problem]
+    skipped: list[str]  # "file: line N: field: why" for each skipped row
+
+
+def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
+                  fields: dict[str, str] | None = None, split: str | None = None,
+                  skip_bad: bool = False, source_name: str | None = None,
+                  extract: str | None = None) -> LoadResult:
+    """Load problems from a file or a Hugging Face dataset (saved directory or hub name).
+
+    `fields` overrides the preset's field names: keys `question`, `answer`, `id`, or any
+    record field (`level`, `subject`, `pass_rate`, `skills`, `solution`).
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise DataError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    fields = dict(fields or {})
+    q_key = fields.pop("question", preset.question)
+    a_key = fields.pop("answer", preset.answer)
+    id_key = fields.pop("id", preset.id)
+    extra = dict(preset.extra, **fields)
+    path = Path(source)
+    if path.is_file():
+        rows, where = _rows(path), str(path)
+    elif path.is_dir() or not path.suffix:
+        rows, where = _hf_rows(str(source), split), str(source)
+    else:
+        raise DataError(f"{path}: no such file")
+    name = source_name or path.stem
+    problems, skipped, ids = [], [], {}
+    for loc, row in rows:
+        try:
+            problems.append(_to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids,
+                                        extract or preset.extract))
+        except DataError as e:
+            msg = f"{where}: {loc}: {e}"
+            if not skip_bad:
+                raise DataError(msg) from None
+            skipped.append(msg)
+    if not problems and not skipped:
+        raise DataError(f"{where}: no records")
+    return LoadResult(problems, skipped)
+
+
+def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extract) -> Problem:
+    if isinstance(row, DataError):
+        raise row
+    if not isinstance(row, dict):
+        raise DataError(f"expected an object, got {type(row).__name__}")
+    q = row.get(q_key)
+    if q is None:
+        raise DataError(f"field {q_key!r}: missing")
+    if not isinstance(q, str):
+        raise DataError(f"field {q_key!r}: expected a string, got {type(q).__name__}")
+    if not q.strip():
+        raise DataError(f"field {q_key!r}: empty")
+    if a_key not in row or row[a_key] is None:
+        raise DataError(f"field {a_key!r}: missing")
+    try:
+        gold = preset.gold(row[a_key])
+    except TypeError as e:
+        raise DataError(f"field {a_key!r}: {e}") from None
+    if not gold.strip():
+        raise DataError(f"field {a_key!r}: empty")
+    pid = row.get(id_key) if id_key else None
+    pid = f"{name}-{len(ids)}" if pid is None or pid == "" else str(pid)
+    if pid in ids:
+        raise DataError(f"field {id_key!r}: duplicate id {pid!r} (first at {ids[pid]})")
+    ids[pid] = loc
+    p = Problem(id=pid, question=q, gold=gold, source=name, extract=extract)
+    for attr, key in extra.items():
+        v = row.get(key)
+        if v is None or v == "":
+            continue
+        if attr == "pass_rate":
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"field {key!r}: expected a number in [0, 1]") from None
+            if not 0.0 <= v <= 1.0:
+                raise DataError(f"field {key!r}: expected a number in [0, 1], got {v}")
+        elif attr == "skills":
+            if isinstance(v, str):
+                v = [s for s in v.split(",") if s]
+            if not isinstance(v, list):
+                raise DataError(f"field {key!r}: expected a list of strings")
+            v = [str(s) for s in v]
+        else:
+            v = str(v)
+        setattr(p, attr, v)
+    return p
+
+
+def save_problems(problems: list[Problem], path: str | Path) -> None:
+    """JSONL in the `oreal_records` preset's format (lossless round trip)."""
+    with open(path, "w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
