@@ -8,9 +8,18 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .data import cli as data_cli
+    from .recipes import demo, sft, train
     from .verify import cli as verify_cli
 
+    demo.add_parser(sub)
+    train.add_parser(sub)
+    sft.add_parser(sub)
+    from . import eval_cli
+
+    eval_cli.add_parser(sub)
     verify_cli.add_parser(sub)
+    data_cli.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""Honest measurement: sample K responses per problem, grade them, report pass@1/pass@k/maj@k."""
+from __future__ import annotations
+
+import sys
+from collections import Counter, defaultdict
+from math import comb
+
+from .data.prompts import PromptConfig, render
+from .data.records import Problem
+from .rollout import SamplingConfig
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
+    """Is the most common extracted answer (first seen wins ties) a correct one?"""
+    keys = ["".join(e.split()) if e else None for e in extracted]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return False
+    best = max(counts.values())
+    winner = next(k for k in keys if k is not None and counts[k] == best)
+    return any(c for k, c in zip(keys, correct) if k == winner)
+
+
+def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
+             sampling: SamplingConfig | None = None, prompt: PromptConfig | None = None,
+             seed: int = 0, batch_prompts: int = 64, progress: bool = False,
+             keep_samples: int = 0) -> dict:
+    sampling = sampling or SamplingConfig()
+    per_problem = []
+    unfinished = unparsable = timeouts = 0
+    samples = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(problems), desc="eval", unit="q", file=sys.stderr, disable=not progress)
+    for s in range(0, len(problems), batch_prompts):
+        chunk = problems[s:s + batch_prompts]
+        groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
+                               seed=seed + s)
+        for p, group in zip(chunk, groups):
+            verdicts = verifier.verify_batch([(p.gold, r.text, r.finished) for r in group],
+                                             extract=p.extract)
+            corr = [v.correct for v in verdicts]
+            unfinished += sum(v.status == "unfinished" for v in verdicts)
+            unparsable += sum(v.status == "no_answer" for v in verdicts)
+            timeouts += sum(v.status == "timeout" for v in verdicts)
+            per_problem.append((p, corr, [v.extracted for v in verdicts]))
+            if len(samples) < keep_samples:
+                samples.append({"id": p.id, "question": p.question, "gold": p.gold,
+                                "response": group[0].text, "correct": corr[0]})
+        bar.update(len(chunk))
+    bar.close()
+
+    def summarise(rows):
+        n = len(rows)
+        if n == 0:
+            return {"n": 0}
+        return {
+            "n": n,
+            "pass@1": sum(sum(c) / len(c) for _, c, _ in rows) / n,
+            "pass@k": sum(pass_at_k(len(c), sum(c), k) for _, c, _ in rows) / n,
+            "maj@k": sum(majority_correct(e, c) for _, c, e in rows) / n,
+        }
+
+    out = summarise(per_problem)
+    out.update(k=k, unfinished=unfinished, no_answer=unparsable, timeouts=timeouts,
+               temperature=sampling.temperature)
+    groups: dict[str, list] = defaultdict(list)
+    for row in per_problem:
+        p = row[0]
+        if p.subject:
+            groups[f"subject={p.subject}"].append(row)
+        if p.level:
+            groups[f"level={p.level}"].append(row)
+        for sk in p.skills:
+            groups[f"skill={sk}"].append(row)
+    out["by_group"] = {g: summarise(rows) for g, rows in sorted(groups.items())}
+    if keep_samples:
+        out["samples"] = samples
+    return out

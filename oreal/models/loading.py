@@ -1,0 +1,80 @@
+"""Loading and saving policies and token-level reward models as plain HF directories."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+DEFAULT_MODEL = "default"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def default_model_dir() -> Path:
+    """The embedded tiny policy shipped inside the package, wherever it is installed."""
+    return Path(str(resources.files("oreal") / "assets" / "default_model"))
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    if name_or_path == DEFAULT_MODEL:
+        d = default_model_dir()
+        if not (d / "config.json").exists():
+            raise FileNotFoundError(f"the embedded default model is missing from {d}")
+        return str(d)
+    p = Path(name_or_path)
+    if not p.exists():
+        raise FileNotFoundError(f"model directory {name_or_path} not found (models load from local "
+                                "directories; 'default' names the embedded model)")
+    return str(p)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def load_tokenizer(name_or_path: str):
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if tok.pad_token is None:  # many causal LMs ship without one
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path),
+                                                 dtype=torch_dtype(dtype))
+    return model.to(device)
+
+
+def load_token_rm(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+    """The token-level reward model: the policy's backbone with a one-logit-per-token head.
+
+    From a policy directory the backbone is copied and only the head (`score`) is new; from a
+    saved token-RM directory everything loads as saved.
+    """
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # "newly initialised score head" is expected here
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            resolve_model_path(name_or_path), num_labels=1, dtype=torch_dtype(dtype))
+    finally:
+        hf_logging.set_verbosity(level)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.to(device)
+
+
+def save_model(model, tokenizer, path: str | Path) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)

@@ -1,0 +1,1 @@
+"""Training recipes: plain PyTorch loops composed from oreal's building blocks."""

@@ -1,0 +1,159 @@
+"""Supervised fine-tuning: teacher-forced NLL on solution tokens (prompt tokens are masked).
+
+Builds a tiny policy from scratch (tokenizer trained on the data) or fine-tunes any HF causal LM
+directory; evaluates pass@1 by sampling during training; saves a standard HF directory.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import save_config
+from ..data import PromptConfig, load_list, render
+from ..evaluation import evaluate
+from ..models import (TinyModelConfig, build_tiny_policy, load_policy, load_tokenizer, save_model,
+                      train_tokenizer)
+from ..optim import make_optimizer
+from ..rollout import HFSampler, SamplingConfig
+
+
+@dataclass
+class SFTConfig:
+    out: str = "runs/sft"
+    model: str | None = None  # an HF directory to fine-tune; None builds a tiny model from scratch
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    data: str = "curriculum_train"  # registry name or path; rows need a `solution`
+    eval_data: str = "curriculum_test"
+    eval_limit: int = 200
+    eval_every: int = 200
+    steps: int = 1000
+    max_seconds: float = 0.0  # stop early after this long (0 = no limit)
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr: float = 3e-4
+    warmup: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int = 0  # torch threads (0 = leave as is)
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(system=None, use_chat_template=False))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
+
+
+def encode_example(tokenizer, prompt_text: str, answer_text: str) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 on the prompt) for prompt + answer + eos."""
+    p = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    a = tokenizer(answer_text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return p + a, [-100] * len(p) + a
+
+
+def collate(examples, pad_id: int):
+    L = max(len(x) for x, _ in examples)
+    ids = torch.full((len(examples), L), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), L), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), L), dtype=torch.long)
+    for i, (x, y) in enumerate(examples):
+        ids[i, :len(x)] = torch.tensor(x)
+        labels[i, :len(y)] = torch.tensor(y)
+        mask[i, :len(x)] = 1
+    return ids, labels, mask
+
+
+def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "sft_config.yaml")
+    train = [p for p in load_list(cfg.data) if p.solution]
+    if not train:
+        raise ValueError(f"{cfg.data}: no rows with a worked `solution` to imitate")
+    test = load_list(cfg.eval_data)[: cfg.eval_limit] if cfg.eval_data else []
+    if cfg.model is None:
+        tok = train_tokenizer([render(p.question, None, cfg.prompt) + p.solution for p in train],
+                              vocab_size=cfg.tiny.vocab_size)
+        model = build_tiny_policy(tok, cfg.tiny, seed=cfg.seed)
+    else:
+        tok = load_tokenizer(cfg.model)
+        model = load_policy(cfg.model)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"sft: {n_params / 1e6:.2f}M parameters, {len(train)} training problems")
+    encoded = [encode_example(tok, render(p.question, tok, cfg.prompt), p.solution) for p in train]
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps, cfg.min_lr)
+    engine = HFSampler(model, tok)
+    history = []
+    t0 = time.time()
+
+    def run_eval(step):
+        if not test or verifier is None:
+            return None
+        res = evaluate(engine, tok, test, verifier, k=1, sampling=cfg.sampling, prompt=cfg.prompt,
+                       seed=cfg.seed)
+        log(f"sft step {step}: eval pass@1 {res['pass@1']:.3f} (T={cfg.sampling.temperature})")
+        return res["pass@1"]
+
+    model.train()
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg.batch_size)]
+        ids, labels, mask = collate(batch, tok.pad_token_id)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        rec = {"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+               "seconds": time.time() - t0}
+        if step % 50 == 0:
+            log(f"sft step {step}/{cfg.steps}: loss {rec['loss']:.4f} ({rec['seconds']:.0f}s)")
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            rec["eval_pass@1"] = run_eval(step)
+        history.append(rec)
+        if cfg.max_seconds and time.time() - t0 > cfg.max_seconds:
+            log(f"sft: time limit reached at step {step}")
+            break
+    final = history[-1].get("eval_pass@1") if "eval_pass@1" in history[-1] else run_eval(step)
+    model.eval()
+    save_model(model, tok, out / "model")
+    summary = {"steps": step, "seconds": time.time() - t0, "final_loss": history[-1]["loss"],
+               "eval_pass@1": final, "parameters": n_params}
+    with open(out / "sft_metrics.jsonl", "w") as f:
+        for rec in history:
+            f.write(json.dumps(rec) + "\n")
+    (out / "sft_summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning (also builds the embedded model)")
+    p.add_argument("config", nargs="?", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args) -> int:
+    from ..config import ConfigError, load_config
+    from ..verify import Verifier
+
+    cfg_path, overrides = args.config, list(args.overrides)
+    if cfg_path and "=" in cfg_path and not Path(cfg_path).exists():
+        overrides.insert(0, cfg_path)
+        cfg_path = None
+    try:
+        cfg = load_config(SFTConfig, cfg_path, overrides)
+    except ConfigError as e:
+        print(f"oreal sft: {e}", file=sys.stderr)
+        return 2
+    with Verifier(workers=2) as v:
+        summary = run_sft(cfg, verifier=v)
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,224 @@
+"""Rollout engines: K sampled responses per prompt.
+
+`RolloutEngine` is the interface the trainer uses. `HFSampler` is a lean sampling loop over
+a Hugging Face causal LM with a KV cache (it drops finished rows from the batch as it goes);
+`HFGenerateEngine` wraps `model.generate` for comparison and for models whose forward the
+lean loop does not cover. A vLLM engine would implement the same `sample` method.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 means off
+    max_new_tokens: int = 64
+    stop_strings: list[str] = field(default_factory=list)
+    return_logprobs: bool = True
+
+
+@dataclass
+class Rollout:
+    prompt_index: int
+    sample_index: int
+    prompt_ids: list[int]
+    response_ids: list[int]  # includes the stop token when finished by one
+    text: str  # decoded response without special tokens
+    finished: bool  # ended by a stop token or string (not cut at max_new_tokens)
+    logprobs: list[float] | None = None  # log pi(y_t) under the model's untempered distribution
+
+
+class RolloutEngine(Protocol):
+    def sample(self, prompts: list[str], k: int, cfg: SamplingConfig,
+               seed: int | None = None) -> list[list[Rollout]]:
+        """K rollouts for each prompt, grouped by prompt, in prompt order."""
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Temperature, then top-k, then top-p (nucleus) on a [B, V] tensor of logits."""
+    logits = logits / max(temperature, 1e-8)
+    if top_k and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the mass before it already reaches top_p (the first always stays)
+        drop = probs.cumsum(-1) - probs >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def _stop_ids(tokenizer, model) -> set[int]:
+    ids = set()
+    for x in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(x, int):
+            ids.add(x)
+        elif isinstance(x, (list, tuple)):
+            ids.update(int(i) for i in x)
+    return ids
+
+
+class HFSampler:
+    """The lean loop: prefill once, then one cached forward per new token for live rows only."""
+
+    name = "hf_sampler"
+
+    def __init__(self, model, tokenizer, max_batch: int = 1024):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+
+    @torch.no_grad()
+    def sample(self, prompts, k, cfg, seed=None):
+        flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
+        out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
+        gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        for s in range(0, len(flat), self.max_batch):
+            chunk = flat[s:s + self.max_batch]
+            for r in self._sample_chunk([prompts[i] for i, _ in chunk], cfg, gen):
+                i, j = chunk[r.prompt_index]
+                r.prompt_index, r.sample_index = i, j
+                out[i][j] = r
+        return out
+
+    def _forward(self, **kw):
+        """One forward returning (last-position logits, cache); `cache=` on transformers>=5."""
+        cache = kw.pop("cache", None)
+        try:
+            res = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1)
+        except TypeError:  # older transformers name it past_key_values
+            res = self.model(**kw, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        new_cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+        return res.logits[:, -1, :].float(), new_cache
+
+    def _sample_chunk(self, texts, cfg: SamplingConfig, gen) -> list[Rollout]:
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = enc["input_ids"].to(device)
+        mask = enc["attention_mask"].to(device)
+        B, T = ids.size(0), cfg.max_new_tokens
+        prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+        stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        live = torch.arange(B, device=device)  # original row of each live batch row
+        tokens = torch.full((B, T), -1, dtype=torch.long, device=device)
+        logps = torch.zeros((B, T), device=device)
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+        next_pos = pos[:, -1:] + 1
+        for t in range(T):
+            if cfg.temperature == 0:
+                nxt = logits.argmax(-1)
+            else:
+                probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
+                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            tokens[live, t] = nxt
+            if cfg.return_logprobs:
+                logps[live, t] = logits.log_softmax(-1).gather(-1, nxt[:, None]).squeeze(-1)
+            lengths[live] = t + 1
+            done = torch.isin(nxt, stop)
+            if cfg.stop_strings:
+                for b, row in enumerate(live.tolist()):
+                    tail = tok.decode(tokens[row, max(0, t - 15):t + 1].tolist(), skip_special_tokens=True)
+                    if any(s in tail for s in cfg.stop_strings):
+                        done[b] = True
+            finished[live[done]] = True
+            if bool(done.all()) or t == T - 1:
+                break
+            if bool(done.any()):  # drop finished rows from the batch and the cache
+                keep = (~done).nonzero().flatten()
+                live, nxt, next_pos, mask = live[keep], nxt[keep], next_pos[keep], mask[keep]
+                cache.reorder_cache(keep)
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+            logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask,
+                                          position_ids=next_pos, cache=cache)
+            next_pos = next_pos + 1
+        model.train(was_training)
+        out = []
+        tokens, logps, lengths = tokens.tolist(), logps.tolist(), lengths.tolist()
+        for b in range(B):
+            resp = tokens[b][:lengths[b]]
+            out.append(Rollout(b, 0, prompt_ids[b], resp, tok.decode(resp, skip_special_tokens=True),
+                               bool(finished[b]), logps[b][:lengths[b]] if cfg.return_logprobs else None))
+        return out
+
+
+class HFGenerateEngine:
+    """`model.generate` with the same interface (the baseline the lean loop is measured against)."""
+
+    name = "hf_generate"
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def sample(self, prompts, k, cfg, seed=None):
+        model, tok = self.model, self.tokenizer
+        if seed is not None:
+            torch.manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        # each prompt repeated k times in a row (greedy decoding rejects num_return_sequences)
+        enc = tok([p for p in prompts for _ in range(k)], return_tensors="pt", padding=True,
+                  add_special_tokens=False)
+        stop = sorted(_stop_ids(tok, model))
+        kwargs = dict(max_new_tokens=cfg.max_new_tokens,
+                      eos_token_id=stop, pad_token_id=tok.pad_token_id,
+                      return_dict_in_generate=True, output_logits=cfg.return_logprobs)
+        if cfg.temperature == 0:
+            kwargs.update(do_sample=False)
+        else:
+            kwargs.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k or None)
+        if cfg.stop_strings:
+            kwargs.update(stop_strings=cfg.stop_strings, tokenizer=tok)
+        dev = next(model.parameters()).device
+        res = model.generate(input_ids=enc["input_ids"].to(dev),
+                             attention_mask=enc["attention_mask"].to(dev), **kwargs)
+        model.train(was_training)
+        gen_ids = res.sequences[:, enc["input_ids"].size(1):]
+        logits = torch.stack(res.logits, 1).float() if cfg.return_logprobs else None
+        out = []
+        for i in range(len(prompts)):
+            pids = enc["input_ids"][i * k][enc["attention_mask"][i * k].bool()].tolist()
+            group = []
+            for j in range(k):
+                row = i * k + j
+                ids = gen_ids[row].tolist()
+                n, fin = len(ids), False
+                for t, x in enumerate(ids):
+                    if x in stop:
+                        n, fin = t + 1, True
+                        break
+                ids = ids[:n]
+                text = tok.decode(ids, skip_special_tokens=True)
+                if not fin and cfg.stop_strings and any(s in text for s in cfg.stop_strings):
+                    fin = True
+                lp = None
+                if logits is not None:
+                    lp = logits[row, :n].log_softmax(-1).gather(-1, gen_ids[row, :n, None]).squeeze(-1).tolist()
+                group.append(Rollout(i, j, pids, ids, text, fin, lp))
+            out.append(group)
+        return out
+
+
+ENGINES = {"hf_sampler": HFSampler, "hf_generate": HFGenerateEngine}
+
+
+def make_engine(name: str, model, tokenizer) -> RolloutEngine:
+    if name not in ENGINES:
+        raise ValueError(f"unknown rollout engine {name!r}; choose from {sorted(ENGINES)}")
+    return ENGINES[name](model, tokenizer)

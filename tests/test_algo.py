@@ -1,0 +1,197 @@
+"""OREAL's pure functions against hand-computed values, gradients and a slow reference."""
+import math
+
+import pytest
+import torch
+
+from oreal.algo import (adv_grpo, adv_rloo, group_advantages, kl_penalty, masked_mean,
+                        negative_pg_loss, normalise, pass_rate_filter, pg_loss, positive_bc_loss,
+                        running_correctness, select_pairs, token_importance_weights,
+                        token_rm_sequence_loss)
+
+
+def test_rloo_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    # r_i - mean(others): 1 - 1/3, 0 - 2/3, 0 - 2/3, 1 - 1/3
+    assert torch.allclose(adv_rloo(r), torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3]]))
+    with pytest.raises(ValueError):
+        adv_rloo(torch.tensor([[1.0]]))
+
+
+def test_grpo_drgrpo_none_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    std = math.sqrt((0.75 ** 2 + 3 * 0.25 ** 2) / 3)  # unbiased
+    exp = torch.tensor([[0.75, -0.25, -0.25, -0.25]]) / (std + 1e-4)
+    assert torch.allclose(adv_grpo(r), exp, atol=1e-6)
+    assert torch.allclose(group_advantages(r, "drgrpo"), torch.tensor([[0.75, -0.25, -0.25, -0.25]]))
+    assert torch.equal(group_advantages(r, "none"), r)
+    assert torch.equal(group_advantages(torch.ones(1, 3), "grpo"), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="unknown advantage"):
+        group_advantages(r, "ppo")
+
+
+def test_pass_rate_filter_drops_all_right_and_all_wrong():
+    r = torch.tensor([[1.0, 1, 1], [0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    assert pass_rate_filter(r).tolist() == [False, False, True, True]
+    assert pass_rate_filter(r, high=0.5).tolist() == [False, False, True, False]
+
+
+def test_select_pairs_one_correct_one_incorrect_per_kept_question():
+    r = torch.tensor([[1.0, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]])
+    keep = pass_rate_filter(r)
+    g = torch.Generator().manual_seed(0)
+    sel = select_pairs(r, keep, "pair", g)
+    assert sel[1].sum() == 0
+    for b in (0, 2):
+        assert sel[b].sum() == 2
+        assert set(r[b][sel[b]].tolist()) == {0.0, 1.0}
+    assert select_pairs(r, keep, "all").sum() == 8
+    # seeded: the same generator state picks the same pair
+    assert torch.equal(select_pairs(r, keep, "pair", torch.Generator().manual_seed(0)), sel)
+
+
+def test_token_rm_loss_is_bce_on_mean_logit():
+    w = torch.tensor([[2.0, 0.0, 9.0], [-1.0, -3.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    r = torch.tensor([1.0, 0.0])
+    loss = token_rm_sequence_loss(w, mask, r)
+    s1, s2 = 1.0, -4 / 3  # means over real tokens (the 9.0 is padding)
+    exp = -math.log(1 / (1 + math.exp(-s1))) - math.log(1 - 1 / (1 + math.exp(-s2)))
+    assert loss.item() == pytest.approx(exp, rel=1e-6)
+    loss.backward()
+    # d/dw_t = (sigmoid(s) - r) / n_tokens on real tokens, 0 on padding
+    g1 = (1 / (1 + math.exp(-s1)) - 1) / 2
+    g2 = (1 / (1 + math.exp(-s2))) / 3
+    assert torch.allclose(w.grad, torch.tensor([[g1, g1, 0.0], [g2, g2, g2]]), atol=1e-6)
+
+
+def test_running_correctness_and_threshold_weights():
+    w = torch.tensor([[0.0, 2.0, -2.0, 4.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    c = running_correctness(w, mask)
+    exp_c = [0.5, 1 / (1 + math.exp(-1)), 0.5, 0.0]
+    assert torch.allclose(c, torch.tensor([exp_c]), atol=1e-6)
+    pos = token_importance_weights(w, mask, torch.tensor([True]))
+    neg = token_importance_weights(w, mask, torch.tensor([False]))
+    # positives: max(2c-1, 0); negatives: max(1-2c, 0)
+    assert torch.allclose(pos, torch.tensor([[0.0, 2 * exp_c[1] - 1, 0.0, 0.0]]), atol=1e-6)
+    assert torch.allclose(neg, torch.zeros(1, 4), atol=1e-6)
+    neg2 = token_importance_weights(-w, mask, torch.tensor([False]))
+    assert torch.allclose(neg2, pos, atol=1e-6)
+    assert not pos.requires_grad
+
+
+def test_topk_weights_keep_the_highest_and_rescale():
+    w = torch.tensor([[3.0, -3.0, 1.0, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])
+    out = token_importance_weights(w, mask, torch.tensor([True]), mode="topk", topk_ratio=0.5)
+    c = running_correctness(w, mask)[0]
+    assert (out[0] > 0).sum() == 2 and out[0, 4] == 0
+    top2 = torch.topk(c[:4], 2)
+    assert out[0, top2.indices[0]] == pytest.approx(1.0)
+    assert out[0, top2.indices[1]] == pytest.approx((top2.values[1] / top2.values[0]).item())
+
+
+def test_negative_term_gradient_is_reinforce_with_shaped_advantage():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, requires_grad=True)
+    targets = torch.tensor([[1, 2, 3], [4, 0, 1]])
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([-0.5, -0.25])
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    loss = negative_pg_loss(logp, logp.detach(), mask, torch.ones_like(logp), adv, lambda_neg=0.5)
+    assert loss.item() == pytest.approx(-0.5 * (-0.5 * 3 + -0.25 * 2), rel=1e-6)  # ratio is 1
+    (g,) = torch.autograd.grad(loss, logits)
+    logits2 = logits.detach().clone().requires_grad_(True)
+    logp2 = torch.log_softmax(logits2, -1).gather(-1, targets[..., None]).squeeze(-1)
+    reinforce = -(0.5 * adv.view(-1, 1) * logp2 * mask).sum()
+    (g2,) = torch.autograd.grad(reinforce, logits2)
+    assert torch.allclose(g, g2, atol=1e-6)
+
+
+def test_positive_bc_term_value_and_gradient():
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.1, 0.9]])).requires_grad_(True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    w = torch.tensor([[1.0, 0.5], [1.0, 1.0]])
+    adv = torch.tensor([0.5, 2.0])
+    loss = positive_bc_loss(logp, mask, w, adv, lambda_pos=1.0, pos_mult_adv=True)
+    exp = 0.5 * (math.log(2) + 0.5 * math.log(4)) + 2.0 * math.log(10)
+    assert loss.item() == pytest.approx(exp, rel=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[-0.5, -0.25], [-2.0, 0.0]]))
+    plain = positive_bc_loss(logp.detach(), mask, torch.ones_like(w), adv, pos_mult_adv=False)
+    assert plain.item() == pytest.approx(math.log(2) + math.log(4) + math.log(10), rel=1e-6)
+
+
+def test_kl_estimators_by_hand():
+    logp = torch.tensor([math.log(0.5)])
+    ref = torch.tensor([math.log(0.25)])
+    d = math.log(0.25) - math.log(0.5)
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(-d)
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(math.exp(d) - d - 1)
+    assert kl_penalty(logp, ref, "mse").item() == pytest.approx(0.5 * d * d)
+    assert kl_penalty(ref, ref, "k3").item() == 0.0
+    with pytest.raises(ValueError):
+        kl_penalty(logp, ref, "k2")
+
+
+def test_normalise_and_pg_loss():
+    assert normalise(torch.tensor(6.0), 3).item() == 2.0
+    assert normalise(torch.tensor(6.0), 0).item() == 6.0
+    logp = torch.zeros(1, 2)
+    assert pg_loss(logp, logp, torch.ones(1, 2), torch.tensor([2.0])).item() == -4.0
+    assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])).item() == 2.0
+
+
+def _slow_reference_loss(logp, ref_logp, mask, rewards, is_pos, adv, lam_pos, lam_neg, beta):
+    """Token by token, the loss of OREAL.md step 7 with all token weights 1."""
+    pos_sum = neg_sum = kl_sum = 0.0
+    n_pos = n_neg = n_all = 0
+    for i in range(logp.size(0)):
+        for t in range(logp.size(1)):
+            if mask[i, t] == 0:
+                continue
+            lp, rp = logp[i, t], ref_logp[i, t]
+            if is_pos[i]:
+                pos_sum = pos_sum + lam_pos * adv[i] * (-lp)
+                n_pos += 1
+            else:
+                neg_sum = neg_sum + (-lam_neg * adv[i] * torch.exp(lp - lp.detach()))
+                n_neg += 1
+            kl_sum = kl_sum + (torch.exp(rp - lp) - (rp - lp) - 1)
+            n_all += 1
+    return pos_sum / n_pos + neg_sum / n_neg + beta * kl_sum / n_all
+
+
+def test_full_loss_matches_slow_per_token_reference():
+    torch.manual_seed(1)
+    B, K, T, V = 3, 4, 5, 7
+    rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
+    keep = pass_rate_filter(rewards)
+    sel = select_pairs(rewards, keep, "pair", torch.Generator().manual_seed(3))
+    adv_all = group_advantages(rewards, "rloo")
+    idx = sel.nonzero()
+    N = idx.size(0)
+    logits = torch.randn(N, T, V, requires_grad=True)
+    ref_logits = torch.randn(N, T, V)
+    targets = torch.randint(V, (N, T))
+    mask = (torch.rand(N, T) > 0.2).float()
+    mask[:, 0] = 1
+    r = rewards[idx[:, 0], idx[:, 1]]
+    adv = adv_all[idx[:, 0], idx[:, 1]]
+    is_pos = r == 1
+
+    def lp(x):
+        return torch.log_softmax(x, -1).gather(-1, targets[..., None]).squeeze(-1)
+
+    logp, ref_logp = lp(logits), lp(ref_logits)
+    ones = torch.ones_like(logp)
+    pm, nm = mask * is_pos[:, None], mask * (~is_pos)[:, None]
+    fast = (normalise(positive_bc_loss(logp, pm, ones, adv, 1.0, True), pm.sum())
+            + normalise(negative_pg_loss(logp, logp.detach(), nm, ones, adv, 0.5), nm.sum())
+            + 0.01 * normalise((kl_penalty(logp, ref_logp, "k3") * mask).sum(), mask.sum()))
+    slow = _slow_reference_loss(logp, ref_logp, mask, r, is_pos, adv, 1.0, 0.5, 0.01)
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
+    (g_fast,) = torch.autograd.grad(fast, logits, retain_graph=True)
+    (g_slow,) = torch.autograd.grad(slow, logits)
+    assert torch.allclose(g_fast, g_slow, atol=1e-6)

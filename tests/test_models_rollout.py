@@ -1,0 +1,153 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+from oreal.data import curriculum, render
+from oreal.evaluation import majority_correct, pass_at_k
+from oreal.models import (TinyModelConfig, build_tiny_policy, default_model_dir, load_policy,
+                          load_token_rm, load_tokenizer, save_model, train_tokenizer)
+from oreal.rollout import HFGenerateEngine, HFSampler, SamplingConfig, filter_logits
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    probs = curriculum.generate(300, "train", seed=0)
+    tok = train_tokenizer([render(p.question) + p.solution for p in probs], vocab_size=200)
+    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=32, layers=2, heads=2, kv_heads=1,
+                                                   intermediate_size=64, max_positions=128))
+    path = tmp_path_factory.mktemp("tiny")
+    save_model(model, tok, path)
+    return str(path), model, tok, probs
+
+
+def test_saved_policy_reloads_with_plain_transformers_same_logits(tiny):
+    path, model, tok, probs = tiny
+    again = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok([render(probs[0].question)], return_tensors="pt")["input_ids"]
+    model.eval()
+    assert torch.equal(model(ids).logits, again(ids).logits)
+    t2 = load_tokenizer(path)
+    assert t2.decode(t2(probs[0].solution)["input_ids"]) == probs[0].solution
+
+
+def test_tokenizer_keeps_digits_separate(tiny):
+    _, _, tok, _ = tiny
+    pieces = [tok.decode([i]) for i in tok("123+45=168")["input_ids"]]
+    assert pieces == list("123+45=168")
+
+
+def test_token_rm_copies_everything_but_the_head(tiny):
+    path, model, _, _ = tiny
+    rm = load_token_rm(path)
+    pol = model.state_dict()
+    rm_sd = rm.state_dict()
+    new = [k for k in rm_sd if k not in pol]
+    assert new and all(k.startswith("score.") for k in new)
+    for k, v in rm_sd.items():
+        if k in pol:
+            assert torch.equal(v, pol[k]), k
+    assert rm.config.num_labels == 1
+
+
+def test_token_rm_saves_and_loads(tiny, tmp_path):
+    path, _, tok, _ = tiny
+    rm = load_token_rm(path)
+    save_model(rm, tok, tmp_path / "rm")
+    again = AutoModelForTokenClassification.from_pretrained(tmp_path / "rm")
+    ids = torch.tensor([[1, 5, 7, 9]])
+    assert torch.equal(rm(ids).logits, again(ids).logits)
+    assert again(ids).logits.shape == (1, 4, 1)
+
+
+def _prompts(probs, n):
+    return [render(p.question) for p in probs[:n]]
+
+
+def test_rollout_is_reproducible_and_grouped(tiny):
+    _, model, tok, probs = tiny
+    eng = HFSampler(model, tok)
+    cfg = SamplingConfig(max_new_tokens=12)
+    a = eng.sample(_prompts(probs, 3), 4, cfg, seed=7)
+    b = eng.sample(_prompts(probs, 3), 4, cfg, seed=7)
+    c = eng.sample(_prompts(probs, 3), 4, cfg, seed=8)
+    assert [[r.response_ids for r in g] for g in a] == [[r.response_ids for r in g] for g in b]
+    assert [[r.response_ids for r in g] for g in a] != [[r.response_ids for r in g] for g in c]
+    assert len(a) == 3 and all(len(g) == 4 for g in a)
+    for i, g in enumerate(a):
+        want = tok(_prompts(probs, 3)[i], add_special_tokens=False)["input_ids"]
+        assert all(r.prompt_index == i and r.prompt_ids == want for r in g)
+        assert [r.sample_index for r in g] == [0, 1, 2, 3]
+
+
+def test_logprobs_match_a_separate_forward_pass(tiny):
+    _, model, tok, probs = tiny
+    out = HFSampler(model, tok).sample(_prompts(probs, 4), 2, SamplingConfig(max_new_tokens=10), seed=1)
+    model.eval()
+    for g in out:
+        for r in g:
+            ids = torch.tensor([r.prompt_ids + r.response_ids])
+            with torch.no_grad():
+                lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
+            ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
+            assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+
+
+def test_stop_handling_and_finished_flags(tiny):
+    _, model, tok, probs = tiny
+    # Make eos likely, so that some responses stop early and others run to the limit.
+    eos = tok.eos_token_id
+    hook = model.lm_head.register_forward_hook(
+        lambda m, i, o: o + torch.where(torch.arange(o.size(-1)) == eos, 2.0, 0.0))
+    try:
+        out = HFSampler(model, tok).sample(_prompts(probs, 4), 4, SamplingConfig(max_new_tokens=6), seed=0)
+    finally:
+        hook.remove()
+    flat = [r for g in out for r in g]
+    assert any(r.finished for r in flat)
+    for r in flat:
+        if r.finished:
+            assert r.response_ids[-1] == eos and eos not in r.response_ids[:-1]
+        else:
+            assert len(r.response_ids) == 6 and eos not in r.response_ids
+    # a stop string ends a response and marks it finished
+    g = HFSampler(model, tok).sample(_prompts(probs, 2), 3, SamplingConfig(max_new_tokens=20, stop_strings=["e"]), seed=3)
+    for r in (r for grp in g for r in grp):
+        assert r.finished == ("e" in r.text) or r.response_ids[-1] == eos
+
+
+def test_greedy_is_deterministic_and_engines_agree(tiny):
+    _, model, tok, probs = tiny
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    a = HFSampler(model, tok).sample(_prompts(probs, 3), 2, cfg, seed=1)
+    b = HFGenerateEngine(model, tok).sample(_prompts(probs, 3), 2, cfg, seed=2)
+    assert [[r.response_ids for r in g] for g in a] == [[r.response_ids for r in g] for g in b]
+    assert all(g[0].response_ids == g[1].response_ids for g in a)
+
+
+def test_filter_logits_top_k_and_top_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 1.0, 2, 1.0)[0, 2:]).all()
+    kept = ~torch.isinf(filter_logits(logits, 1.0, 0, 0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = ~torch.isinf(filter_logits(logits, 1.0, 0, 0.5))
+    assert kept.tolist() == [[True, False, False, False]]
+
+
+def test_pass_at_k_and_majority():
+    assert pass_at_k(4, 0, 1) == 0.0
+    assert pass_at_k(4, 2, 1) == pytest.approx(0.5)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 3, 2) == 1.0
+    assert majority_correct(["3", "4", "4"], [True, False, False]) is False
+    assert majority_correct(["3", "3 ", "4"], [True, True, False]) is True
+    assert majority_correct([None, None], [False, False]) is False
+
+
+def test_embedded_default_model_is_shipped_small_and_loads():
+    d = default_model_dir()
+    assert (d / "model.safetensors").stat().st_size <= 10 * 1024 * 1024
+    model = load_policy("default")
+    tok = load_tokenizer("default")
+    n = sum(p.numel() for p in model.parameters())
+    assert 1e5 < n < 5e6
+    assert tok.eos_token_id is not None

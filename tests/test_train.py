@@ -1,0 +1,106 @@
+"""The training loop on a tiny model: it changes what it should, logs every field, and
+micro-batching gives the same update as one big batch."""
+import json
+
+import pytest
+import torch
+
+from oreal.config import ConfigError
+from oreal.data import curriculum, save_problems
+from oreal.recipes.train import ALGORITHMS, METRIC_FIELDS, Trainer, build_config, train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    # The embedded policy is partly right on the curriculum, so rewards carry real signal.
+    d = tmp_path_factory.mktemp("train")
+    save_problems(curriculum.generate(200, "train", seed=0), d / "train.jsonl")
+    save_problems(curriculum.generate(20, "test", seed=0), d / "test.jsonl")
+    return d
+
+
+def _cfg(d, out, *extra):
+    return build_config(None, [
+        f"out={out}", "policy=default", f"data={d / 'train.jsonl'}", f"eval_data={d / 'test.jsonl'}",
+        "steps=3", "batch_questions=6", "samples=4", "sampling.max_new_tokens=64",
+        "sampling.top_p=1.0", "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0",
+        "algo.actor_freeze_steps=1", "prompt.use_chat_template=false", "prompt.system=null",
+        *extra])
+
+
+def test_oreal_steps_change_policy_and_token_rm_and_log_every_field(tiny_run, verifier, tmp_path):
+    cfg = _cfg(tiny_run, tmp_path / "run")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    p0 = {k: v.clone() for k, v in tr.policy.state_dict().items()}
+    r0 = {k: v.clone() for k, v in tr.rm.state_dict().items()}
+    _, history = train(cfg, verifier, log=lambda *a: None, trainer=tr)
+    assert len(history) == 3
+    assert history[0]["actor_updated"] is False and history[1]["actor_updated"] is True
+    changed = [k for k, v in tr.policy.state_dict().items() if not torch.equal(v, p0[k])]
+    assert changed, "the policy did not change"
+    assert any(not torch.equal(v, r0[k]) for k, v in tr.rm.state_dict().items())
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert set(METRIC_FIELDS) <= set(row), set(METRIC_FIELDS) - set(row)
+    assert rows[-1]["rm_loss"] is not None and rows[-1]["loss"] is not None
+    assert (tmp_path / "run" / "config.yaml").exists()
+    assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "final" / "token_rm" / "model.safetensors").exists()
+
+
+def test_reference_stays_frozen(tiny_run, verifier, tmp_path):
+    cfg = _cfg(tiny_run, tmp_path / "run", "steps=2", "algo.actor_freeze_steps=0")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    ref0 = {k: v.clone() for k, v in tr.ref.state_dict().items()}
+    train(cfg, verifier, log=lambda *a: None, trainer=tr)
+    assert all(torch.equal(v, ref0[k]) for k, v in tr.ref.state_dict().items())
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_preset_runs(tiny_run, verifier, tmp_path, name):
+    cfg = _cfg(tiny_run, tmp_path / name, f"algo.name={name}", "steps=2", "algo.actor_freeze_steps=0")
+    _, history = train(cfg, verifier, log=lambda *a: None)
+    assert len(history) == 2 and history[-1]["actor_updated"]
+
+
+def _one_update(tiny_run, verifier, tmp_path, micro):
+    cfg = _cfg(tiny_run, tmp_path / f"mb{micro}", "steps=1", "algo.actor_freeze_steps=0",
+               f"micro_batch={micro}", "algo.token_weights=threshold")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    tr.step()
+    return tr.policy.state_dict(), tr.rm.state_dict()
+
+
+def test_micro_batches_give_the_same_update_as_one_big_batch(tiny_run, verifier, tmp_path):
+    big_p, big_r = _one_update(tiny_run, verifier, tmp_path, 64)
+    small_p, small_r = _one_update(tiny_run, verifier, tmp_path, 3)
+    for k in big_p:
+        assert torch.allclose(big_p[k], small_p[k], atol=1e-6), k
+    for k in big_r:
+        assert torch.allclose(big_r[k], small_r[k], atol=1e-6), k
+
+
+def test_config_errors_name_the_key(tiny_run, tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'stepz'"):
+        build_config(None, ["stepz=3"])
+    with pytest.raises(ConfigError, match="steps: expected an integer"):
+        build_config(None, ["steps=many"])
+    with pytest.raises(ConfigError, match="algo.advantage"):
+        build_config(None, ["algo.advantage=ppo"])
+    with pytest.raises(ConfigError, match="unknown config key 'algo.lamda_pos'"):
+        build_config(None, ["algo.lamda_pos=1"])
+    cfg = build_config(None, ["algo.name=grpo", "algo.kl_coef=0.0"])
+    assert cfg.algo.advantage == "grpo" and cfg.algo.positive_loss == "pg" and cfg.algo.kl_coef == 0.0
+
+
+def test_defaults_equal_the_reference_run():
+    cfg = build_config(None, [])
+    a, o = cfg.algo, cfg.optim
+    assert (cfg.batch_questions, cfg.samples, cfg.steps) == (64, 16, 90)
+    assert (a.advantage, a.select, a.tau, a.lambda_pos, a.lambda_neg, a.kl_coef, a.kl_kind) == \
+        ("rloo", "pair", 0.5, 1.0, 0.5, 0.01, "k3")
+    assert a.pos_mult_adv and a.actor_freeze_steps == 10
+    assert (o.lr, o.min_lr, o.rm_lr, o.rm_min_lr, o.warmup, o.weight_decay, o.grad_clip) == \
+        (5e-7, 1e-7, 2e-6, 4e-7, 10, 0.01, 1.0)
+    assert (cfg.sampling.temperature, cfg.sampling.top_p) == (1.0, 0.9)
