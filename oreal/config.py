@@ -81,7 +81,7 @@ def _build(cls, values: dict, prefix: str = ""):
     kwargs = {}
     for k, v in values.items():
         if k not in names:
-            raise ConfigError(f"unknown config key {prefix}{k!r}; known keys: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown config key '{prefix}{k}'; known keys: {', '.join(sorted(names))}")
         kwargs[k] = _coerce(prefix + k, v, hints[k])
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):

@@ -59,26 +59,42 @@ def test_reference_stays_frozen(tiny_run, verifier, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_algorithm_preset_runs(tiny_run, verifier, tmp_path, name):
-    cfg = _cfg(tiny_run, tmp_path / name, f"algo.name={name}", "steps=2", "algo.actor_freeze_steps=0")
+    cfg = _cfg(tiny_run, tmp_path / name, f"algo.name={name}", "steps=2", "algo.actor_freeze_steps=0",
+               "batch_questions=8")
     _, history = train(cfg, verifier, log=lambda *a: None)
-    assert len(history) == 2 and history[-1]["actor_updated"]
+    assert len(history) == 2
+    # a step where every question is all-right or all-wrong is skipped; the rest update the actor
+    assert all(h["actor_updated"] or h["skipped"] for h in history)
+    assert any(h["actor_updated"] for h in history)
 
 
-def _one_update(tiny_run, verifier, tmp_path, micro):
+def _one_update_grads(tiny_run, verifier, tmp_path, micro):
+    """The clipped gradients of one step (compared before AdamW, which amplifies round-off in
+    parameters whose true gradient is zero, such as attention key biases)."""
     cfg = _cfg(tiny_run, tmp_path / f"mb{micro}", "steps=1", "algo.actor_freeze_steps=0",
-               f"micro_batch={micro}", "algo.token_weights=threshold")
+               f"micro_batch={micro}", "algo.token_weights=threshold", "batch_questions=8")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    tr.step()
-    return tr.policy.state_dict(), tr.rm.state_dict()
+    grads = {}
+
+    def capture(model, key):
+        def step(*a, **kw):
+            grads[key] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return step
+
+    tr.opt.step = capture(tr.policy, "policy")
+    tr.rm_opt.step = capture(tr.rm, "rm")
+    m = tr.step()
+    assert m["selected"] > 3  # the comparison needs several micro-batches
+    return grads
 
 
 def test_micro_batches_give_the_same_update_as_one_big_batch(tiny_run, verifier, tmp_path):
-    big_p, big_r = _one_update(tiny_run, verifier, tmp_path, 64)
-    small_p, small_r = _one_update(tiny_run, verifier, tmp_path, 3)
-    for k in big_p:
-        assert torch.allclose(big_p[k], small_p[k], atol=1e-6), k
-    for k in big_r:
-        assert torch.allclose(big_r[k], small_r[k], atol=1e-6), k
+    big = _one_update_grads(tiny_run, verifier, tmp_path, 64)
+    small = _one_update_grads(tiny_run, verifier, tmp_path, 3)
+    for model in ("policy", "rm"):
+        assert big[model].keys() == small[model].keys()
+        for k in big[model]:
+            assert torch.allclose(big[model][k], small[model][k], rtol=1e-4, atol=1e-7), (model, k)
 
 
 def test_config_errors_name_the_key(tiny_run, tmp_path):

@@ -1,0 +1,67 @@
+"""The command line end to end: data show, eval, demo (a short one), train with overrides."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _oreal(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "oreal.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_data_show_json(bench_dir):
+    r = _oreal("data", "show", "aime24", "--data-dir", str(bench_dir), "--json", "--n", "2")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["name"] == "aime24" and d["count"] == 30
+    assert len(d["examples"]) == 2 and {"question", "gold"} <= set(d["examples"][0])
+    r = _oreal("data", "show", "curriculum_test", "--n", "1")
+    assert r.returncode == 0 and "curriculum_test: 500 problems" in r.stdout and "[gold:" in r.stdout
+
+
+def test_data_show_bad_file_is_a_clear_error(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"question": "q"}\n')
+    r = _oreal("data", "show", str(p))
+    assert r.returncode == 0 and "1 bad rows skipped" in r.stdout  # show skips and reports
+    r = _oreal("data", "show", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_eval_on_curriculum_and_a_real_benchmark(tmp_path, bench_dir):
+    out = tmp_path / "res.json"
+    r = _oreal("eval", "--model", "default", "--data", "curriculum_test", "--limit", "30", "--k", "2",
+               "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert {"pass@1", "pass@k", "maj@k", "n", "k", "by_group"} <= set(d)
+    assert d["n"] == 30 and d["k"] == 2 and 0.0 < d["pass@1"] < 1.0
+    assert any(g.startswith("skill=") for g in d["by_group"])
+    r = _oreal("eval", "--model", "default", "--data", "gsm8k", "--data-dir", str(bench_dir), "--limit", "4",
+               "--max-new-tokens", "16", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["n"] == 4 and d["pass@1"] <= 0.25  # the tiny model knows no GSM8K; the pipeline runs
+
+
+def test_short_demo_writes_summary_metrics_and_plot(tmp_path):
+    out = tmp_path / "demo"
+    r = _oreal("demo", "--out", str(out), "--steps", "2", "eval_limit=16", "eval_k=1", "batch_questions=4",
+               "samples=4", "algo.actor_freeze_steps=1")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert {"before", "after", "steps", "seconds"} <= set(s)
+    assert "pass@1" in s["before"] and "pass@1" in s["after"] and s["steps"] == 2
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "learning_curve.png").stat().st_size > 1000
+    assert "before" in r.stdout and "after" in r.stdout
+
+
+def test_train_rejects_unknown_keys_with_the_key_named(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 1\nalgo:\n  name: grpo\n")
+    r = _oreal("train", str(cfg), "algo.bogus=1")
+    assert r.returncode == 2 and "algo.bogus" in r.stderr
+    r = _oreal("train", str(cfg), "samples=two")
+    assert r.returncode == 2 and "samples: expected an integer" in r.stderr
