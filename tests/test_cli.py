@@ -65,3 +65,19 @@ def test_train_rejects_unknown_keys_with_the_key_named(tmp_path):
     assert r.returncode == 2 and "algo.bogus" in r.stderr
     r = _oreal("train", str(cfg), "samples=two")
     assert r.returncode == 2 and "samples: expected an integer" in r.stderr
+
+
+def test_passrate_writes_a_balanced_ready_copy(tmp_path):
+    from oreal.data import balance, curriculum, load_problems, save_problems
+
+    src = tmp_path / "q.jsonl"
+    save_problems(curriculum.generate(6, "test", seed=0), src)
+    out = tmp_path / "q_pr.jsonl"
+    r = _oreal("data", "passrate", str(src), "--model", "default", "--out", str(out), "--k", "4",
+               "--max-new-tokens", "64", "--plain-prompt")
+    assert r.returncode == 0, r.stderr
+    probs = load_problems(out).problems
+    assert len(probs) == 6
+    assert all(p.pass_rate in (0.0, 0.25, 0.5, 0.75, 1.0) for p in probs)
+    assert len(balance(probs)) == sum({0: 6, 1: 4, 2: 4, 3: 2, 4: 0}[int(p.pass_rate * 4)] if p.pass_rate < 0.8 else 0
+                                      for p in probs)

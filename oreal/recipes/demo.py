@@ -25,8 +25,6 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
     ov = [f"out={out}", f"seed={seed}"] + ([f"steps={steps}"] if steps else []) + list(overrides or [])
     cfg = build_config(demo_config_path(), ov)
     t0 = time.time()
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.out) / "metrics.jsonl").unlink(missing_ok=True)
     with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
         trainer = Trainer(cfg, v, log)
         test = load_list(cfg.eval_data)[: cfg.eval_limit]

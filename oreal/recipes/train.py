@@ -328,7 +328,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
     history = []
     t_start = time.time()
-    with open(out / "metrics.jsonl", "a") as mf:
+    with open(out / "metrics.jsonl", "w") as mf:  # no resume yet: a rerun starts the file anew
         while trainer.step_no < cfg.steps:
             m = trainer.step()
             m["elapsed"] = time.time() - t_start
