@@ -28,6 +28,23 @@ def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
     return any(c for k, c in zip(keys, correct) if k == winner)
 
 
+def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: int,
+                     sampling: SamplingConfig, prompt: PromptConfig | None = None, seed: int = 0,
+                     batch_prompts: int | None = None):
+    """Yield (problem, K rollouts, K verdicts) for every problem, sampling `batch_prompts`
+    prompts at a time (all at once when None). Shared by evaluation, pass-rate measurement and
+    the trainer, so all three grade exactly alike."""
+    step = batch_prompts or max(1, len(problems))
+    for s in range(0, len(problems), step):
+        chunk = problems[s:s + step]
+        groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
+                               seed=seed + s)
+        for p, group in zip(chunk, groups):
+            verdicts = verifier.verify_batch([(p.gold, r.text, r.finished) for r in group],
+                                             extract=p.extract)
+            yield p, group, verdicts
+
+
 def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
              sampling: SamplingConfig | None = None, prompt: PromptConfig | None = None,
              seed: int = 0, batch_prompts: int = 64, progress: bool = False,
@@ -39,22 +56,17 @@ def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
     from tqdm import tqdm
 
     bar = tqdm(total=len(problems), desc="eval", unit="q", file=sys.stderr, disable=not progress)
-    for s in range(0, len(problems), batch_prompts):
-        chunk = problems[s:s + batch_prompts]
-        groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
-                               seed=seed + s)
-        for p, group in zip(chunk, groups):
-            verdicts = verifier.verify_batch([(p.gold, r.text, r.finished) for r in group],
-                                             extract=p.extract)
-            corr = [v.correct for v in verdicts]
-            unfinished += sum(v.status == "unfinished" for v in verdicts)
-            unparsable += sum(v.status == "no_answer" for v in verdicts)
-            timeouts += sum(v.status == "timeout" for v in verdicts)
-            per_problem.append((p, corr, [v.extracted for v in verdicts]))
-            if len(samples) < keep_samples:
-                samples.append({"id": p.id, "question": p.question, "gold": p.gold,
-                                "response": group[0].text, "correct": corr[0]})
-        bar.update(len(chunk))
+    for p, group, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling,
+                                               prompt, seed, batch_prompts):
+        corr = [v.correct for v in verdicts]
+        unfinished += sum(v.status == "unfinished" for v in verdicts)
+        unparsable += sum(v.status == "no_answer" for v in verdicts)
+        timeouts += sum(v.status == "timeout" for v in verdicts)
+        per_problem.append((p, corr, [v.extracted for v in verdicts]))
+        if len(samples) < keep_samples:
+            samples.append({"id": p.id, "question": p.question, "gold": p.gold,
+                            "response": group[0].text, "correct": corr[0]})
+        bar.update(1)
     bar.close()
 
     def summarise(rows):

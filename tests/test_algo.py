@@ -165,7 +165,7 @@ def _slow_reference_loss(logp, ref_logp, mask, rewards, is_pos, adv, lam_pos, la
 
 def test_full_loss_matches_slow_per_token_reference():
     torch.manual_seed(1)
-    B, K, T, V = 3, 4, 5, 7
+    T, V = 5, 7
     rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
     keep = pass_rate_filter(rewards)
     sel = select_pairs(rewards, keep, "pair", torch.Generator().manual_seed(3))

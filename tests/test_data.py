@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from oreal.data import (DEFAULT_BANDS, BENCHMARKS, DataError, Problem, PromptConfig, balance,
+from oreal.data import (BENCHMARKS, DataError, Problem, PromptConfig, balance,
                         band_repeats, load, load_problems, render, save_problems)
 from oreal.data import curriculum
 

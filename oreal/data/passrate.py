@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .prompts import PromptConfig, render
+from .prompts import PromptConfig
 from .records import DataError
 from .registry import load_list
 from .loaders import save_problems
@@ -24,13 +24,11 @@ def add_parser(dsub) -> None:
 
 
 def measure_pass_rates(problems, engine, tokenizer, verifier, k, sampling, prompt, batch=64, seed=0):
-    for s in range(0, len(problems), batch):
-        chunk = problems[s:s + batch]
-        groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
-                               seed=seed + s)
-        for p, g in zip(chunk, groups):
-            verdicts = verifier.verify_batch([(p.gold, r.text, r.finished) for r in g], extract=p.extract)
-            p.pass_rate = sum(v.correct for v in verdicts) / k
+    from ..evaluation import sample_and_grade
+
+    for p, _, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling, prompt,
+                                           seed, batch):
+        p.pass_rate = sum(v.correct for v in verdicts) / k
     return problems
 
 

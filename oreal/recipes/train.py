@@ -17,9 +17,9 @@ import torch
 
 from .. import algo
 from ..config import ConfigError, save_config
-from ..data import PromptConfig, load_list, render
+from ..data import PromptConfig, load_list
 from ..data.sampler import QuestionSampler
-from ..evaluation import evaluate
+from ..evaluation import evaluate, sample_and_grade
 from ..models import load_policy, load_token_rm, load_tokenizer, save_model
 from ..optim import make_optimizer
 from ..rollout import SamplingConfig, make_engine
@@ -182,14 +182,13 @@ class Trainer:
         t0 = time.time()
         self.step_no += 1
         probs = [self.problems[i] for i in self.sampler.next(cfg.batch_questions)]
-        prompts = [render(p.question, self.tok, cfg.prompt) for p in probs]
-        groups = self.engine.sample(prompts, cfg.samples, cfg.sampling,
-                                    seed=cfg.seed * 1_000_003 + self.step_no)
         rewards = torch.zeros(len(probs), cfg.samples)
+        groups = []
         unfinished = timeouts = 0
-        for b, (p, g) in enumerate(zip(probs, groups)):
-            verdicts = self.verifier.verify_batch([(p.gold, r.text, r.finished) for r in g],
-                                                  extract=p.extract)
+        for b, (_, g, verdicts) in enumerate(sample_and_grade(
+                self.engine, self.tok, probs, self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
+                seed=cfg.seed * 1_000_003 + self.step_no)):
+            groups.append(g)
             rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
             unfinished += sum(v.status == "unfinished" for v in verdicts)
             timeouts += sum(v.status == "timeout" for v in verdicts)
