@@ -119,7 +119,8 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
+def read_values(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> dict:
+    """The raw mapping of a YAML file with dotted overrides merged in (errors name the file)."""
     values: dict = {}
     if path is not None:
         try:
@@ -133,7 +134,16 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     if overrides:
         ov = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
         values = _merge(values, ov)
+    return values
+
+
+def from_values(cls: type[T], values: dict) -> T:
+    """A typed, validated `cls` from a raw mapping."""
     return _build(cls, values)
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
+    return from_values(cls, read_values(path, overrides))
 
 
 def to_dict(cfg) -> dict:

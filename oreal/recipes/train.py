@@ -348,17 +348,11 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
 
 def build_config(path: str | None, overrides: list[str] | dict | None) -> TrainConfig:
     """Load a TrainConfig, then apply the algorithm preset under the user's explicit keys."""
-    from ..config import _merge, load_config, parse_overrides
-    import yaml
+    from ..config import from_values, read_values
 
-    explicit: set[str] = set()
-    raw: dict = {}
-    if path:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    ov = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides or []))
-    merged = _merge(raw, ov)
-    explicit = set((merged.get("algo") or {}).keys()) - {"name"}
-    cfg = load_config(TrainConfig, path, ov)
+    values = read_values(path, overrides)  # read once: the preset must not override explicit keys
+    explicit = set((values.get("algo") or {}).keys()) - {"name"}
+    cfg = from_values(TrainConfig, values)
     cfg.algo = resolve_algo(cfg.algo, explicit)
     cfg.validate()
     return cfg

@@ -80,7 +80,9 @@ class HFSampler:
     def sample(self, prompts, k, cfg, seed=None):
         flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
         out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
-        gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        if seed is None:  # draw from the global generator instead of reseeding it
+            seed = int(torch.randint(2**62, (1,)).item())
+        gen = torch.Generator().manual_seed(seed)
         for s in range(0, len(flat), self.max_batch):
             chunk = flat[s:s + self.max_batch]
             for r in self._sample_chunk([prompts[i] for i, _ in chunk], cfg, gen):
@@ -167,8 +169,6 @@ class HFGenerateEngine:
     @torch.no_grad()
     def sample(self, prompts, k, cfg, seed=None):
         model, tok = self.model, self.tokenizer
-        if seed is not None:
-            torch.manual_seed(seed)
         was_training = model.training
         model.eval()
         # each prompt repeated k times in a row (greedy decoding rejects num_return_sequences)
@@ -186,8 +186,11 @@ class HFGenerateEngine:
         if cfg.stop_strings:
             kwargs.update(stop_strings=cfg.stop_strings, tokenizer=tok)
         dev = next(model.parameters()).device
-        res = model.generate(input_ids=enc["input_ids"].to(dev),
-                             attention_mask=enc["attention_mask"].to(dev), **kwargs)
+        with torch.random.fork_rng():  # generate draws from the global RNG: seed a private copy
+            if seed is not None:
+                torch.manual_seed(seed)
+            res = model.generate(input_ids=enc["input_ids"].to(dev),
+                                 attention_mask=enc["attention_mask"].to(dev), **kwargs)
         model.train(was_training)
         gen_ids = res.sequences[:, enc["input_ids"].size(1):]
         logits = torch.stack(res.logits, 1).float() if cfg.return_logprobs else None
