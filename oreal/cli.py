@@ -15,9 +15,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     train.add_parser(sub)
     sft.add_parser(sub)
-    from . import eval_cli
+    from . import eval_cli, report
 
     eval_cli.add_parser(sub)
+    report.add_parser(sub)
     verify_cli.add_parser(sub)
     data_cli.add_parser(sub)
     return parser

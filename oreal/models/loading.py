@@ -78,3 +78,22 @@ def save_model(model, tokenizer, path: str | Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load the safetensors weights of an HF directory (one file or shards) into `model` in
+    place, exactly. Only tied weights may be absent from the files."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors weights in {path}")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or any(k not in tied and "lm_head" not in k for k in missing):
+        raise ValueError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+    if missing and hasattr(model, "tie_weights"):
+        model.tie_weights()

@@ -33,6 +33,9 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
         before = trainer.evaluate(test, k=cfg.eval_k)
         log(f"before: pass@1 {before['pass@1']:.3f}")
         _, history = train(cfg, v, log=log, trainer=trainer)
+        if trainer.interrupted:
+            raise SystemExit(f"demo stopped by {trainer.interrupted}; continue it with: oreal demo --out {out} "
+                             f"resume=auto")
         after = trainer.evaluate(test, k=cfg.eval_k, keep_samples=8)
     seconds = time.time() - t0
     summary = {
@@ -48,8 +51,11 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
     from ..plots import learning_curve
 
     learning_curve(history, out_dir / "learning_curve.png", before["pass@1"], after["pass@1"])
+    from ..report import write_report
+
+    report = write_report(out_dir)
     log(format_table(summary))
-    log(f"wrote {out_dir}/summary.json, metrics.jsonl, learning_curve.png")
+    log(f"wrote {out_dir}/summary.json, metrics.jsonl, learning_curve.png, {report}/index.html")
     return summary
 
 
@@ -79,9 +85,15 @@ def add_parser(sub) -> None:
 def _cli(args) -> int:
     from ..config import ConfigError
 
+    from ..checkpoint import CheckpointError
+    from .train import TrainingError
+
     try:
         run_demo(args.out, args.steps, args.seed, args.overrides)
     except ConfigError as e:
         print(f"oreal demo: {e}", file=sys.stderr)
         return 2
+    except (TrainingError, CheckpointError) as e:
+        print(f"oreal demo: {e}", file=sys.stderr)
+        return 1
     return 0

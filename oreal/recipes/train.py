@@ -8,7 +8,11 @@ gradient clipping and optimiser steps. The math lives in `oreal.algo`; this file
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,13 +20,16 @@ from pathlib import Path
 import torch
 
 from .. import algo
-from ..config import ConfigError, save_config
+from .. import checkpoint as ckpt
+from ..config import ConfigError, save_config, to_dict
 from ..data import PromptConfig, load_list
 from ..data.sampler import QuestionSampler
 from ..evaluation import evaluate, sample_and_grade
-from ..models import load_policy, load_token_rm, load_tokenizer, save_model
+from ..models import load_policy, load_token_rm, load_tokenizer, load_weights, save_model
 from ..optim import make_optimizer
 from ..rollout import SamplingConfig, make_engine
+from ..tracking import Trackers
+from ..verify.verifier import JUDGE_FAILED
 
 
 @dataclass
@@ -111,6 +118,15 @@ class TrainConfig:
     verifier_workers: int = 2
     verifier_timeout: float = 10.0
     log_every: int = 1
+    save_every: int = 0  # checkpoint every N steps (0: only at the end); also on SIGINT/SIGTERM
+    keep_last: int = 2  # checkpoints kept besides the best by evaluation
+    resume: str | None = None  # 'auto': newest good checkpoint under out/checkpoints; or a path
+    overwrite: bool = False  # a fresh start may delete the checkpoints of an earlier run in `out`
+    max_nonfinite: int = 3  # stop after this many steps in a row with a non-finite loss/gradient
+    trackers: list[str] = field(default_factory=list)  # tensorboard, wandb
+    wandb_project: str = "oreal"
+    dump_per_step: int = 8  # responses per step written to trajectories.jsonl (0: none)
+    dump_max_mb: float = 20.0  # stop dumping trajectories past this size
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
@@ -123,14 +139,23 @@ class TrainConfig:
                 raise ConfigError(f"{k}: must be at least 1")
         if self.samples < 2 and self.algo.advantage == "rloo":
             raise ConfigError("samples: RLOO needs at least 2 samples per question")
+        from ..tracking import TRACKERS
+
+        for t in self.trackers:
+            if t not in TRACKERS:
+                raise ConfigError(f"trackers: {t!r} is not one of {list(TRACKERS)}")
 
 
 METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
     "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc",
-    "response_tokens", "unfinished", "verifier_timeouts", "lr", "rm_lr", "actor_updated",
-    "skipped", "tokens_per_s", "seconds", "elapsed", "eta",
+    "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "lr", "rm_lr",
+    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "seconds", "elapsed", "eta",
 ]
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. non-finite losses step after step)."""
 
 
 def _batch_tensors(seqs: list[tuple[list[int], list[int]]], pad_id: int):
@@ -147,6 +172,18 @@ def _batch_tensors(seqs: list[tuple[list[int], list[int]]], pad_id: int):
         resp[i, len(p):n] = 1.0
     # position t of the shifted tensors predicts ids[:, t+1]
     return ids, attn, ids[:, 1:], resp[:, 1:]
+
+
+def _apply_update(model, opt, sched, clip: float, loss_sum: float) -> bool:
+    """Clip and step, unless the loss or the gradient is not finite: then drop the gradient and
+    leave weights, optimiser state and schedule untouched. Returns whether it stepped."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if not (torch.isfinite(torch.as_tensor(loss_sum)) and torch.isfinite(norm)):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    sched.step()
+    return True
 
 
 class Trainer:
@@ -175,6 +212,10 @@ class Trainer:
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.step_no = 0
         self.actor_steps = 0
+        self.nonfinite_streak = 0
+        self.best: dict | None = None  # {"step", "eval_pass@1"} of the best evaluation so far
+        self.trajectories: list[dict] = []
+        self.interrupted: str | None = None  # the signal's name when a run stopped on one
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> dict:
@@ -184,7 +225,8 @@ class Trainer:
         probs = [self.problems[i] for i in self.sampler.next(cfg.batch_questions)]
         rewards = torch.zeros(len(probs), cfg.samples)
         groups = []
-        unfinished = timeouts = 0
+        unfinished = timeouts = judge_failed = 0
+        self.trajectories = []
         for b, (_, g, verdicts) in enumerate(sample_and_grade(
                 self.engine, self.tok, probs, self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
                 seed=cfg.seed * 1_000_003 + self.step_no)):
@@ -192,6 +234,7 @@ class Trainer:
             rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
             unfinished += sum(v.status == "unfinished" for v in verdicts)
             timeouts += sum(v.status == "timeout" for v in verdicts)
+            judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
         keep = algo.pass_rate_filter(rewards) if a.filter else torch.ones(len(probs), dtype=torch.bool)
         sel = algo.select_pairs(rewards, keep, a.select, self.select_gen)
         adv_all = algo.group_advantages(rewards, a.advantage)
@@ -199,10 +242,15 @@ class Trainer:
         m = {"step": self.step_no, "reward": rewards.mean().item(),
              "pass_rate": rewards.mean(-1).mean().item(), "kept_questions": int(keep.sum()),
              "selected": len(idx), "unfinished": unfinished, "verifier_timeouts": timeouts,
+             "judge_failures": judge_failed,
              "response_tokens": sum(len(r.response_ids) for g in groups for r in g)}
         update_actor = self.step_no > a.actor_freeze_steps
-        if not idx:
-            m.update(skipped=True, actor_updated=False)
+        if not idx:  # every question all-right or all-wrong: nothing to learn from
+            self.log(f"step {self.step_no}: all {len(probs)} questions filtered out "
+                     f"(pass rate 0 or 1); update skipped")
+            m.update(skipped=True, actor_updated=False, nonfinite=False)
+            if cfg.dump_per_step:
+                self._record_trajectories(probs, groups, idx, rewards, adv_all, None)
             return self._finish(m, t0)
         seqs = [(groups[b][k].prompt_ids, groups[b][k].response_ids) for b, k in idx]
         r = torch.tensor([rewards[b, k].item() for b, k in idx])
@@ -216,6 +264,7 @@ class Trainer:
                   "seqs": len(idx), "const": len(idx) * cfg.sampling.max_new_tokens}
         sums = dict.fromkeys(["loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss"], 0.0)
         rm_correct = 0
+        all_weights = torch.ones_like(mask)
         if update_actor:
             self.opt.zero_grad(set_to_none=True)
         if self.rm is not None:
@@ -233,6 +282,7 @@ class Trainer:
                 rm_correct += ((seq_score > 0) == mb_pos).sum().item()
                 weights = algo.token_importance_weights(w_logits.detach(), mb_mask, mb_pos, a.tau,
                                                         a.token_weights, a.topk_ratio)
+                all_weights[sl] = weights
             if not update_actor:
                 continue
             logits = self.policy(input_ids=ids[sl], attention_mask=attn[sl]).logits[:, :-1]
@@ -263,23 +313,31 @@ class Trainer:
             sums["loss_neg"] += loss_neg.item()
             sums["loss_kl"] += a.kl_coef * loss_kl.item()
             sums["kl"] += (kl_tok.detach() * mb_mask).sum().item()
+        nonfinite = False
         if self.rm is not None:
-            torch.nn.utils.clip_grad_norm_(self.rm.parameters(), cfg.optim.grad_clip)
-            self.rm_opt.step()
-            self.rm_sched.step()
-            m["rm_loss"] = sums["rm_loss"] / counts["seqs"]
-            m["rm_acc"] = rm_correct / counts["seqs"]
             m["rm_lr"] = self.rm_sched.get_last_lr()[0]
+            if _apply_update(self.rm, self.rm_opt, self.rm_sched, cfg.optim.grad_clip, sums["rm_loss"]):
+                m["rm_loss"] = sums["rm_loss"] / counts["seqs"]
+                m["rm_acc"] = rm_correct / counts["seqs"]
+            else:
+                nonfinite = True
         if update_actor:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.optim.grad_clip)
-            self.opt.step()
-            self.sched.step()
-            self.actor_steps += 1
-            m.update(loss_pos=sums["loss_pos"], loss_neg=sums["loss_neg"], loss_kl=sums["loss_kl"],
-                     loss=sums["loss_pos"] + sums["loss_neg"] + sums["loss_kl"],
-                     kl=sums["kl"] / counts["all"], entropy=sums["entropy"] / counts["all"])
+            total = sums["loss_pos"] + sums["loss_neg"] + sums["loss_kl"]
+            if _apply_update(self.policy, self.opt, self.sched, cfg.optim.grad_clip, total):
+                self.actor_steps += 1
+                m.update(loss_pos=sums["loss_pos"], loss_neg=sums["loss_neg"], loss_kl=sums["loss_kl"],
+                         loss=total, kl=sums["kl"] / counts["all"], entropy=sums["entropy"] / counts["all"])
+            else:
+                nonfinite, update_actor = True, False
+        self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
         m.update(positives=int(is_pos.sum()), negatives=int((~is_pos).sum()), skipped=False,
-                 actor_updated=update_actor, lr=self.sched.get_last_lr()[0])
+                 actor_updated=update_actor, nonfinite=nonfinite, lr=self.sched.get_last_lr()[0])
+        if cfg.dump_per_step:
+            self._record_trajectories(probs, groups, idx, rewards, adv_all, all_weights)
+        if self.nonfinite_streak >= cfg.max_nonfinite:
+            raise TrainingError(f"step {self.step_no}: {self.nonfinite_streak} steps in a row had a non-finite "
+                                f"loss or gradient (updates skipped); stopping. Lower the learning rate or "
+                                f"check the data, then resume from the last checkpoint.")
         return self._finish(m, t0)
 
     def _finish(self, m: dict, t0: float) -> dict:
@@ -288,6 +346,59 @@ class Trainer:
         for k in METRIC_FIELDS:
             m.setdefault(k, None)
         return m
+
+    def _record_trajectories(self, probs, groups, idx, rewards, adv, weights) -> None:
+        """Up to `dump_per_step` responses with their reward, advantage and token weights
+        (selected responses first; the weights are those the policy loss used)."""
+        row_of = {tuple(bk): i for i, bk in enumerate(idx)}
+        order = [tuple(bk) for bk in idx] + [(b, k) for b in range(len(groups)) for k in range(len(groups[b]))
+                                             if (b, k) not in row_of]
+        for b, k in order[: self.cfg.dump_per_step]:
+            r = groups[b][k]
+            ids = r.response_ids
+            rec = {"step": self.step_no, "id": probs[b].id, "prompt": self.tok.decode(r.prompt_ids),
+                   "gold": probs[b].gold, "response": self.tok.decode(ids), "reward": rewards[b, k].item(),
+                   "advantage": adv[b, k].item(), "pass_rate": rewards[b].mean().item(),
+                   "selected": (b, k) in row_of, "tokens": [self.tok.decode([t]) for t in ids]}
+            if weights is not None and (b, k) in row_of:
+                start = len(r.prompt_ids) - 1  # shifted targets: position p-1 predicts token p
+                rec["weights"] = [round(x, 4) for x in weights[row_of[(b, k)], start:start + len(ids)].tolist()]
+            self.trajectories.append(rec)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything but the weights that a resume needs to continue to the bit."""
+        return {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
+                "best": self.best, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "rm_opt": self.rm_opt.state_dict() if self.rm is not None else None,
+                "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
+                "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
+                "rng": ckpt.rng_state()}
+
+    def save_checkpoint(self, root: Path, keep_last: int) -> Path:
+        def write(d: Path):
+            self.save(d)
+            torch.save(self.state_dict(), d / "trainer_state.pt")
+
+        keep = {self.best["step"]} if self.best else set()
+        return ckpt.save_checkpoint(root, self.step_no, write, {"best": self.best}, keep_last, keep)
+
+    def load_checkpoint(self, path: Path) -> None:
+        st = ckpt.load_trainer_state(path)
+        load_weights(self.policy, path / "policy")
+        if self.rm is not None:
+            if st["rm_opt"] is None:
+                raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+            load_weights(self.rm, path / "token_rm")
+            self.rm_opt.load_state_dict(st["rm_opt"])
+            self.rm_sched.load_state_dict(st["rm_sched"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.sampler.load_state_dict(st["sampler"])
+        self.select_gen.set_state(st["select_gen"])
+        ckpt.set_rng_state(st["rng"])
+        self.step_no, self.actor_steps = st["step"], st["actor_steps"]
+        self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = 12345,
                  **kw) -> dict:
@@ -301,12 +412,22 @@ class Trainer:
 
 
 def format_step(m: dict, total: int) -> str:
+    """One console line per step: what a user watches while a run goes."""
     parts = [f"step {m['step']:>4}/{total}", f"reward {m['reward']:.3f}",
-             f"kept {m['kept_questions']:>3}", f"sel {m['selected']:>3}"]
+             f"kept {m['kept_questions']:>3}", f"sel {m['selected']:>3} (+{m['positives'] or 0}/-{m['negatives'] or 0})"]
     if m.get("loss") is not None:
-        parts += [f"loss {m['loss']:+.4f}", f"kl {m['kl']:.4f}", f"ent {m['entropy']:.3f}"]
+        parts += [f"pos {m['loss_pos']:+.4f}", f"neg {m['loss_neg']:+.4f}", f"kl {m['kl']:.4f}",
+                  f"ent {m['entropy']:.3f}"]
     if m.get("rm_loss") is not None:
-        parts += [f"rm {m['rm_loss']:.3f}/{m['rm_acc']:.2f}"]
+        parts += [f"rm {m['rm_loss']:.3f} acc {m['rm_acc']:.2f}"]
+    if m.get("skipped"):
+        parts.append("SKIPPED (all filtered)")
+    if m.get("nonfinite"):
+        parts.append("SKIPPED (non-finite)")
+    if m.get("verifier_timeouts"):
+        parts.append(f"timeouts {m['verifier_timeouts']}")
+    if m.get("judge_failures"):
+        parts.append(f"judge failures {m['judge_failures']}")
     parts += [f"{m['tokens_per_s']:.0f} tok/s", f"{m['seconds']:.1f}s"]
     if m.get("eta") is not None:
         parts.append(f"eta {m['eta']:.0f}s")
@@ -315,34 +436,145 @@ def format_step(m: dict, total: int) -> str:
     return " | ".join(parts)
 
 
+class _StopOnSignal:
+    """SIGINT/SIGTERM: finish the current step, write a checkpoint, stop. A second Ctrl-C stops at once."""
+
+    def __init__(self, log):
+        self.log, self.signum, self._old = log, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        self.log(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def _keep_rows(path: Path, upto: int) -> list[dict]:
+    """The JSONL rows of steps <= `upto` (a resume drops what came after its checkpoint); the
+    file is rewritten atomically to hold just those."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
+            if row.get("step", 0) <= upto:
+                rows.append(row)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+    return rows
+
+
+class _CappedJsonl:
+    """Append-only JSONL that stops growing at `max_mb` (trajectory dumps)."""
+
+    def __init__(self, path: Path, max_mb: float, log):
+        self.path, self.limit, self.log = path, max_mb * 2**20, log
+        self.size = path.stat().st_size if path.exists() else 0
+        self.full = False
+
+    def write(self, rows: list[dict]) -> None:
+        if self.full or not rows:
+            return
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if self.size + len(text) > self.limit:
+            self.full = True
+            self.log(f"{self.path.name} reached its {self.limit / 2**20:.0f} MB cap; no more trajectory dumps")
+            return
+        with open(self.path, "a") as f:
+            f.write(text)
+        self.size += len(text)
+
+
+def _resume(trainer: Trainer, cfg: TrainConfig, root: Path, log) -> None:
+    if cfg.resume == "auto":
+        path = ckpt.find_latest(root, log)
+        if path is None:
+            log(f"resume=auto: no usable checkpoint in {root}; starting from step 0")
+            return
+    else:
+        path = Path(cfg.resume)
+        problem = ckpt.validate(path)
+        if problem:
+            raise ckpt.CheckpointError(f"cannot resume from {path}: {problem}")
+    trainer.load_checkpoint(path)
+    log(f"resumed from {path} (step {trainer.step_no})")
+
+
 def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None) -> tuple[Trainer, list[dict]]:
-    """Run `cfg.steps` steps, writing config.yaml, metrics.jsonl and final/ under cfg.out."""
+    """Run to `cfg.steps`, writing config.yaml, metrics.jsonl, trajectories.jsonl, checkpoints/
+    and final/ under cfg.out. Raises TrainingError or CheckpointError with a clear message."""
     out = Path(cfg.out)
+    root = out / "checkpoints"
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     except OSError as e:
-        raise SystemExit(f"oreal: cannot write to run directory {out}: {e}") from None
+        raise TrainingError(f"cannot write to run directory {out}: {e}") from None
+    if not cfg.resume and ckpt.list_checkpoints(root):
+        if not cfg.overwrite:
+            raise TrainingError(f"{root} holds checkpoints of an earlier run: pass resume=auto to continue "
+                                f"it, or overwrite=true to start afresh")
+        shutil.rmtree(root)
     trainer = trainer or Trainer(cfg, verifier, log)
+    if cfg.resume:
+        _resume(trainer, cfg, root, log)
+    history = _keep_rows(out / "metrics.jsonl", trainer.step_no)
+    _keep_rows(out / "trajectories.jsonl", trainer.step_no)
+    dumps = _CappedJsonl(out / "trajectories.jsonl", cfg.dump_max_mb, log)
     eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
-    history = []
-    t_start = time.time()
-    with open(out / "metrics.jsonl", "w") as mf:  # no resume yet: a rerun starts the file anew
-        while trainer.step_no < cfg.steps:
-            m = trainer.step()
-            m["elapsed"] = time.time() - t_start
-            m["eta"] = m["elapsed"] / len(history + [m]) * (cfg.steps - trainer.step_no)
-            if eval_set and trainer.step_no % cfg.eval_every == 0:
-                m["eval_pass@1"] = trainer.evaluate(eval_set, k=cfg.eval_k)["pass@1"]
-            history.append(m)
-            mf.write(json.dumps(m) + "\n")
-            mf.flush()
-            if cfg.log_every and trainer.step_no % cfg.log_every == 0:
-                log(format_step(m, cfg.steps))
-            if cfg.max_seconds and m["elapsed"] > cfg.max_seconds:
-                log(f"time limit of {cfg.max_seconds:.0f}s reached at step {trainer.step_no}")
-                break
-    trainer.save(out / "final")
+    trackers = Trackers(cfg.trackers, out, to_dict(cfg), cfg.wandb_project)
+    t_start, first_step = time.time(), trainer.step_no
+    trainer.interrupted = None
+    try:
+        with _StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") as mf:
+            while trainer.step_no < cfg.steps:
+                m = trainer.step()
+                step = trainer.step_no
+                m["elapsed"] = time.time() - t_start
+                m["eta"] = m["elapsed"] / (step - first_step) * (cfg.steps - step)
+                new_best = False
+                if eval_set and step % cfg.eval_every == 0:
+                    m["eval_pass@1"] = trainer.evaluate(eval_set, k=cfg.eval_k)["pass@1"]
+                    if trainer.best is None or m["eval_pass@1"] > trainer.best["eval_pass@1"]:
+                        trainer.best, new_best = {"step": step, "eval_pass@1": m["eval_pass@1"]}, True
+                history.append(m)
+                mf.write(json.dumps(m) + "\n")
+                mf.flush()
+                dumps.write(trainer.trajectories)
+                trackers.log(m, step)
+                if cfg.log_every and step % cfg.log_every == 0:
+                    log(format_step(m, cfg.steps))
+                out_of_time = bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds
+                if (step == cfg.steps or new_best or stop.signum or out_of_time
+                        or (cfg.save_every and step % cfg.save_every == 0)):
+                    path = trainer.save_checkpoint(root, cfg.keep_last)
+                    if stop.signum:
+                        log(f"checkpoint written: {path}; continue with resume=auto")
+                ckpt._fault("step_end", step)
+                if stop.signum:
+                    trainer.interrupted = signal.Signals(stop.signum).name
+                    return trainer, history
+                if out_of_time:
+                    log(f"time limit of {cfg.max_seconds:.0f}s reached at step {step}")
+                    break
+        trainer.save(out / "final")
+    except OSError as e:  # metrics, dumps or final weights: a full disk is a message, not a traceback
+        raise TrainingError(f"cannot write to run directory {out}: {e}") from None
+    finally:
+        trackers.close()
     return trainer, history
 
 
@@ -373,11 +605,17 @@ def _cli(args) -> int:
     except (ConfigError, OSError) as e:
         print(f"oreal train: {e}", file=sys.stderr)
         return 2
-    with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
-        train(cfg, v)
+    try:
+        with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
+            trainer, _ = train(cfg, v)
+    except (TrainingError, ckpt.CheckpointError) as e:
+        print(f"oreal train: {e}", file=sys.stderr)
+        return 1
+    if trainer.interrupted:
+        return 128 + getattr(signal, trainer.interrupted)
     print(f"done: {cfg.out}/final/policy")
     return 0
 
 
 __all__ = ["ALGORITHMS", "AlgoConfig", "METRIC_FIELDS", "OptimConfig", "TrainConfig", "Trainer",
-           "build_config", "train"]
+           "TrainingError", "build_config", "train"]

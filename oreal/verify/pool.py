@@ -30,6 +30,7 @@ class _Worker:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "oreal.verify._worker", str(memory_mb), str(inner_timeout)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            start_new_session=True,  # a Ctrl-C meant for the trainer must not kill the graders mid-step
         )
         self._buf = b""
         self.items = 0

@@ -20,6 +20,7 @@ from .pool import WorkerPool
 
 EXTRACT_MODES = ("boxed", "auto", "gsm8k")
 STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
+JUDGE_FAILED = "judge failed; rule verdict kept"  # Verdict.detail when the LLM judge could not answer
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Verifier:
                 questions[i] if questions else "", str(items[i][0]), verdicts[i].extracted), todo)
             for i, ok in zip(todo, answers):
                 if ok is None:
-                    verdicts[i].detail = "judge failed; rule verdict kept"
+                    verdicts[i].detail = JUDGE_FAILED
                 elif ok:
                     verdicts[i].correct = True
                     verdicts[i].detail = "accepted by LLM judge"
