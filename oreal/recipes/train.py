@@ -24,6 +24,7 @@ from .. import checkpoint as ckpt
 from ..config import ConfigError, save_config, to_dict
 from ..data import PromptConfig, load_list
 from ..data.sampler import QuestionSampler
+from ..data.skills import SkillBooster, SkillConfig
 from ..evaluation import evaluate, sample_and_grade
 from ..models import load_policy, load_token_rm, load_tokenizer, load_weights, save_model
 from ..optim import make_optimizer
@@ -132,6 +133,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
         temperature=1.0, top_p=0.9, max_new_tokens=1024))
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    skills: SkillConfig = field(default_factory=SkillConfig)  # skill-based enhancement (off by default)
 
     def validate(self):
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
@@ -149,7 +151,7 @@ class TrainConfig:
 METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
     "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc",
-    "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "lr", "rm_lr",
+    "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "rm_lr",
     "actor_updated", "skipped", "nonfinite", "tokens_per_s", "seconds", "elapsed", "eta",
 ]
 
@@ -208,6 +210,10 @@ class Trainer:
                                                         cfg.steps, o.rm_min_lr)
         self.problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
+        self.booster = None
+        if cfg.skills.enabled:
+            pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.pool else None
+            self.booster = SkillBooster(cfg.skills, self.problems, cfg.seed, pool, log)
         self.engine = make_engine(cfg.engine, self.policy, self.tok)
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.step_no = 0
@@ -222,7 +228,8 @@ class Trainer:
         cfg, a = self.cfg, self.cfg.algo
         t0 = time.time()
         self.step_no += 1
-        probs = [self.problems[i] for i in self.sampler.next(cfg.batch_questions)]
+        boosted = self.booster.draw(cfg.batch_questions) if self.booster else []
+        probs = boosted + [self.problems[i] for i in self.sampler.next(cfg.batch_questions - len(boosted))]
         rewards = torch.zeros(len(probs), cfg.samples)
         groups = []
         unfinished = timeouts = judge_failed = 0
@@ -235,6 +242,10 @@ class Trainer:
             unfinished += sum(v.status == "unfinished" for v in verdicts)
             timeouts += sum(v.status == "timeout" for v in verdicts)
             judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
+        if self.booster:  # every question counts here, all-wrong ones included
+            self.booster.tracker.update([p.id for p in probs], rewards)
+            if self.step_no % cfg.skills.mine_every == 0:
+                self.booster.mine(self.step_no)
         keep = algo.pass_rate_filter(rewards) if a.filter else torch.ones(len(probs), dtype=torch.bool)
         sel = algo.select_pairs(rewards, keep, a.select, self.select_gen)
         adv_all = algo.group_advantages(rewards, a.advantage)
@@ -242,7 +253,7 @@ class Trainer:
         m = {"step": self.step_no, "reward": rewards.mean().item(),
              "pass_rate": rewards.mean(-1).mean().item(), "kept_questions": int(keep.sum()),
              "selected": len(idx), "unfinished": unfinished, "verifier_timeouts": timeouts,
-             "judge_failures": judge_failed,
+             "judge_failures": judge_failed, "boosted": len(boosted),
              "response_tokens": sum(len(r.response_ids) for g in groups for r in g)}
         update_actor = self.step_no > a.actor_freeze_steps
         if not idx:  # every question all-right or all-wrong: nothing to learn from
@@ -373,6 +384,7 @@ class Trainer:
                 "rm_opt": self.rm_opt.state_dict() if self.rm is not None else None,
                 "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
                 "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
+                "booster": self.booster.state_dict() if self.booster else None,
                 "rng": ckpt.rng_state()}
 
     def save_checkpoint(self, root: Path, keep_last: int) -> Path:
@@ -396,6 +408,8 @@ class Trainer:
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
         self.select_gen.set_state(st["select_gen"])
+        if self.booster is not None and st.get("booster"):
+            self.booster.load_state_dict(st["booster"])
         ckpt.set_rng_state(st["rng"])
         self.step_no, self.actor_steps = st["step"], st["actor_steps"]
         self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
@@ -555,6 +569,8 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
                 mf.flush()
                 dumps.write(trainer.trajectories)
                 trackers.log(m, step)
+                if trainer.booster and trainer.booster.history:
+                    (out / "skills.json").write_text(json.dumps(trainer.booster.history, indent=1))
                 if cfg.log_every and step % cfg.log_every == 0:
                     log(format_step(m, cfg.steps))
                 out_of_time = bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds
