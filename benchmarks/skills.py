@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--doc", default=str(ROOT / "docs" / "skills.md"))
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     model = weak_model(out, args.weak, args.weak_share)
     rows = []
     for seed in args.seeds:

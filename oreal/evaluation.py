@@ -29,16 +29,16 @@ def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
 
 
 def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: int,
-                     sampling: SamplingConfig, prompt: PromptConfig | None = None, seed: int = 0,
-                     batch_prompts: int | None = None):
+                     sampling: SamplingConfig, prompt: PromptConfig | None = None,
+                     seed: int | list[int] = 0, batch_prompts: int | None = None):
     """Yield (problem, K rollouts, K verdicts) for every problem, sampling `batch_prompts`
-    prompts at a time (all at once when None). Shared by evaluation, pass-rate measurement and
-    the trainer, so all three grade exactly alike."""
+    prompts at a time (all at once when None). `seed`: one for the run, or one per problem.
+    Shared by evaluation, pass-rate measurement and the trainer, so all three grade alike."""
     step = batch_prompts or max(1, len(problems))
     for s in range(0, len(problems), step):
         chunk = problems[s:s + step]
         groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
-                               seed=seed + s)
+                               seed=seed[s:s + step] if isinstance(seed, list) else seed + s)
         for p, group in zip(chunk, groups):
             verdicts = verifier.verify_batch([(p.gold, r.text, r.finished) for r in group],
                                              extract=p.extract)

@@ -120,3 +120,28 @@ def test_defaults_equal_the_reference_run():
     assert (o.lr, o.min_lr, o.rm_lr, o.rm_min_lr, o.warmup, o.weight_decay, o.grad_clip) == \
         (5e-7, 1e-7, 2e-6, 4e-7, 10, 0.01, 1.0)
     assert (cfg.sampling.temperature, cfg.sampling.top_p) == (1.0, 0.9)
+
+
+def test_lora_trains_only_the_adapter_and_saves_a_peft_adapter(tiny_run, verifier, tmp_path):
+    peft = pytest.importorskip("peft")
+    from oreal.models import load_policy
+
+    cfg = _cfg(tiny_run, tmp_path / "run", "lora.enabled=true", "lora.r=4", "algo.actor_freeze_steps=0",
+               "steps=2", "batch_questions=8", "algo.name=ladder_bc")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
+    _, history = train(cfg, verifier, log=lambda *a: None, trainer=tr)
+    assert any(h["actor_updated"] for h in history)
+    after = tr.policy.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all("lora_" in k for k in changed), sorted(changed)[:5]
+    assert tr.ref is None  # the reference is the base model with the adapter disabled
+    adapter = tmp_path / "run" / "final" / "policy"
+    assert (adapter / "adapter_model.safetensors").exists()
+    loaded = peft.PeftModel.from_pretrained(load_policy("default"), str(adapter)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, tr.policy(input_ids=ids).logits, atol=1e-5)
+        with tr.policy.disable_adapter():
+            base = tr.policy(input_ids=ids).logits
+        assert torch.allclose(base, load_policy("default")(input_ids=ids).logits, atol=1e-6)

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from .. import algo
 from .. import checkpoint as ckpt
+from .. import distributed as dist_utils
 from ..config import ConfigError, save_config, to_dict
 from ..data import PromptConfig, load_list
 from ..data.sampler import QuestionSampler
@@ -92,6 +94,17 @@ class OptimConfig:
     warmup: int = 10
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    eps: float = 1e-8  # AdamW epsilon
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False  # train a PEFT LoRA adapter; the reference is the base with it disabled
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
@@ -112,6 +125,7 @@ class TrainConfig:
     batch_questions: int = 64  # B
     samples: int = 16  # K
     micro_batch: int = 64  # sequences per forward/backward
+    micro_batch_tokens: int = 0  # also cap each micro-batch at this many padded tokens (0: off)
     engine: str = "hf_sampler"
     seed: int = 0
     threads: int = 0
@@ -134,6 +148,7 @@ class TrainConfig:
         temperature=1.0, top_p=0.9, max_new_tokens=1024))
     prompt: PromptConfig = field(default_factory=PromptConfig)
     skills: SkillConfig = field(default_factory=SkillConfig)  # skill-based enhancement (off by default)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self):
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
@@ -160,9 +175,26 @@ class TrainingError(RuntimeError):
     """The run cannot go on (e.g. non-finite losses step after step)."""
 
 
+def _micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0) -> list[slice]:
+    """Consecutive slices of at most `max_seqs` sequences and, when `max_tokens` is set, at most
+    that many padded tokens (longest x count): dynamic batching keeps memory flat when response
+    lengths vary."""
+    out, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_with = max(longest, n)
+        full = i - start >= max_seqs or (max_tokens and i > start and longest_with * (i - start + 1) > max_tokens)
+        if full:
+            out.append(slice(start, i))
+            start, longest_with = i, n
+        longest = longest_with
+    if start < len(lengths):
+        out.append(slice(start, len(lengths)))
+    return out
+
+
 def _batch_tensors(seqs: list[tuple[list[int], list[int]]], pad_id: int):
     """Right-padded input ids, attention mask and shifted targets with a response mask."""
-    L = max(len(p) + len(r) for p, r in seqs)
+    L = max((len(p) + len(r) for p, r in seqs), default=1)
     N = len(seqs)
     ids = torch.full((N, L), pad_id, dtype=torch.long)
     attn = torch.zeros((N, L), dtype=torch.long)
@@ -192,22 +224,33 @@ class Trainer:
     """Holds the models, optimisers and sampler; `step()` runs one OREAL step."""
 
     def __init__(self, cfg: TrainConfig, verifier, log=print):
-        self.cfg, self.verifier, self.log = cfg, verifier, log
+        self.rank, self.world = dist_utils.setup(cfg.device)
+        self.cfg, self.verifier = cfg, verifier
+        self.log = log if self.rank == 0 else (lambda *a, **k: None)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.tok = load_tokenizer(cfg.policy)
         self.policy = load_policy(cfg.policy, cfg.dtype, cfg.device)
-        self.ref = load_policy(cfg.policy, cfg.dtype, cfg.device).eval().requires_grad_(False)
+        if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
+            from peft import LoraConfig, get_peft_model
+
+            lc = cfg.lora
+            self.policy = get_peft_model(self.policy, LoraConfig(
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                task_type="CAUSAL_LM"))
+            self.ref = None
+        else:
+            self.ref = load_policy(cfg.policy, cfg.dtype, cfg.device).eval().requires_grad_(False)
         a = cfg.algo
         self.use_rm = a.token_weights != "none"
         self.rm = load_token_rm(cfg.token_rm or cfg.policy, cfg.dtype, cfg.device) if self.use_rm else None
         o = cfg.optim
         self.opt, self.sched = make_optimizer(self.policy, o.lr, o.weight_decay, o.warmup,
-                                              max(1, cfg.steps - a.actor_freeze_steps), o.min_lr)
+                                              max(1, cfg.steps - a.actor_freeze_steps), o.min_lr, o.eps)
         if self.rm is not None:
             self.rm_opt, self.rm_sched = make_optimizer(self.rm, o.rm_lr, o.weight_decay, o.warmup,
-                                                        cfg.steps, o.rm_min_lr)
+                                                        cfg.steps, o.rm_min_lr, o.eps)
         self.problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
         self.booster = None
@@ -230,18 +273,25 @@ class Trainer:
         self.step_no += 1
         boosted = self.booster.draw(cfg.batch_questions) if self.booster else []
         probs = boosted + [self.problems[i] for i in self.sampler.next(cfg.batch_questions - len(boosted))]
-        rewards = torch.zeros(len(probs), cfg.samples)
+        # data parallel: every rank drew the same batch; it samples and grades its share [lo, hi)
+        # with one seed per question, so the rollouts do not depend on how the batch is split
+        lo, hi = dist_utils.shard_range(len(probs), self.rank, self.world)
+        seeds = [(cfg.seed * 1_000_003 + self.step_no * 10_007 + b) % 2**62 for b in range(len(probs))]
+        local_rewards = torch.zeros(hi - lo, cfg.samples)
         groups = []
         unfinished = timeouts = judge_failed = 0
         self.trajectories = []
         for b, (_, g, verdicts) in enumerate(sample_and_grade(
-                self.engine, self.tok, probs, self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
-                seed=cfg.seed * 1_000_003 + self.step_no)):
+                self.engine, self.tok, probs[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
+                seed=seeds[lo:hi])):
             groups.append(g)
-            rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
+            local_rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
             unfinished += sum(v.status == "unfinished" for v in verdicts)
             timeouts += sum(v.status == "timeout" for v in verdicts)
             judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
+        rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
+        unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
+            [unfinished, timeouts, judge_failed, sum(len(r.response_ids) for g in groups for r in g)])
         if self.booster:  # every question counts here, all-wrong ones included
             self.booster.tracker.update([p.id for p in probs], rewards)
             if self.step_no % cfg.skills.mine_every == 0:
@@ -250,28 +300,31 @@ class Trainer:
         sel = algo.select_pairs(rewards, keep, a.select, self.select_gen)
         adv_all = algo.group_advantages(rewards, a.advantage)
         idx = sel.nonzero().tolist()
+        local_idx = [(b - lo, k) for b, k in idx if lo <= b < hi]
+        n_pos = int(sum(rewards[b, k].item() > 0.5 for b, k in idx))
         m = {"step": self.step_no, "reward": rewards.mean().item(),
              "pass_rate": rewards.mean(-1).mean().item(), "kept_questions": int(keep.sum()),
-             "selected": len(idx), "unfinished": unfinished, "verifier_timeouts": timeouts,
-             "judge_failures": judge_failed, "boosted": len(boosted),
-             "response_tokens": sum(len(r.response_ids) for g in groups for r in g)}
+             "selected": len(idx), "unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
+             "judge_failures": int(judge_failed), "boosted": len(boosted), "response_tokens": int(resp_tokens)}
         update_actor = self.step_no > a.actor_freeze_steps
+        dump = (probs[lo:hi], groups, local_idx, rewards[lo:hi], adv_all[lo:hi])
         if not idx:  # every question all-right or all-wrong: nothing to learn from
             self.log(f"step {self.step_no}: all {len(probs)} questions filtered out "
                      f"(pass rate 0 or 1); update skipped")
             m.update(skipped=True, actor_updated=False, nonfinite=False)
             if cfg.dump_per_step:
-                self._record_trajectories(probs, groups, idx, rewards, adv_all, None)
+                self._record_trajectories(*dump, None)
             return self._finish(m, t0)
-        seqs = [(groups[b][k].prompt_ids, groups[b][k].response_ids) for b, k in idx]
-        r = torch.tensor([rewards[b, k].item() for b, k in idx])
-        adv = torch.tensor([adv_all[b, k].item() for b, k in idx])
+        seqs = [(groups[b][k].prompt_ids, groups[b][k].response_ids) for b, k in local_idx]
+        r = torch.tensor([rewards[b + lo, k].item() for b, k in local_idx])
+        adv = torch.tensor([adv_all[b + lo, k].item() for b, k in local_idx])
         is_pos = r > 0.5
         ids, attn, targets, mask = _batch_tensors(seqs, self.tok.pad_token_id)
-        # global counts: every micro-batch divides by these, so accumulation == one big batch
-        pos_mask = mask * is_pos[:, None]
-        neg_mask = mask * (~is_pos)[:, None]
-        counts = {"pos": pos_mask.sum().item(), "neg": neg_mask.sum().item(), "all": mask.sum().item(),
+        # global counts (over all ranks): every micro-batch divides by these, so accumulation
+        # and data parallelism give the update of one big batch
+        pos_tok, neg_tok = (mask * is_pos[:, None]).sum().item(), (mask * (~is_pos)[:, None]).sum().item()
+        pos_tok, neg_tok = dist_utils.sum_floats([pos_tok, neg_tok])
+        counts = {"pos": pos_tok, "neg": neg_tok, "all": pos_tok + neg_tok,
                   "seqs": len(idx), "const": len(idx) * cfg.sampling.max_new_tokens}
         sums = dict.fromkeys(["loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss"], 0.0)
         rm_correct = 0
@@ -280,8 +333,7 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
         if self.rm is not None:
             self.rm_opt.zero_grad(set_to_none=True)
-        for s in range(0, len(idx), cfg.micro_batch):
-            sl = slice(s, s + cfg.micro_batch)
+        for sl in _micro_batches([len(p) + len(q) for p, q in seqs], cfg.micro_batch, cfg.micro_batch_tokens):
             mb_mask, mb_pos = mask[sl], is_pos[sl]
             weights = torch.ones_like(mb_mask)
             if self.rm is not None:  # token RM: BCE on the outcome, weights for the policy loss
@@ -299,8 +351,7 @@ class Trainer:
             logits = self.policy(input_ids=ids[sl], attention_mask=attn[sl]).logits[:, :-1]
             logp = algo.token_logprobs(logits, targets[sl])
             with torch.no_grad():
-                ref_logp = algo.token_logprobs(self.ref(input_ids=ids[sl], attention_mask=attn[sl]).logits[:, :-1],
-                                               targets[sl])
+                ref_logp = algo.token_logprobs(self._ref_logits(ids[sl], attn[sl]), targets[sl])
                 lsm = torch.log_softmax(logits.float(), -1)
                 sums["entropy"] += (-(lsm.exp() * lsm).sum(-1) * mb_mask).sum().item()
             kl_tok = algo.kl_penalty(logp, ref_logp, a.kl_kind)
@@ -324,6 +375,13 @@ class Trainer:
             sums["loss_neg"] += loss_neg.item()
             sums["loss_kl"] += a.kl_coef * loss_kl.item()
             sums["kl"] += (kl_tok.detach() * mb_mask).sum().item()
+        keys = ["loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss"]
+        totals = dist_utils.sum_floats([sums[k] for k in keys] + [rm_correct])
+        sums, rm_correct = dict(zip(keys, totals[:-1])), totals[-1]
+        if update_actor:
+            dist_utils.all_reduce_grads(self.policy)
+        if self.rm is not None:
+            dist_utils.all_reduce_grads(self.rm)
         nonfinite = False
         if self.rm is not None:
             m["rm_lr"] = self.rm_sched.get_last_lr()[0]
@@ -341,15 +399,21 @@ class Trainer:
             else:
                 nonfinite, update_actor = True, False
         self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
-        m.update(positives=int(is_pos.sum()), negatives=int((~is_pos).sum()), skipped=False,
+        m.update(positives=n_pos, negatives=len(idx) - n_pos, skipped=False,
                  actor_updated=update_actor, nonfinite=nonfinite, lr=self.sched.get_last_lr()[0])
         if cfg.dump_per_step:
-            self._record_trajectories(probs, groups, idx, rewards, adv_all, all_weights)
+            self._record_trajectories(*dump, all_weights)
         if self.nonfinite_streak >= cfg.max_nonfinite:
             raise TrainingError(f"step {self.step_no}: {self.nonfinite_streak} steps in a row had a non-finite "
                                 f"loss or gradient (updates skipped); stopping. Lower the learning rate or "
                                 f"check the data, then resume from the last checkpoint.")
         return self._finish(m, t0)
+
+    def _ref_logits(self, ids, attn):
+        if self.ref is not None:
+            return self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        with self.policy.disable_adapter():
+            return self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
 
     def _finish(self, m: dict, t0: float) -> dict:
         m["seconds"] = time.time() - t0
@@ -397,7 +461,13 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
-        load_weights(self.policy, path / "policy")
+        if self.cfg.lora.enabled:
+            from peft import set_peft_model_state_dict
+            from safetensors.torch import load_file
+
+            set_peft_model_state_dict(self.policy, load_file(str(path / "policy" / "adapter_model.safetensors")))
+        else:
+            load_weights(self.policy, path / "policy")
         if self.rm is not None:
             if st["rm_opt"] is None:
                 raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
@@ -532,61 +602,75 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     and final/ under cfg.out. Raises TrainingError or CheckpointError with a clear message."""
     out = Path(cfg.out)
     root = out / "checkpoints"
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    if not main:
+        log = lambda *a, **k: None  # noqa: E731
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")
     except OSError as e:
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
     if not cfg.resume and ckpt.list_checkpoints(root):
         if not cfg.overwrite:
             raise TrainingError(f"{root} holds checkpoints of an earlier run: pass resume=auto to continue "
                                 f"it, or overwrite=true to start afresh")
-        shutil.rmtree(root)
+        dist_utils.barrier()
+        if main:
+            shutil.rmtree(root)
     trainer = trainer or Trainer(cfg, verifier, log)
     if cfg.resume:
         _resume(trainer, cfg, root, log)
-    history = _keep_rows(out / "metrics.jsonl", trainer.step_no)
-    _keep_rows(out / "trajectories.jsonl", trainer.step_no)
-    dumps = _CappedJsonl(out / "trajectories.jsonl", cfg.dump_max_mb, log)
+    history, dumps = [], None
+    if main:
+        history = _keep_rows(out / "metrics.jsonl", trainer.step_no)
+        _keep_rows(out / "trajectories.jsonl", trainer.step_no)
+        dumps = _CappedJsonl(out / "trajectories.jsonl", cfg.dump_max_mb, log)
     eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
-    trackers = Trackers(cfg.trackers, out, to_dict(cfg), cfg.wandb_project)
+    trackers = Trackers(cfg.trackers if main else [], out, to_dict(cfg), cfg.wandb_project)
     t_start, first_step = time.time(), trainer.step_no
     trainer.interrupted = None
     try:
-        with _StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") as mf:
+        with _StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") if main else nullcontext() as mf:
             while trainer.step_no < cfg.steps:
                 m = trainer.step()
                 step = trainer.step_no
                 m["elapsed"] = time.time() - t_start
                 m["eta"] = m["elapsed"] / (step - first_step) * (cfg.steps - step)
                 new_best = False
-                if eval_set and step % cfg.eval_every == 0:
+                if main and eval_set and step % cfg.eval_every == 0:
                     m["eval_pass@1"] = trainer.evaluate(eval_set, k=cfg.eval_k)["pass@1"]
                     if trainer.best is None or m["eval_pass@1"] > trainer.best["eval_pass@1"]:
                         trainer.best, new_best = {"step": step, "eval_pass@1": m["eval_pass@1"]}, True
                 history.append(m)
-                mf.write(json.dumps(m) + "\n")
-                mf.flush()
-                dumps.write(trainer.trajectories)
-                trackers.log(m, step)
-                if trainer.booster and trainer.booster.history:
-                    (out / "skills.json").write_text(json.dumps(trainer.booster.history, indent=1))
+                if main:
+                    mf.write(json.dumps(m) + "\n")
+                    mf.flush()
+                    dumps.write(trainer.trajectories)
+                    trackers.log(m, step)
+                    if trainer.booster and trainer.booster.history:
+                        (out / "skills.json").write_text(json.dumps(trainer.booster.history, indent=1))
                 if cfg.log_every and step % cfg.log_every == 0:
                     log(format_step(m, cfg.steps))
-                out_of_time = bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds
-                if (step == cfg.steps or new_best or stop.signum or out_of_time
-                        or (cfg.save_every and step % cfg.save_every == 0)):
+                # every rank stops together: on a signal anywhere, or rank 0's clock
+                stopping = dist_utils.any_flag(stop.signum is not None)
+                out_of_time = dist_utils.any_flag(main and bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds)
+                if main and (step == cfg.steps or new_best or stopping or out_of_time
+                             or (cfg.save_every and step % cfg.save_every == 0)):
                     path = trainer.save_checkpoint(root, cfg.keep_last)
-                    if stop.signum:
+                    if stopping:
                         log(f"checkpoint written: {path}; continue with resume=auto")
                 ckpt._fault("step_end", step)
-                if stop.signum:
-                    trainer.interrupted = signal.Signals(stop.signum).name
+                if stopping:
+                    dist_utils.barrier()
+                    trainer.interrupted = signal.Signals(stop.signum or signal.SIGTERM).name
                     return trainer, history
                 if out_of_time:
                     log(f"time limit of {cfg.max_seconds:.0f}s reached at step {step}")
                     break
-        trainer.save(out / "final")
+        if main:
+            trainer.save(out / "final")
+        dist_utils.barrier()
     except OSError as e:  # metrics, dumps or final weights: a full disk is a message, not a traceback
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
     finally:
@@ -633,5 +717,5 @@ def _cli(args) -> int:
     return 0
 
 
-__all__ = ["ALGORITHMS", "AlgoConfig", "METRIC_FIELDS", "OptimConfig", "TrainConfig", "Trainer",
+__all__ = ["ALGORITHMS", "AlgoConfig", "LoraSettings", "METRIC_FIELDS", "OptimConfig", "TrainConfig", "Trainer",
            "TrainingError", "build_config", "train"]

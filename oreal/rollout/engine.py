@@ -36,8 +36,10 @@ class Rollout:
 
 class RolloutEngine(Protocol):
     def sample(self, prompts: list[str], k: int, cfg: SamplingConfig,
-               seed: int | None = None) -> list[list[Rollout]]:
-        """K rollouts for each prompt, grouped by prompt, in prompt order."""
+               seed: int | list[int] | None = None) -> list[list[Rollout]]:
+        """K rollouts for each prompt, grouped by prompt, in prompt order. A list of seeds (one
+        per prompt) makes each prompt's rollouts independent of what else is in the batch, so
+        data-parallel ranks that split a batch sample exactly what one process would."""
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -82,10 +84,16 @@ class HFSampler:
         out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
         if seed is None:  # draw from the global generator instead of reseeding it
             seed = int(torch.randint(2**62, (1,)).item())
-        gen = torch.Generator().manual_seed(seed)
+        if isinstance(seed, (list, tuple)):  # one generator per prompt
+            if len(seed) != len(prompts):
+                raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
+            gens = [torch.Generator().manual_seed(int(x)) for x in seed]
+        else:
+            gens = torch.Generator().manual_seed(seed)
         for s in range(0, len(flat), self.max_batch):
             chunk = flat[s:s + self.max_batch]
-            for r in self._sample_chunk([prompts[i] for i, _ in chunk], cfg, gen):
+            row_gens = gens if isinstance(gens, torch.Generator) else [gens[i] for i, _ in chunk]
+            for r in self._sample_chunk([prompts[i] for i, _ in chunk], cfg, row_gens):
                 i, j = chunk[r.prompt_index]
                 r.prompt_index, r.sample_index = i, j
                 out[i][j] = r
@@ -102,6 +110,7 @@ class HFSampler:
         return res.logits[:, -1, :].float(), new_cache
 
     def _sample_chunk(self, texts, cfg: SamplingConfig, gen) -> list[Rollout]:
+        """`gen`: one generator for the chunk, or one per row (rows of a prompt share one)."""
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
         was_training = model.training
@@ -125,7 +134,16 @@ class HFSampler:
                 nxt = logits.argmax(-1)
             else:
                 probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+                if isinstance(gen, torch.Generator):
+                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+                else:  # rows grouped by their generator, in a fixed order
+                    nxt = torch.empty(len(live), dtype=torch.long, device=device)
+                    groups: dict[int, list[int]] = {}
+                    for b, row in enumerate(live.tolist()):
+                        groups.setdefault(id(gen[row]), []).append(b)
+                    for rows in groups.values():
+                        g = gen[live[rows[0]].item()]
+                        nxt[rows] = torch.multinomial(probs[rows], 1, generator=g).squeeze(-1)
             tokens[live, t] = nxt
             if cfg.return_logprobs:
                 logps[live, t] = logits.log_softmax(-1).gather(-1, nxt[:, None]).squeeze(-1)
@@ -168,6 +186,11 @@ class HFGenerateEngine:
 
     @torch.no_grad()
     def sample(self, prompts, k, cfg, seed=None):
+        if isinstance(seed, (list, tuple)):  # per-prompt seeds: one generate call per prompt
+            return [self._sample(prompts[i:i + 1], k, cfg, int(seed[i]))[0] for i in range(len(prompts))]
+        return self._sample(prompts, k, cfg, seed)
+
+    def _sample(self, prompts, k, cfg, seed):
         model, tok = self.model, self.tokenizer
         was_training = model.training
         model.eval()

@@ -1,0 +1,103 @@
+"""torch.distributed glue for `torchrun`: process group setup, the collectives the trainer needs,
+and FSDP2 sharding. One process (no torchrun) runs with world size 1 and none of this engages.
+
+Data parallelism in the trainer: every rank draws the same B questions, samples and grades its
+contiguous share, then all-gathers the rewards, so filtering, pair selection, advantages and the
+global token counts are computed over the whole batch exactly as one process would. Gradients are
+summed across ranks (all-reduce for replicated models, reduce-scatter under FSDP2).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup(device: str = "cpu") -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The contiguous [lo, hi) share of n items that `rank` handles."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order (rows may differ in number between ranks)."""
+    if not active():
+        return t
+    sizes = [None] * dist.get_world_size()
+    dist.all_gather_object(sizes, t.size(0))
+    pad = torch.zeros((max(sizes),) + tuple(t.shape[1:]), dtype=t.dtype)
+    pad[: t.size(0)] = t
+    out = [torch.zeros_like(pad) for _ in sizes]
+    dist.all_gather(out, pad)
+    return torch.cat([o[:n] for o, n in zip(out, sizes)])
+
+
+def sum_floats(values: list[float]) -> list[float]:
+    if not active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_flag(flag: bool) -> bool:
+    """True on every rank when it is true on any (stop requests, time limits)."""
+    if not active():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def all_reduce_grads(model: torch.nn.Module) -> None:
+    """Sum the gradients of a replicated model across ranks (a missing gradient counts as 0)."""
+    if not active():
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def fsdp_wrap(model: torch.nn.Module, bf16: bool = False, cpu_offload: bool = False) -> torch.nn.Module:
+    """FSDP2: shard each decoder layer, then the root; gradients are summed, not averaged, because
+    the trainer's losses are already divided by global token counts."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    kw = {}
+    if bf16:
+        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kw["offload_policy"] = CPUOffloadPolicy()
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    for layer in layers or []:
+        fully_shard(layer, **kw)
+    fully_shard(model, **kw)
+    model.set_gradient_divide_factor(1.0)
+    return model
