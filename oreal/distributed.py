@@ -14,10 +14,14 @@ import torch
 import torch.distributed as dist
 
 
-def setup(device: str = "cpu") -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+def setup(device: str = "cpu", force: bool = False) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun with more than
+    one process, or when `force` (FSDP2 on a single GPU still needs a process group)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not force:
         return 0, 1
+    if force:
+        for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29511"), ("RANK", "0"), ("WORLD_SIZE", "1")):
+            os.environ.setdefault(k, v)
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):
@@ -99,5 +103,79 @@ def fsdp_wrap(model: torch.nn.Module, bf16: bool = False, cpu_offload: bool = Fa
     for layer in layers or []:
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
-    model.set_gradient_divide_factor(1.0)
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():  # every FSDP2 unit, not just the root
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     return model
+
+
+def is_fsdp(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+class gathered:
+    """Hold an FSDP2 model's full parameters across many small forwards (token-by-token rollouts,
+    evaluation): one all-gather per module up front instead of one per forward, and no collective
+    inside the forwards, so ranks may run different numbers of them. A no-op without FSDP."""
+
+    def __init__(self, *models):
+        from torch.distributed.fsdp import FSDPModule
+
+        self.mods = [m for model in models if model is not None for m in model.modules()
+                     if isinstance(m, FSDPModule)]
+
+    def __enter__(self):
+        for m in self.mods:
+            m.set_reshard_after_forward(False)
+            m.unshard()
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.mods:
+            m.reshard()
+            m.set_reshard_after_forward(True)
+
+
+def full_state_dict(model) -> dict:
+    """The unsharded state dict on CPU (a collective under FSDP2: call it on every rank)."""
+    if not is_fsdp(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def optimizer_state(model, opt) -> dict:
+    if not is_fsdp(model):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(model, opt, state: dict) -> None:
+    if not is_fsdp(model):
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def max_int(n: int) -> int:
+    if not active():
+        return n
+    t = torch.tensor([n], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -21,7 +21,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
     save_problems(curriculum.generate(200, "train", seed=0), tmp_path / "train.jsonl")
     cfg = {
         "policy": "default", "data": str(tmp_path / "train.jsonl"), "eval_data": None, "steps": 3,
@@ -42,7 +43,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *cli,
-                          f"out={tmp_path / 'two'}"], env=env, capture_output=True, text=True, timeout=300)
+                          f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}"], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}

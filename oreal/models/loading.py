@@ -72,10 +72,11 @@ def load_token_rm(name_or_path: str, dtype: str = "float32", device: str = "cpu"
     return model.to(device)
 
 
-def save_model(model, tokenizer, path: str | Path) -> None:
+def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:
+    """A standard HF directory; `state_dict` overrides the model's own (FSDP2 gathers it first)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 

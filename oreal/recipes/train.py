@@ -126,6 +126,10 @@ class TrainConfig:
     samples: int = 16  # K
     micro_batch: int = 64  # sequences per forward/backward
     micro_batch_tokens: int = 0  # also cap each micro-batch at this many padded tokens (0: off)
+    fsdp: bool = False  # shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)
+    mixed_precision: bool = False  # FSDP2: bf16 compute, fp32 master weights and reductions
+    cpu_offload: bool = False  # FSDP2: keep sharded parameters and optimiser state in CPU memory
+    activation_checkpointing: bool = False  # recompute activations in backward to save memory
     engine: str = "hf_sampler"
     seed: int = 0
     threads: int = 0
@@ -154,6 +158,8 @@ class TrainConfig:
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be at least 1")
+        if self.fsdp and self.lora.enabled:
+            raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":
             raise ConfigError("samples: RLOO needs at least 2 samples per question")
         from ..tracking import TRACKERS
@@ -212,6 +218,7 @@ def _apply_update(model, opt, sched, clip: float, loss_sum: float) -> bool:
     """Clip and step, unless the loss or the gradient is not finite: then drop the gradient and
     leave weights, optimiser state and schedule untouched. Returns whether it stepped."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
     if not (torch.isfinite(torch.as_tensor(loss_sum)) and torch.isfinite(norm)):
         opt.zero_grad(set_to_none=True)
         return False
@@ -224,7 +231,8 @@ class Trainer:
     """Holds the models, optimisers and sampler; `step()` runs one OREAL step."""
 
     def __init__(self, cfg: TrainConfig, verifier, log=print):
-        self.rank, self.world = dist_utils.setup(cfg.device)
+        self.rank, self.world = dist_utils.setup(cfg.device, force=cfg.fsdp)
+        self.fsdp = cfg.fsdp
         self.cfg, self.verifier = cfg, verifier
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         if cfg.threads:
@@ -245,6 +253,14 @@ class Trainer:
         a = cfg.algo
         self.use_rm = a.token_weights != "none"
         self.rm = load_token_rm(cfg.token_rm or cfg.policy, cfg.dtype, cfg.device) if self.use_rm else None
+        if cfg.activation_checkpointing:
+            for m in (self.policy, self.rm):
+                if m is not None:
+                    m.gradient_checkpointing_enable()
+        if cfg.fsdp:  # before the optimisers: fully_shard swaps parameters for sharded DTensors
+            for m in (self.policy, self.ref, self.rm):
+                if m is not None:
+                    dist_utils.fsdp_wrap(m, cfg.mixed_precision, cfg.cpu_offload)
         o = cfg.optim
         self.opt, self.sched = make_optimizer(self.policy, o.lr, o.weight_decay, o.warmup,
                                               max(1, cfg.steps - a.actor_freeze_steps), o.min_lr, o.eps)
@@ -281,14 +297,15 @@ class Trainer:
         groups = []
         unfinished = timeouts = judge_failed = 0
         self.trajectories = []
-        for b, (_, g, verdicts) in enumerate(sample_and_grade(
-                self.engine, self.tok, probs[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
-                seed=seeds[lo:hi])):
-            groups.append(g)
-            local_rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
-            unfinished += sum(v.status == "unfinished" for v in verdicts)
-            timeouts += sum(v.status == "timeout" for v in verdicts)
-            judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
+        with dist_utils.gathered(self.policy):  # FSDP2: full weights for the token-by-token loop
+            for b, (_, g, verdicts) in enumerate(sample_and_grade(
+                    self.engine, self.tok, probs[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
+                    seed=seeds[lo:hi])):
+                groups.append(g)
+                local_rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
+                unfinished += sum(v.status == "unfinished" for v in verdicts)
+                timeouts += sum(v.status == "timeout" for v in verdicts)
+                judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
         rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
         unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
             [unfinished, timeouts, judge_failed, sum(len(r.response_ids) for g in groups for r in g)])
@@ -333,30 +350,46 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
         if self.rm is not None:
             self.rm_opt.zero_grad(set_to_none=True)
-        for sl in _micro_batches([len(p) + len(q) for p, q in seqs], cfg.micro_batch, cfg.micro_batch_tokens):
-            mb_mask, mb_pos = mask[sl], is_pos[sl]
+        slices = _micro_batches([len(p) + len(q) for p, q in seqs], cfg.micro_batch, cfg.micro_batch_tokens)
+        # FSDP2: every forward/backward is a collective, so every rank runs as many micro-batches
+        # as the busiest one; the extra ones are all-padding rows that add zero to every sum
+        n_micro = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
+        pad = self.tok.pad_token_id
+        for i in range(n_micro):
+            if i < len(slices):
+                sl = slices[i]
+                mb_ids, mb_attn, mb_tg = ids[sl], attn[sl], targets[sl]
+                mb_mask, mb_pos, mb_r, mb_adv = mask[sl], is_pos[sl], r[sl], adv[sl]
+            else:
+                sl = None
+                mb_ids = mb_tg = torch.full((1, 2), pad, dtype=torch.long)
+                mb_attn, mb_mask = torch.ones((1, 2), dtype=torch.long), torch.zeros((1, 1))
+                mb_tg = mb_tg[:, 1:]
+                mb_pos, mb_r, mb_adv = torch.zeros(1, dtype=torch.bool), torch.zeros(1), torch.zeros(1)
             weights = torch.ones_like(mb_mask)
             if self.rm is not None:  # token RM: BCE on the outcome, weights for the policy loss
-                w_logits = self.rm(input_ids=ids[sl], attention_mask=attn[sl]).logits[:, 1:, 0]
-                rm_loss = algo.token_rm_sequence_loss(w_logits, mb_mask, r[sl])
+                w_logits = self.rm(input_ids=mb_ids, attention_mask=mb_attn).logits[:, 1:, 0]
+                rm_loss = algo.token_rm_sequence_loss(w_logits, mb_mask, mb_r)
+                if sl is None:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
+                    rm_loss = rm_loss * 0.0
                 (rm_loss / counts["seqs"]).backward()
                 sums["rm_loss"] += rm_loss.item()
                 seq_score = algo.masked_mean(w_logits.detach(), mb_mask)
-                rm_correct += ((seq_score > 0) == mb_pos).sum().item()
+                rm_correct += (((seq_score > 0) == mb_pos) & (mb_mask.sum(-1) > 0)).sum().item()
                 weights = algo.token_importance_weights(w_logits.detach(), mb_mask, mb_pos, a.tau,
                                                         a.token_weights, a.topk_ratio)
-                all_weights[sl] = weights
+                if sl is not None:
+                    all_weights[sl] = weights
             if not update_actor:
                 continue
-            logits = self.policy(input_ids=ids[sl], attention_mask=attn[sl]).logits[:, :-1]
-            logp = algo.token_logprobs(logits, targets[sl])
+            logits = self.policy(input_ids=mb_ids, attention_mask=mb_attn).logits[:, :-1]
+            logp = algo.token_logprobs(logits, mb_tg)
             with torch.no_grad():
-                ref_logp = algo.token_logprobs(self._ref_logits(ids[sl], attn[sl]), targets[sl])
+                ref_logp = algo.token_logprobs(self._ref_logits(mb_ids, mb_attn), mb_tg)
                 lsm = torch.log_softmax(logits.float(), -1)
                 sums["entropy"] += (-(lsm.exp() * lsm).sum(-1) * mb_mask).sum().item()
             kl_tok = algo.kl_penalty(logp, ref_logp, a.kl_kind)
             loss_kl = algo.normalise((kl_tok * mb_mask).sum(), counts["all"])
-            mb_adv = adv[sl]
             if a.positive_loss == "bc":
                 pm, nm = mb_mask * mb_pos[:, None], mb_mask * (~mb_pos)[:, None]
                 loss_pos = algo.normalise(algo.positive_bc_loss(logp, pm, weights, mb_adv, a.lambda_pos,
@@ -378,10 +411,11 @@ class Trainer:
         keys = ["loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss"]
         totals = dist_utils.sum_floats([sums[k] for k in keys] + [rm_correct])
         sums, rm_correct = dict(zip(keys, totals[:-1])), totals[-1]
-        if update_actor:
-            dist_utils.all_reduce_grads(self.policy)
-        if self.rm is not None:
-            dist_utils.all_reduce_grads(self.rm)
+        if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
+            if update_actor:
+                dist_utils.all_reduce_grads(self.policy)
+            if self.rm is not None:
+                dist_utils.all_reduce_grads(self.rm)
         nonfinite = False
         if self.rm is not None:
             m["rm_lr"] = self.rm_sched.get_last_lr()[0]
@@ -444,20 +478,27 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything but the weights that a resume needs to continue to the bit."""
         return {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
-                "best": self.best, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
-                "rm_opt": self.rm_opt.state_dict() if self.rm is not None else None,
+                "best": self.best, "opt": dist_utils.optimizer_state(self.policy, self.opt),
+                "sched": self.sched.state_dict(),
+                "rm_opt": dist_utils.optimizer_state(self.rm, self.rm_opt) if self.rm is not None else None,
                 "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
                 "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
                 "booster": self.booster.state_dict() if self.booster else None,
                 "rng": ckpt.rng_state()}
 
-    def save_checkpoint(self, root: Path, keep_last: int) -> Path:
-        def write(d: Path):
-            self.save(d)
-            torch.save(self.state_dict(), d / "trainer_state.pt")
+    def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
+        """Call on every rank (FSDP2 gathers the shards); rank 0 writes and returns the path."""
+        weights, state = self._full_weights(), self.state_dict()
+        path = None
+        if self.rank == 0:
+            def write(d: Path):
+                self._write_models(d, weights)
+                torch.save(state, d / "trainer_state.pt")
 
-        keep = {self.best["step"]} if self.best else set()
-        return ckpt.save_checkpoint(root, self.step_no, write, {"best": self.best}, keep_last, keep)
+            keep = {self.best["step"]} if self.best else set()
+            path = ckpt.save_checkpoint(root, self.step_no, write, {"best": self.best}, keep_last, keep)
+        dist_utils.barrier()
+        return path
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
@@ -467,14 +508,14 @@ class Trainer:
 
             set_peft_model_state_dict(self.policy, load_file(str(path / "policy" / "adapter_model.safetensors")))
         else:
-            load_weights(self.policy, path / "policy")
+            self._load_model(self.policy, path / "policy")
         if self.rm is not None:
             if st["rm_opt"] is None:
                 raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-            load_weights(self.rm, path / "token_rm")
-            self.rm_opt.load_state_dict(st["rm_opt"])
+            self._load_model(self.rm, path / "token_rm")
+            dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
             self.rm_sched.load_state_dict(st["rm_sched"])
-        self.opt.load_state_dict(st["opt"])
+        dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
         self.select_gen.set_state(st["select_gen"])
@@ -484,15 +525,44 @@ class Trainer:
         self.step_no, self.actor_steps = st["step"], st["actor_steps"]
         self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
 
+    def _load_model(self, model, path: Path) -> None:
+        if not self.fsdp:
+            load_weights(model, path)
+            return
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted(path.glob("*.safetensors")):
+            state.update(load_file(str(f)))
+        dist_utils.load_full_state_dict(model, state)
+
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = 12345,
                  **kw) -> dict:
-        return evaluate(self.engine, self.tok, problems, self.verifier, k=k,
-                        sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
+        """Under FSDP2 every rank must call this (it gathers the weights); the results agree."""
+        with dist_utils.gathered(self.policy):
+            return evaluate(self.engine, self.tok, problems, self.verifier, k=k,
+                            sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
+
+    def _full_weights(self) -> dict:
+        """Unsharded weights under FSDP2 (a collective), else None: the models save themselves."""
+        if not self.fsdp:
+            return {}
+        out = {"policy": dist_utils.full_state_dict(self.policy)}
+        if self.rm is not None:
+            out["token_rm"] = dist_utils.full_state_dict(self.rm)
+        return out
+
+    def _write_models(self, path: Path, weights: dict) -> None:
+        save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
+        if self.rm is not None:
+            save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
 
     def save(self, path: Path) -> None:
-        save_model(self.policy, self.tok, path / "policy")
-        if self.rm is not None:
-            save_model(self.rm, self.tok, path / "token_rm")
+        """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""
+        weights = self._full_weights()
+        if self.rank == 0:
+            self._write_models(path, weights)
+        dist_utils.barrier()
 
 
 def format_step(m: dict, total: int) -> str:
@@ -638,7 +708,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
                 m["elapsed"] = time.time() - t_start
                 m["eta"] = m["elapsed"] / (step - first_step) * (cfg.steps - step)
                 new_best = False
-                if main and eval_set and step % cfg.eval_every == 0:
+                if eval_set and step % cfg.eval_every == 0 and (main or trainer.fsdp):
                     m["eval_pass@1"] = trainer.evaluate(eval_set, k=cfg.eval_k)["pass@1"]
                     if trainer.best is None or m["eval_pass@1"] > trainer.best["eval_pass@1"]:
                         trainer.best, new_best = {"step": step, "eval_pass@1": m["eval_pass@1"]}, True
@@ -655,8 +725,9 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
                 # every rank stops together: on a signal anywhere, or rank 0's clock
                 stopping = dist_utils.any_flag(stop.signum is not None)
                 out_of_time = dist_utils.any_flag(main and bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds)
-                if main and (step == cfg.steps or new_best or stopping or out_of_time
-                             or (cfg.save_every and step % cfg.save_every == 0)):
+                new_best = dist_utils.any_flag(new_best)
+                if (step == cfg.steps or new_best or stopping or out_of_time
+                        or (cfg.save_every and step % cfg.save_every == 0)):
                     path = trainer.save_checkpoint(root, cfg.keep_last)
                     if stopping:
                         log(f"checkpoint written: {path}; continue with resume=auto")
@@ -668,9 +739,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
                 if out_of_time:
                     log(f"time limit of {cfg.max_seconds:.0f}s reached at step {step}")
                     break
-        if main:
-            trainer.save(out / "final")
-        dist_utils.barrier()
+        trainer.save(out / "final")
     except OSError as e:  # metrics, dumps or final weights: a full disk is a message, not a traceback
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
     finally:
