@@ -173,7 +173,7 @@ METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
     "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc",
     "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "rm_lr",
-    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "seconds", "elapsed", "eta",
+    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "rollout_seconds", "seconds", "elapsed", "eta",
 ]
 
 
@@ -306,6 +306,7 @@ class Trainer:
                 unfinished += sum(v.status == "unfinished" for v in verdicts)
                 timeouts += sum(v.status == "timeout" for v in verdicts)
                 judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
+        t_rollout = time.time() - t0
         rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
         unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
             [unfinished, timeouts, judge_failed, sum(len(r.response_ids) for g in groups for r in g)])
@@ -322,7 +323,8 @@ class Trainer:
         m = {"step": self.step_no, "reward": rewards.mean().item(),
              "pass_rate": rewards.mean(-1).mean().item(), "kept_questions": int(keep.sum()),
              "selected": len(idx), "unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
-             "judge_failures": int(judge_failed), "boosted": len(boosted), "response_tokens": int(resp_tokens)}
+             "judge_failures": int(judge_failed), "boosted": len(boosted), "response_tokens": int(resp_tokens),
+             "rollout_seconds": t_rollout}
         update_actor = self.step_no > a.actor_freeze_steps
         dump = (probs[lo:hi], groups, local_idx, rewards[lo:hi], adv_all[lo:hi])
         if not idx:  # every question all-right or all-wrong: nothing to learn from
