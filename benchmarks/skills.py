@@ -67,6 +67,8 @@ def main() -> None:
             rows.append({"seed": seed, "enhanced": enhanced, "before": s["before"]["pass@1"],
                          "after": s["after"]["pass@1"], "weak_before": s["before_by_group"][g],
                          "weak_after": s["after_by_group"][g], "seconds": time.time() - t0})
+            skills = out / name / "skills.json"
+            rows[-1]["boosts"] = json.loads(skills.read_text()) if skills.exists() else []
             print(json.dumps(rows[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     write_doc(rows, args)
@@ -83,8 +85,9 @@ def write_doc(rows, args) -> None:
         f"--weak {args.weak} --weak-share {args.weak_share}", "```", "",
         f"Policy: the embedded model's SFT recipe with the `{args.weak}` skill cut to {args.weak_share} of its "
         "usual share of the training mix. Then OREAL with the demo config (same steps, same rollouts per step) "
-        "with skill-based enhancement off and on (`skills.enabled=true`: questions under 25% pass rate over 2+ "
-        "visits are mined every 5 steps; the 3 most common skill tags among them fill up to 25% of each batch). "
+        "with skill-based enhancement off and on (`skills.enabled=true`, defaults: questions under 25% pass rate "
+        "(over K=8 samples, 1+ visits) are mined every 5 steps; the 2 skill tags with the highest share of hard questions fill up to "
+        "25% of each batch). "
         "Held-out pass@1 on 300 curriculum questions x 2 samples, T=1; change = after - before.", "",
         f"| run | seed | overall before -> after | {args.weak} before -> after |", "|---|---|---|---|"]
     for r in rows:
@@ -95,6 +98,10 @@ def write_doc(rows, args) -> None:
         rs = [r for r in rows if r["enhanced"] == enhanced]
         lines.append(f"| {'with' if enhanced else 'without'} enhancement | {_ms([r['after'] - r['before'] for r in rs])} | "
                      f"{_ms([r['weak_after'] - r['weak_before'] for r in rs])} |")
+    boosts = [r["boosts"] for r in rows if r["enhanced"]]
+    if boosts and boosts[0]:
+        lines += ["", "Boosted skills over the run (seed " + str(args.seeds[0]) + "): " +
+                  "; ".join(f"step {b['step']}: {', '.join(b['skills'])} ({b['hard']} hard questions)" for b in boosts[0])]
     Path(args.doc).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

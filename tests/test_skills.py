@@ -104,3 +104,18 @@ def test_training_with_enhancement_boosts_and_resumes(verifier, tmp_path):
     tr2.load_checkpoint(path)
     assert tr2.booster.state_dict()["tracker"] == tr.booster.state_dict()["tracker"]
     assert [p.id for p in tr.booster.draw(8)] == [p.id for p in tr2.booster.draw(8)]
+
+
+def test_skills_are_ranked_by_their_share_of_hard_questions_not_raw_counts():
+    probs = curriculum.generate(600, "train", seed=1)
+    b = _booster(probs)
+    rows = []
+    for i, p in enumerate(probs):  # mul: always wrong; chain: every other one wrong; rest fine
+        hard = p.subject == "mul" or (p.subject == "chain" and i % 2 == 0)
+        rows.append([0.0] * 4 if hard else [1.0] * 4)
+    b.tracker.update([p.id for p in probs], torch.tensor(rows))
+    hard_tags = [s for p, r in zip(probs, rows) if r[0] == 0.0 for s in tag_skills(p)]
+    assert hard_tags.count("add") > hard_tags.count("mul")  # raw counts would pick `add`
+    b.cfg.top_skills = 2
+    b.mine(step=5)
+    assert b.boosted == ["mul", "chain"]

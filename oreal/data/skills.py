@@ -22,10 +22,11 @@ from .records import Problem
 class SkillConfig:
     enabled: bool = False
     threshold: float = 0.25  # a question is hard while its pass rate stays under this...
-    min_visits: int = 2  # ...over at least this many visits
+    min_visits: int = 1  # ...over at least this many visits (K samples each)
     share: float = 0.25  # at most this share of each batch is drawn from boosted skills
     mine_every: int = 5  # re-mine the hard questions every N steps
-    top_skills: int = 3  # boost the skills most common among the hard questions
+    top_skills: int = 2  # boost the skills with the highest share of hard questions
+    min_support: int = 3  # ...among skills seen on at least this many tracked questions
     source: str = "tags"  # tags | embedding
     neighbours: int = 16  # embedding: questions per hard question that share its "skill"
     pool: str | None = None  # optional extra question pool (path/registry name) to draw boosted questions from
@@ -142,8 +143,12 @@ class SkillBooster:
     def mine(self, step: int) -> None:
         hard = mine_hard(self.tracker, self.cfg.threshold, self.cfg.min_visits)
         if self.cfg.source == "tags":
-            counts = Counter(s for i in hard for s in tag_skills(self.by_id[i]))
-            skills = [s for s, _ in counts.most_common(self.cfg.top_skills)]
+            # rank skills by the share of their questions that stay hard, not by raw counts: a
+            # tag carried by most questions (`add`) would otherwise win whatever the policy lacks
+            seen = Counter(s for i in self.tracker.visits for s in tag_skills(self.by_id[i]))
+            bad = Counter(s for i in hard for s in tag_skills(self.by_id[i]))
+            rate = {s: bad[s] / seen[s] for s in bad if seen[s] >= self.cfg.min_support}
+            skills = sorted(rate, key=lambda s: (-rate[s], s))[: self.cfg.top_skills]
             cand = [j for j, sk in enumerate(self.pool_skills) if sk & set(skills)]
         else:
             if self._emb is None:
