@@ -284,32 +284,15 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def step(self) -> dict:
+        """One step of Algorithm 1: draw questions -> rollouts and rewards -> filter, select,
+        advantages -> token RM and policy gradients -> optimiser steps. Returns the metrics."""
         cfg, a = self.cfg, self.cfg.algo
         t0 = time.time()
         self.step_no += 1
+        self.trajectories = []
         boosted = self.booster.draw(cfg.batch_questions) if self.booster else []
         probs = boosted + [self.problems[i] for i in self.sampler.next(cfg.batch_questions - len(boosted))]
-        # data parallel: every rank drew the same batch; it samples and grades its share [lo, hi)
-        # with one seed per question, so the rollouts do not depend on how the batch is split
-        lo, hi = dist_utils.shard_range(len(probs), self.rank, self.world)
-        seeds = [(cfg.seed * 1_000_003 + self.step_no * 10_007 + b) % 2**62 for b in range(len(probs))]
-        local_rewards = torch.zeros(hi - lo, cfg.samples)
-        groups = []
-        unfinished = timeouts = judge_failed = 0
-        self.trajectories = []
-        with dist_utils.gathered(self.policy):  # FSDP2: full weights for the token-by-token loop
-            for b, (_, g, verdicts) in enumerate(sample_and_grade(
-                    self.engine, self.tok, probs[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
-                    seed=seeds[lo:hi])):
-                groups.append(g)
-                local_rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
-                unfinished += sum(v.status == "unfinished" for v in verdicts)
-                timeouts += sum(v.status == "timeout" for v in verdicts)
-                judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
-        t_rollout = time.time() - t0
-        rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
-        unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
-            [unfinished, timeouts, judge_failed, sum(len(r.response_ids) for g in groups for r in g)])
+        lo, hi, groups, rewards, stats = self._rollout(probs)
         if self.booster:  # every question counts here, all-wrong ones included
             self.booster.tracker.update([p.id for p in probs], rewards)
             if self.step_no % cfg.skills.mine_every == 0:
@@ -322,9 +305,7 @@ class Trainer:
         n_pos = int(sum(rewards[b, k].item() > 0.5 for b, k in idx))
         m = {"step": self.step_no, "reward": rewards.mean().item(),
              "pass_rate": rewards.mean(-1).mean().item(), "kept_questions": int(keep.sum()),
-             "selected": len(idx), "unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
-             "judge_failures": int(judge_failed), "boosted": len(boosted), "response_tokens": int(resp_tokens),
-             "rollout_seconds": t_rollout}
+             "selected": len(idx), "boosted": len(boosted), **stats}
         update_actor = self.step_no > a.actor_freeze_steps
         dump = (probs[lo:hi], groups, local_idx, rewards[lo:hi], adv_all[lo:hi])
         if not idx:  # every question all-right or all-wrong: nothing to learn from
@@ -345,6 +326,83 @@ class Trainer:
         pos_tok, neg_tok = dist_utils.sum_floats([pos_tok, neg_tok])
         counts = {"pos": pos_tok, "neg": neg_tok, "all": pos_tok + neg_tok,
                   "seqs": len(idx), "const": len(idx) * cfg.sampling.max_new_tokens}
+        sums, rm_correct, all_weights = self._accumulate_gradients(
+            seqs, ids, attn, targets, mask, is_pos, r, adv, counts, update_actor)
+        nonfinite = False
+        if self.rm is not None:
+            m["rm_lr"] = self.rm_sched.get_last_lr()[0]
+            if _apply_update(self.rm, self.rm_opt, self.rm_sched, cfg.optim.grad_clip, sums["rm_loss"]):
+                m["rm_loss"] = sums["rm_loss"] / counts["seqs"]
+                m["rm_acc"] = rm_correct / counts["seqs"]
+            else:
+                nonfinite = True
+        if update_actor:
+            total = sums["loss_pos"] + sums["loss_neg"] + sums["loss_kl"]
+            if _apply_update(self.policy, self.opt, self.sched, cfg.optim.grad_clip, total):
+                self.actor_steps += 1
+                m.update(loss_pos=sums["loss_pos"], loss_neg=sums["loss_neg"], loss_kl=sums["loss_kl"],
+                         loss=total, kl=sums["kl"] / counts["all"], entropy=sums["entropy"] / counts["all"])
+            else:
+                nonfinite, update_actor = True, False
+        self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
+        m.update(positives=n_pos, negatives=len(idx) - n_pos, skipped=False,
+                 actor_updated=update_actor, nonfinite=nonfinite, lr=self.sched.get_last_lr()[0])
+        if cfg.dump_per_step:
+            self._record_trajectories(*dump, all_weights)
+        if self.nonfinite_streak >= cfg.max_nonfinite:
+            raise TrainingError(f"step {self.step_no}: {self.nonfinite_streak} steps in a row had a non-finite "
+                                f"loss or gradient (updates skipped); stopping. Lower the learning rate or "
+                                f"check the data, then resume from the last checkpoint.")
+        return self._finish(m, t0)
+
+    def _ref_logits(self, ids, attn):
+        if self.ref is not None:
+            return self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
+        with self.policy.disable_adapter():
+            return self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
+
+    def _finish(self, m: dict, t0: float) -> dict:
+        m["seconds"] = time.time() - t0
+        m["tokens_per_s"] = m["response_tokens"] / max(m["seconds"], 1e-9)
+        for k in METRIC_FIELDS:
+            m.setdefault(k, None)
+        return m
+
+    def _rollout(self, probs):
+        """Sample K responses for this rank's share of the batch and grade them. Returns
+        (lo, hi, local groups, the whole batch's [B, K] rewards, counters)."""
+        cfg = self.cfg
+        t0 = time.time()
+        # data parallel: every rank drew the same batch; it samples and grades its share [lo, hi)
+        # with one seed per question, so the rollouts do not depend on how the batch is split
+        lo, hi = dist_utils.shard_range(len(probs), self.rank, self.world)
+        seeds = [(cfg.seed * 1_000_003 + self.step_no * 10_007 + b) % 2**62 for b in range(len(probs))]
+        local_rewards = torch.zeros(hi - lo, cfg.samples)
+        groups = []
+        unfinished = timeouts = judge_failed = 0
+        with dist_utils.gathered(self.policy):  # FSDP2: full weights for the token-by-token loop
+            for b, (_, g, verdicts) in enumerate(sample_and_grade(
+                    self.engine, self.tok, probs[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
+                    seed=seeds[lo:hi])):
+                groups.append(g)
+                local_rewards[b] = torch.tensor([float(v.correct) for v in verdicts])
+                unfinished += sum(v.status == "unfinished" for v in verdicts)
+                timeouts += sum(v.status == "timeout" for v in verdicts)
+                judge_failed += sum(v.detail == JUDGE_FAILED for v in verdicts)
+        t_rollout = time.time() - t0
+        rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
+        unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
+            [unfinished, timeouts, judge_failed, sum(len(r.response_ids) for g in groups for r in g)])
+        stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
+                 "judge_failures": int(judge_failed), "response_tokens": int(resp_tokens),
+                 "rollout_seconds": t_rollout}
+        return lo, hi, groups, rewards, stats
+
+    def _accumulate_gradients(self, seqs, ids, attn, targets, mask, is_pos, r, adv, counts, update_actor):
+        """Token-RM BCE and its token weights, then the policy loss (BC on positives, shaped PG on
+        negatives, KL to the reference), micro-batch by micro-batch; gradients are summed over
+        ranks. Returns the loss sums, the RM's correct count and the token weights used."""
+        cfg, a = self.cfg, self.cfg.algo
         sums = dict.fromkeys(["loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss"], 0.0)
         rm_correct = 0
         all_weights = torch.ones_like(mask)
@@ -418,45 +476,7 @@ class Trainer:
                 dist_utils.all_reduce_grads(self.policy)
             if self.rm is not None:
                 dist_utils.all_reduce_grads(self.rm)
-        nonfinite = False
-        if self.rm is not None:
-            m["rm_lr"] = self.rm_sched.get_last_lr()[0]
-            if _apply_update(self.rm, self.rm_opt, self.rm_sched, cfg.optim.grad_clip, sums["rm_loss"]):
-                m["rm_loss"] = sums["rm_loss"] / counts["seqs"]
-                m["rm_acc"] = rm_correct / counts["seqs"]
-            else:
-                nonfinite = True
-        if update_actor:
-            total = sums["loss_pos"] + sums["loss_neg"] + sums["loss_kl"]
-            if _apply_update(self.policy, self.opt, self.sched, cfg.optim.grad_clip, total):
-                self.actor_steps += 1
-                m.update(loss_pos=sums["loss_pos"], loss_neg=sums["loss_neg"], loss_kl=sums["loss_kl"],
-                         loss=total, kl=sums["kl"] / counts["all"], entropy=sums["entropy"] / counts["all"])
-            else:
-                nonfinite, update_actor = True, False
-        self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
-        m.update(positives=n_pos, negatives=len(idx) - n_pos, skipped=False,
-                 actor_updated=update_actor, nonfinite=nonfinite, lr=self.sched.get_last_lr()[0])
-        if cfg.dump_per_step:
-            self._record_trajectories(*dump, all_weights)
-        if self.nonfinite_streak >= cfg.max_nonfinite:
-            raise TrainingError(f"step {self.step_no}: {self.nonfinite_streak} steps in a row had a non-finite "
-                                f"loss or gradient (updates skipped); stopping. Lower the learning rate or "
-                                f"check the data, then resume from the last checkpoint.")
-        return self._finish(m, t0)
-
-    def _ref_logits(self, ids, attn):
-        if self.ref is not None:
-            return self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
-        with self.policy.disable_adapter():
-            return self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
-
-    def _finish(self, m: dict, t0: float) -> dict:
-        m["seconds"] = time.time() - t0
-        m["tokens_per_s"] = m["response_tokens"] / max(m["seconds"], 1e-9)
-        for k in METRIC_FIELDS:
-            m.setdefault(k, None)
-        return m
+        return sums, rm_correct, all_weights
 
     def _record_trajectories(self, probs, groups, idx, rewards, adv, weights) -> None:
         """Up to `dump_per_step` responses with their reward, advantage and token weights
