@@ -147,7 +147,9 @@ def full_state_dict(model) -> dict:
         return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # own copies: on a CPU device "offload" need not copy, and these outlive the next gather
+    return {k: v.detach().clone() for k, v in sd.items()}
 
 
 def load_full_state_dict(model, state: dict) -> None:
@@ -156,15 +158,22 @@ def load_full_state_dict(model, state: dict) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def optimizer_state(model, opt) -> dict:
+def optimizer_state(model, opt) -> dict | None:
     if not is_fsdp(model):
         return opt.state_dict()
+    if not opt.state:  # not stepped yet (e.g. actor frozen): the helper below would initialise
+        return None    # the state with a zero-lr step, which bumps AdamW's step counts
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda t: t.detach().clone() if torch.is_tensor(t) else t, sd)  # see full_state_dict
 
 
-def load_optimizer_state(model, opt, state: dict) -> None:
+def load_optimizer_state(model, opt, state: dict | None) -> None:
+    if state is None:
+        return
     if not is_fsdp(model):
         opt.load_state_dict(state)
         return

@@ -20,9 +20,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
-def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
+def _write_cfg(tmp_path):
     save_problems(curriculum.generate(200, "train", seed=0), tmp_path / "train.jsonl")
     cfg = {
         "policy": "default", "data": str(tmp_path / "train.jsonl"), "eval_data": None, "steps": 3,
@@ -35,16 +33,25 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
         "prompt": {"use_chat_template": False, "system": None},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OREAL_FAULT")}
     env["OMP_NUM_THREADS"] = "1"
-    cli = ["-m", "oreal.cli", "train", str(tmp_path / "cfg.yaml")]
+    return env, ["-m", "oreal.cli", "train", str(tmp_path / "cfg.yaml")]
+
+
+def _torchrun(env, cli, *args):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *cli, *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
+    env, cli = _write_cfg(tmp_path)
     one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *cli,
-                          f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}"], env=env,
-                         capture_output=True, text=True, timeout=300)
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}")
     assert two.returncode == 0, two.stderr[-3000:]
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}
@@ -66,6 +73,24 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
     start = load_file(str(default_model_dir() / "model.safetensors"))
     moved = max((wa[k] - start[k]).abs().max().item() for k in start if k in wa)
     assert moved > 1e-4  # the comparison is between runs that really trained
+
+
+@pytest.mark.slow
+def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
+    env, cli = _write_cfg(tmp_path)
+    ref = _torchrun(env, cli, f"out={tmp_path / 'ref'}", "fsdp=true")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    killed = _torchrun(dict(env, OREAL_FAULT="step_end@2"), cli, f"out={tmp_path / 'run'}", "fsdp=true",
+                       "save_every=1")
+    assert killed.returncode != 0
+    assert (tmp_path / "run" / "checkpoints" / "step_0000002" / "manifest.json").exists()
+    resumed = _torchrun(env, cli, f"out={tmp_path / 'run'}", "fsdp=true", "save_every=1", "resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout
+    for model in ("policy", "token_rm"):
+        wa = load_file(str(tmp_path / "ref" / "final" / model / "model.safetensors"))
+        wb = load_file(str(tmp_path / "run" / "final" / model / "model.safetensors"))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), model
 
 
 def test_dynamic_micro_batches_respect_both_caps():

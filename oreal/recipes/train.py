@@ -532,7 +532,7 @@ class Trainer:
         else:
             self._load_model(self.policy, path / "policy")
         if self.rm is not None:
-            if st["rm_opt"] is None:
+            if not (path / "token_rm").is_dir():
                 raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
             self._load_model(self.rm, path / "token_rm")
             dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
