@@ -182,10 +182,6 @@ def find_latest(root: str | Path, log: Callable[[str], None] | None = None) -> P
     return None
 
 
-def read_manifest(path: str | Path) -> dict:
-    return json.loads((Path(path) / MANIFEST).read_text())
-
-
 def load_trainer_state(path: str | Path) -> dict:
     try:
         return torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=False)

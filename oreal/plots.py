@@ -9,6 +9,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
+def series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, value) of every step that recorded `key`."""
+    return [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+
+
 def _smooth(xs, k=5):
     out, acc = [], []
     for x in xs:
@@ -31,7 +36,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     reward = [m["reward"] for m in metrics]
     ax.plot(steps, reward, alpha=0.35, color="C0", label="train reward (per step)")
     ax.plot(steps, _smooth(reward), color="C0", label="train reward (5-step mean)")
-    ev = [(m["step"], m["eval_pass@1"]) for m in metrics if m.get("eval_pass@1") is not None]
+    ev = series(metrics, "eval_pass@1")
     if ev:
         ax.plot(*zip(*ev), "o-", color="C3", label="held-out pass@1")
     if before is not None:
@@ -44,7 +49,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     ax.legend(fontsize=7)
     ax = axes[1]
     for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("rm_loss", "token-RM BCE")):
-        pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        pts = series(metrics, key)
         if pts:
             ax.plot(*zip(*pts), label=label)
     ax.set_xlabel("step")
@@ -52,7 +57,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     ax.legend(fontsize=7)
     ax = axes[2]
     for key, label in (("kl", "KL to reference (k3)"), ("entropy", "entropy")):
-        pts = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+        pts = series(metrics, key)
         if pts:
             ax.plot(*zip(*pts), label=label)
     ax.set_xlabel("step")

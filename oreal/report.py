@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .plots import read_metrics
+from .plots import read_metrics, series
 
 PANELS = [  # (file, title, [(metric, label)])
     ("reward.png", "train reward (mean over rollouts)", [("reward", "reward")]),
@@ -28,8 +28,8 @@ def plot_curves(metrics: list[dict], out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, title, series in PANELS:
-        pts = {label: [(m["step"], m[key]) for m in metrics if m.get(key) is not None] for key, label in series}
+    for name, title, keys in PANELS:
+        pts = {label: series(metrics, key) for key, label in keys}
         if not any(pts.values()):
             continue
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -38,7 +38,7 @@ def plot_curves(metrics: list[dict], out: Path) -> list[str]:
                 ax.plot(*zip(*xy), "o-" if len(xy) < 15 else "-", ms=3, label=label)
         ax.set_xlabel("step")
         ax.set_title(title, fontsize=10)
-        if len(series) > 1:
+        if len(keys) > 1:
             ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=90)
@@ -86,9 +86,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_respons
     summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
     parts = [f"<h1>oreal run: {html.escape(str(run))}</h1>"]
     last = metrics[-1] if metrics else {}
-    parts.append(f"<p>{len(metrics)} steps; last step reward {last.get('reward', float('nan')):.3f}"
-                 + (f"; best eval pass@1 {max(m['eval_pass@1'] for m in metrics if m.get('eval_pass@1') is not None):.3f}"
-                    if any(m.get("eval_pass@1") is not None for m in metrics) else "") + "</p>")
+    evals = [v for _, v in series(metrics, "eval_pass@1")]
+    best = f"; best eval pass@1 {max(evals):.3f}" if evals else ""
+    parts.append(f"<p>{len(metrics)} steps; last step reward {last.get('reward', float('nan')):.3f}{best}</p>")
     if summary:
         b, a = summary["before"]["pass@1"], summary["after"]["pass@1"]
         parts.append(f"<p>held-out pass@1: before {b:.3f}, after {a:.3f} ({a - b:+.3f})</p>")

@@ -139,6 +139,8 @@ class SkillBooster:
                                  "use skills.source=embedding")
         elif cfg.source != "embedding":
             raise ValueError(f"skills.source: {cfg.source!r} is not 'tags' or 'embedding'")
+        elif self.external:
+            raise ValueError("skills.source=embedding with an external pool is not supported yet")
 
     def mine(self, step: int) -> None:
         hard = mine_hard(self.tracker, self.cfg.threshold, self.cfg.min_visits)
@@ -152,10 +154,7 @@ class SkillBooster:
             cand = [j for j, sk in enumerate(self.pool_skills) if sk & set(skills)]
         else:
             if self._emb is None:
-                texts = [p.question for p in self.pool] if self.external else [p.question for p in self.problems]
-                self._emb = EmbeddingSkills(texts, self.cfg.neighbours)
-            if self.external:
-                raise ValueError("skills.source=embedding with an external pool is not supported yet")
+                self._emb = EmbeddingSkills([p.question for p in self.problems], self.cfg.neighbours)
             cand = sorted({j for i in hard for j in self._emb.neighbours(self.index[i])})
             skills = [f"near:{i}" for i in hard[: self.cfg.top_skills]]
         if skills != self.boosted:

@@ -1,8 +1,8 @@
 """Policies and token-level reward models (standard HF directories)."""
 from .loading import (DEFAULT_MODEL, default_model_dir, load_policy, load_token_rm, load_tokenizer,
-                      load_weights, resolve_model_path, save_model, torch_dtype)
+                      load_weights, read_safetensors, resolve_model_path, save_model, torch_dtype)
 from .tiny import TinyModelConfig, build_tiny_policy, train_tokenizer
 
 __all__ = ["DEFAULT_MODEL", "TinyModelConfig", "build_tiny_policy", "default_model_dir", "load_policy",
-           "load_token_rm", "load_tokenizer", "load_weights", "resolve_model_path", "save_model", "torch_dtype",
+           "load_token_rm", "load_tokenizer", "load_weights", "read_safetensors", "resolve_model_path", "save_model", "torch_dtype",
            "train_tokenizer"]

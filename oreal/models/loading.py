@@ -81,9 +81,8 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
         tokenizer.save_pretrained(path)
 
 
-def load_weights(model, path: str | Path) -> None:
-    """Load the safetensors weights of an HF directory (one file or shards) into `model` in
-    place, exactly. Only tied weights may be absent from the files."""
+def read_safetensors(path: str | Path) -> dict:
+    """Every tensor of an HF directory's safetensors files (one file or shards), on CPU."""
     from safetensors.torch import load_file
 
     files = sorted(Path(path).glob("*.safetensors"))
@@ -92,6 +91,13 @@ def load_weights(model, path: str | Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(str(f)))
+    return state
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load the safetensors weights of an HF directory into `model` in place, exactly. Only tied
+    weights may be absent from the files."""
+    state = read_safetensors(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied and "lm_head" not in k for k in missing):

@@ -28,7 +28,8 @@ from ..data import PromptConfig, load_list
 from ..data.sampler import QuestionSampler
 from ..data.skills import SkillBooster, SkillConfig
 from ..evaluation import evaluate, sample_and_grade
-from ..models import load_policy, load_token_rm, load_tokenizer, load_weights, save_model
+from ..models import (load_policy, load_token_rm, load_tokenizer, load_weights, read_safetensors,
+                      save_model)
 from ..optim import make_optimizer
 from ..rollout import SamplingConfig, make_engine
 from ..tracking import Trackers
@@ -548,15 +549,10 @@ class Trainer:
         self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
 
     def _load_model(self, model, path: Path) -> None:
-        if not self.fsdp:
+        if self.fsdp:
+            dist_utils.load_full_state_dict(model, read_safetensors(path))
+        else:
             load_weights(model, path)
-            return
-        from safetensors.torch import load_file
-
-        state = {}
-        for f in sorted(path.glob("*.safetensors")):
-            state.update(load_file(str(f)))
-        dist_utils.load_full_state_dict(model, state)
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = 12345,
                  **kw) -> dict:
