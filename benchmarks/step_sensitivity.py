@@ -1,6 +1,6 @@
 """How far one optimiser step can move the embedded policy before it breaks.
 
-    python benchmarks/step_sensitivity.py [--lrs 1e-3 3e-4 1e-4] [--eval 100]
+    python benchmarks/step_sensitivity.py [--lrs 1e-3 3e-4 1e-4] [--eval 100] [--policy DIR]
 
 A fresh AdamW's first step is, per parameter, the learning rate times the sign of the gradient
 (bias correction makes m / sqrt(v) = g / |g|). This script applies exactly that step, once, to a
@@ -90,9 +90,10 @@ def main() -> None:
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-4, 1e-4])
     ap.add_argument("--eval", type=int, default=100, help="held-out questions (x4 samples each)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--policy", default="default", help="HF directory of the policy (default: the embedded one)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
-    tok, model = load_tokenizer("default"), load_policy("default", "float32", "cpu")
+    tok, model = load_tokenizer(args.policy), load_policy(args.policy, "float32", "cpu")
     train, test = load_list("curriculum_train"), load_list("curriculum_test")[: args.eval]
     probs = [train[i] for i in torch.randperm(len(train))[:32].tolist()]
     with Verifier(workers=2) as v:
