@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from oreal.models import TinyModelConfig, build_tiny_policy, load_tokenizer, save_model  # noqa: E402
-from oreal.recipes.train import Trainer, build_config  # noqa: E402
+from oreal.recipes.train import Trainer  # noqa: E402
+from oreal.training.config import build_config  # noqa: E402
 from oreal.verify import Verifier  # noqa: E402
 
 

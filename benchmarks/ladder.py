@@ -16,7 +16,8 @@ from pathlib import Path
 
 from oreal.data import load_list
 from oreal.recipes.demo import demo_config_path
-from oreal.recipes.train import Trainer, build_config, train
+from oreal.recipes.train import Trainer, train
+from oreal.training.config import build_config
 from oreal.verify import Verifier
 
 LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "rloo", "grpo", "drgrpo"]

@@ -33,7 +33,8 @@ from oreal.evaluation import evaluate, sample_and_grade  # noqa: E402
 from oreal.models import load_policy, load_tokenizer  # noqa: E402
 from oreal.recipes.demo import demo_config_path  # noqa: E402
 from oreal.recipes.sft import collate, encode_example  # noqa: E402
-from oreal.recipes.train import _batch_tensors, build_config  # noqa: E402
+from oreal.training.batch import batch_tensors  # noqa: E402
+from oreal.training.config import build_config  # noqa: E402
 from oreal.rollout import make_engine  # noqa: E402
 from oreal.verify import Verifier  # noqa: E402
 
@@ -61,7 +62,7 @@ def grpo_gradient(model, tok, probs, verifier, k: int) -> dict:
         seqs += [(r.prompt_ids, r.response_ids) for r in group]
         rewards.append([float(v.correct) for v in verdicts])
     adv = algo.group_advantages(torch.tensor(rewards), "grpo").flatten()
-    ids, attn, targets, mask = _batch_tensors(seqs, tok.pad_token_id)
+    ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
     logp = algo.token_logprobs(model(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
     loss = algo.normalise(algo.pg_loss(logp, logp.detach(), mask, adv, torch.ones_like(mask)), mask.sum())
     return _grads(model, loss)

@@ -22,20 +22,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import faults
+from .errors import CheckpointError
+
 MANIFEST = "manifest.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be written (full disk, unwritable directory) or read."""
-
-
-def _fault(point: str, step: int) -> None:
-    """Fault injection for the crash tests: OREAL_FAULT=point@step kills this process there."""
-    if os.environ.get("OREAL_FAULT") == f"{point}@{step}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -97,7 +88,7 @@ def save_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], 
             shutil.rmtree(tmp)
         tmp.mkdir()
         write(tmp)
-        _fault("checkpoint_write", step)
+        faults.inject("checkpoint_write", step)
         files = _files(tmp)
         manifest = {"step": step, **(meta or {}),
                     "files": {str(p.relative_to(tmp)): _sha256(p) for p in files}}
@@ -187,3 +178,17 @@ def load_trainer_state(path: str | Path) -> dict:
         return torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=False)
     except (OSError, RuntimeError, EOFError) as e:
         raise CheckpointError(f"cannot read {path}/trainer_state.pt: {e}") from None
+
+
+def resolve_resume(root: str | Path, resume: str, log: Callable[[str], None] | None = None) -> Path | None:
+    """The checkpoint that `resume` names: 'auto' is the newest one under `root` that validates
+    (None when there is none: a fresh start), else a path that must validate."""
+    if resume == "auto":
+        path = find_latest(root, log)
+        if path is None and log:
+            log(f"resume=auto: no usable checkpoint in {root}; starting from step 0")
+        return path
+    problem = validate(resume)
+    if problem:
+        raise CheckpointError(f"cannot resume from {resume}: {problem}")
+    return Path(resume)

@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    pass
 
 
 def _coerce(key: str, value: Any, tp) -> Any:

@@ -8,6 +8,7 @@ from math import comb
 from .data.prompts import PromptConfig, render
 from .data.records import Problem
 from .rollout import SamplingConfig
+from .verify import count_statuses
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -45,23 +46,28 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
             yield p, group, verdicts
 
 
+def measure_pass_rates(problems: list[Problem], engine, tokenizer, verifier, k: int, sampling: SamplingConfig,
+                       prompt: PromptConfig | None = None, batch: int = 64, seed: int = 0) -> list[Problem]:
+    """Fill in each problem's `pass_rate` (correct out of K samples), for difficulty balancing."""
+    for p, _, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling, prompt,
+                                           seed, batch):
+        p.pass_rate = sum(v.correct for v in verdicts) / k
+    return problems
+
+
 def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
              sampling: SamplingConfig | None = None, prompt: PromptConfig | None = None,
              seed: int = 0, batch_prompts: int = 64, progress: bool = False,
              keep_samples: int = 0) -> dict:
     sampling = sampling or SamplingConfig()
-    per_problem = []
-    unfinished = unparsable = timeouts = 0
-    samples = []
+    per_problem, verdicts_all, samples = [], [], []
     from tqdm import tqdm
 
     bar = tqdm(total=len(problems), desc="eval", unit="q", file=sys.stderr, disable=not progress)
     for p, group, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling,
                                                prompt, seed, batch_prompts):
         corr = [v.correct for v in verdicts]
-        unfinished += sum(v.status == "unfinished" for v in verdicts)
-        unparsable += sum(v.status == "no_answer" for v in verdicts)
-        timeouts += sum(v.status == "timeout" for v in verdicts)
+        verdicts_all.extend(verdicts)
         per_problem.append((p, corr, [v.extracted for v in verdicts]))
         if len(samples) < keep_samples:
             samples.append({"id": p.id, "question": p.question, "gold": p.gold,
@@ -81,7 +87,8 @@ def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
         }
 
     out = summarise(per_problem)
-    out.update(k=k, unfinished=unfinished, no_answer=unparsable, timeouts=timeouts,
+    st = count_statuses(verdicts_all)
+    out.update(k=k, unfinished=st["unfinished"], no_answer=st["no_answer"], timeouts=st["timeout"],
                temperature=sampling.temperature)
     groups: dict[str, list] = defaultdict(list)
     for row in per_problem:

@@ -25,3 +25,16 @@ def make_optimizer(model, lr: float, weight_decay: float, warmup: int, total: in
     ratio = min_lr / lr if lr > 0 else 0.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, ratio))
     return opt, sched
+
+
+def guarded_step(model, opt, sched, clip: float, loss_sum: float) -> bool:
+    """Clip and step, unless the loss or the gradient is not finite: then drop the gradient and
+    leave weights, optimiser state and schedule untouched. Returns whether it stepped."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+    if not (torch.isfinite(torch.as_tensor(loss_sum)) and torch.isfinite(norm)):
+        opt.zero_grad(set_to_none=True)
+        return False
+    opt.step()
+    sched.step()
+    return True

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import json
-import sys
 from pathlib import Path
 
 from .plots import read_metrics, series
@@ -108,21 +107,3 @@ body{{font-family:sans-serif;max-width:1100px;margin:2em auto}} .grid img{{width
 </style></head><body>{''.join(parts)}</body></html>"""
     (out / "index.html").write_text(page)
     return out
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="plots and an HTML page of token-level credit for a run")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="default: RUN_DIR/report")
-    p.add_argument("--max-responses", type=int, default=40)
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    try:
-        out = write_report(args.run_dir, args.out, args.max_responses)
-    except FileNotFoundError as e:
-        print(f"oreal report: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out}/index.html and {len(list(out.glob('*.png')))} plots")
-    return 0

@@ -4,10 +4,11 @@ import math
 import pytest
 import torch
 
-from oreal.algo import (adv_grpo, adv_rloo, group_advantages, kl_penalty, masked_mean,
-                        negative_pg_loss, normalise, pass_rate_filter, pg_loss, positive_bc_loss,
-                        running_correctness, select_pairs, token_importance_weights,
-                        token_rm_sequence_loss)
+from oreal.algo import (ALGORITHMS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, adv_rloo, group_advantages,
+                        kl_penalty, masked_mean, negative_pg_loss, normalise, pass_rate_filter, pg_loss,
+                        policy_loss, positive_bc_loss, resolve_algo, rm_correct_count, running_correctness,
+                        select_pairs, token_importance_weights, token_rm_sequence_loss)
+from oreal.config import ConfigError
 
 
 def test_rloo_by_hand():
@@ -143,55 +144,123 @@ def test_normalise_and_pg_loss():
     assert masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])).item() == 2.0
 
 
-def _slow_reference_loss(logp, ref_logp, mask, rewards, is_pos, adv, lam_pos, lam_neg, beta):
-    """Token by token, the loss of OREAL.md step 7 with all token weights 1."""
+def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_tokens):
+    """Token by token, the loss of OREAL.md step 7 (and the baselines' PG term) for any setting."""
     pos_sum = neg_sum = kl_sum = 0.0
     n_pos = n_neg = n_all = 0
     for i in range(logp.size(0)):
         for t in range(logp.size(1)):
             if mask[i, t] == 0:
                 continue
-            lp, rp = logp[i, t], ref_logp[i, t]
-            if is_pos[i]:
-                pos_sum = pos_sum + lam_pos * adv[i] * (-lp)
-                n_pos += 1
+            lp, rp, wt = logp[i, t], ref_logp[i, t], w[i, t]
+            ratio = torch.exp(lp - lp.detach())  # 1 in value, the gradient of log pi
+            if cfg.positive_loss == "bc" and is_pos[i]:
+                term = cfg.lambda_pos * wt * (adv[i] if cfg.pos_mult_adv else 1.0) * (-lp)
+            elif cfg.positive_loss == "bc":
+                term = -cfg.lambda_neg * wt * adv[i] * ratio
             else:
-                neg_sum = neg_sum + (-lam_neg * adv[i] * torch.exp(lp - lp.detach()))
-                n_neg += 1
-            kl_sum = kl_sum + (torch.exp(rp - lp) - (rp - lp) - 1)
-            n_all += 1
-    return pos_sum / n_pos + neg_sum / n_neg + beta * kl_sum / n_all
+                term = -wt * adv[i] * ratio
+            if is_pos[i]:
+                pos_sum, n_pos = pos_sum + term, n_pos + 1
+            else:
+                neg_sum, n_neg = neg_sum + term, n_neg + 1
+            d = rp - lp
+            kl = {"k1": -d, "k3": torch.exp(d) - d - 1, "mse": 0.5 * d * d}[cfg.kl_kind]
+            kl_sum, n_all = kl_sum + kl, n_all + 1
+    if cfg.positive_loss == "bc":
+        pos, neg = pos_sum / max(n_pos, 1), neg_sum / max(n_neg, 1)
+    else:
+        denom = logp.size(0) * max_new_tokens if cfg.loss_norm == "constant" else n_all
+        pos, neg = pos_sum / denom, neg_sum / denom
+    return pos + neg + cfg.kl_coef * kl_sum / n_all
 
 
-def test_full_loss_matches_slow_per_token_reference():
-    torch.manual_seed(1)
-    T, V = 5, 7
-    rewards = torch.tensor([[1.0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]])
-    keep = pass_rate_filter(rewards)
-    sel = select_pairs(rewards, keep, "pair", torch.Generator().manual_seed(3))
-    adv_all = group_advantages(rewards, "rloo")
+def _preset_batch(cfg, seed):
+    """Rewards -> filter -> selection -> advantages exactly as the trainer composes them."""
+    g = torch.Generator().manual_seed(seed)
+    rewards = (torch.rand(4, 4, generator=g) > 0.5).float()
+    rewards[0] = torch.tensor([1.0, 0, 0, 1])  # at least one question with signal
+    keep = pass_rate_filter(rewards) if cfg.filter else torch.ones(4, dtype=torch.bool)
+    sel = select_pairs(rewards, keep, cfg.select, g)
     idx = sel.nonzero()
-    N = idx.size(0)
+    adv = group_advantages(rewards, cfg.advantage)[idx[:, 0], idx[:, 1]]
+    r = rewards[idx[:, 0], idx[:, 1]]
+    return r == 1, adv
+
+
+@pytest.mark.parametrize("kl_kind", ["k1", "k3", "mse"])
+@pytest.mark.parametrize("preset", sorted(ALGORITHMS))
+def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, kl_kind):
+    cfg = resolve_algo(AlgoConfig(name=preset, kl_kind=kl_kind, kl_coef=0.05), set())
+    torch.manual_seed(1)
+    is_pos, adv = _preset_batch(cfg, seed=3)
+    N, T, V, max_new = is_pos.numel(), 5, 7, 8
     logits = torch.randn(N, T, V, requires_grad=True)
     ref_logits = torch.randn(N, T, V)
     targets = torch.randint(V, (N, T))
     mask = (torch.rand(N, T) > 0.2).float()
     mask[:, 0] = 1
-    r = rewards[idx[:, 0], idx[:, 1]]
-    adv = adv_all[idx[:, 0], idx[:, 1]]
-    is_pos = r == 1
+    w = torch.rand(N, T) if cfg.uses_token_rm else torch.ones(N, T)
 
     def lp(x):
         return torch.log_softmax(x, -1).gather(-1, targets[..., None]).squeeze(-1)
 
     logp, ref_logp = lp(logits), lp(ref_logits)
-    ones = torch.ones_like(logp)
-    pm, nm = mask * is_pos[:, None], mask * (~is_pos)[:, None]
-    fast = (normalise(positive_bc_loss(logp, pm, ones, adv, 1.0, True), pm.sum())
-            + normalise(negative_pg_loss(logp, logp.detach(), nm, ones, adv, 0.5), nm.sum())
-            + 0.01 * normalise((kl_penalty(logp, ref_logp, "k3") * mask).sum(), mask.sum()))
-    slow = _slow_reference_loss(logp, ref_logp, mask, r, is_pos, adv, 1.0, 0.5, 0.01)
-    assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
-    (g_fast,) = torch.autograd.grad(fast, logits, retain_graph=True)
-    (g_slow,) = torch.autograd.grad(slow, logits)
+    counts = TokenCounts((mask * is_pos[:, None]).sum().item(), (mask * ~is_pos[:, None]).sum().item(), N, max_new)
+    fast = policy_loss(logp, ref_logp, mask, is_pos, adv, w, counts, cfg)
+    slow = _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new)
+    assert fast.loss.item() == pytest.approx(slow.item(), rel=1e-5, abs=1e-6)  # GRPO terms nearly cancel
+    assert fast.loss.item() == pytest.approx((fast.pos + fast.neg + cfg.kl_coef * fast.kl).item(), rel=1e-6)
+    (g_fast,) = torch.autograd.grad(fast.loss, logits, retain_graph=True)
+    (g_slow,) = torch.autograd.grad(slow, logits, retain_graph=True)
     assert torch.allclose(g_fast, g_slow, atol=1e-6)
+    # micro-batches with the global counts add up to the whole batch, value and gradient
+    halves = [policy_loss(logp[s], ref_logp[s], mask[s], is_pos[s], adv[s], w[s], counts, cfg).loss
+              for s in (slice(0, N // 2), slice(N // 2, N))]
+    assert sum(halves).item() == pytest.approx(fast.loss.item(), rel=1e-5, abs=1e-6)
+    (g_split,) = torch.autograd.grad(sum(halves), logits)
+    assert torch.allclose(g_split, g_fast, atol=1e-6)
+
+
+def test_policy_loss_kl_sum_and_parts_by_hand():
+    cfg = AlgoConfig(kl_coef=0.5)
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]]))
+    ref = torch.log(torch.tensor([[0.25, 0.25], [0.5, 0.5]]))
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = policy_loss(logp, ref, mask, torch.tensor([True, False]), torch.tensor([0.5, -0.5]),
+                      torch.ones(2, 2), TokenCounts(2, 1, 2, 4), cfg)
+    d = math.log(0.5)  # only the first token differs from the reference
+    assert out.kl_sum.item() == pytest.approx(math.exp(d) - d - 1)
+    assert out.kl.item() == pytest.approx((math.exp(d) - d - 1) / 3)
+    assert out.pos.item() == pytest.approx(0.5 * (math.log(2) + math.log(4)) / 2)
+    assert out.neg.item() == pytest.approx(-0.5 * -0.5 * 1.0 / 1)
+
+
+def test_algo_config_validation_iterates_the_registries():
+    for key, allowed in OPTIONS.items():
+        for value in allowed:
+            AlgoConfig(**{key: value}).validate()
+        with pytest.raises(ConfigError, match=f"algo.{key}"):
+            AlgoConfig(**{key: "bogus"}).validate()
+    with pytest.raises(ConfigError, match="algo.name"):
+        AlgoConfig(name="ppo").validate()
+    # the pure functions reject what the registries do not hold, naming the choices
+    with pytest.raises(ValueError, match="pair"):
+        select_pairs(torch.ones(1, 2), torch.ones(1, dtype=torch.bool), "best")
+    with pytest.raises(ValueError, match="threshold"):
+        token_importance_weights(torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([True]), mode="soft")
+
+
+def test_presets_and_explicit_keys():
+    assert resolve_algo(AlgoConfig(name="grpo"), set()).advantage == "grpo"
+    assert resolve_algo(AlgoConfig(name="grpo", advantage="rloo"), {"advantage"}).advantage == "rloo"
+    for name in ALGORITHMS:
+        resolve_algo(AlgoConfig(name=name), set()).validate()
+
+
+def test_rm_correct_count():
+    logits = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    # sequence scores 1.5 (> 0, correct), -0.25 (< 0, called incorrect), empty (never counts)
+    assert rm_correct_count(logits, mask, torch.tensor([True, True, True])) == 1
+    assert rm_correct_count(logits, mask, torch.tensor([True, False, False])) == 2

@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 from oreal.data import curriculum, save_problems
-from oreal.recipes.train import _micro_batches
+from oreal.training.batch import micro_batches
 
 
 def _free_port() -> int:
@@ -95,8 +95,8 @@ def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
 
 def test_dynamic_micro_batches_respect_both_caps():
     lengths = [10, 12, 30, 5, 5, 5, 40, 8]
-    assert _micro_batches(lengths, 3) == [slice(0, 3), slice(3, 6), slice(6, 8)]
-    got = _micro_batches(lengths, 8, max_tokens=60)
+    assert micro_batches(lengths, 3) == [slice(0, 3), slice(3, 6), slice(6, 8)]
+    got = micro_batches(lengths, 8, max_tokens=60)
     for sl in got:
         n = sl.stop - sl.start
         assert n == 1 or max(lengths[sl]) * n <= 60

@@ -5,7 +5,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from oreal.verify import JudgeConfig, LLMJudge, Verifier
+from oreal.verify import JudgeConfig, LLMJudge, Verifier, count_statuses
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -82,6 +82,8 @@ def test_failure_keeps_rule_verdict_and_is_counted(server, mode):
     with Verifier(workers=1, timeout=4.0, judge=judge) as v:
         verdict = v.verify("3", "\\boxed{4}")
     assert not verdict.correct and "judge failed" in verdict.detail
+    assert verdict.judge_failed  # the flag the trainer counts, not the message text
+    assert count_statuses([verdict])["judge_failed"] == 1
     assert judge.failures == 1 and server.count == 3
 
 

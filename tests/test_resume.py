@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from oreal import checkpoint as ckpt
 from oreal.data import Problem, curriculum, save_problems
-from oreal.recipes.train import Trainer, TrainingError, build_config, train
+from oreal.recipes.train import Trainer, TrainingError, train
+from oreal.training.config import build_config
 
 STEPS = 6
 
@@ -166,13 +167,13 @@ def _cfg(data, out, *extra):
 
 
 def test_nonfinite_loss_skips_the_update_then_stops_the_run(data, verifier, tmp_path, monkeypatch):
-    from oreal import algo
+    from oreal.algo import objective
 
     cfg = _cfg(data, tmp_path / "run", "algo.actor_freeze_steps=0", "max_nonfinite=2", "save_every=0")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
-    real = algo.negative_pg_loss
-    monkeypatch.setattr(algo, "negative_pg_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = objective.negative_pg_loss
+    monkeypatch.setattr(objective, "negative_pg_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     m = tr.step()
     while m["skipped"]:  # a step with nothing selected never reaches the loss
         m = tr.step()

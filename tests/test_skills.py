@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from oreal.data import Problem, curriculum
-from oreal.data.skills import (PassRateTracker, SkillBooster, SkillConfig, mine_hard, tag_skills)
+from oreal.training.skills import (PassRateTracker, SkillBooster, SkillConfig, mine_hard, tag_skills)
 
 
 def test_tracker_counts_every_visit_and_round_trips():
@@ -87,7 +87,8 @@ def test_untagged_data_is_an_error_for_tags_and_works_with_embeddings():
 
 def test_training_with_enhancement_boosts_and_resumes(verifier, tmp_path):
     from oreal.data import save_problems
-    from oreal.recipes.train import Trainer, build_config
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
 
     save_problems(curriculum.generate(200, "train", seed=0), tmp_path / "train.jsonl")
     cfg = build_config(None, [

@@ -7,7 +7,9 @@ import torch
 
 from oreal.config import ConfigError
 from oreal.data import curriculum, save_problems
-from oreal.recipes.train import ALGORITHMS, METRIC_FIELDS, Trainer, build_config, train
+from oreal.algo import ALGORITHMS
+from oreal.recipes.train import METRIC_FIELDS, Trainer, train
+from oreal.training.config import build_config
 
 
 @pytest.fixture(scope="module")

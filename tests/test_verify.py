@@ -89,6 +89,15 @@ def test_auto_and_gsm8k_modes(verifier):
     assert verifier.verify("72", "no marker 72", extract="gsm8k").status == "no_answer"
 
 
+def test_count_statuses_counts_every_status(verifier):
+    from oreal.verify import STATUSES, count_statuses
+
+    vs = verifier.verify_batch([("7", "\\boxed{7}"), ("7", "\\boxed{7}", False), ("7", "no box"), ("7", "\\boxed{8}")])
+    c = count_statuses(vs)
+    assert set(c) == set(STATUSES) | {"judge_failed"}
+    assert (c["ok"], c["unfinished"], c["no_answer"], c["timeout"], c["judge_failed"]) == (2, 1, 1, 0, 0)
+
+
 def test_bad_input_is_a_verdict_not_an_exception(verifier):
     assert verifier.verify(None, "\\boxed{1}").status == "bad_input"
     assert verifier.verify("1", None).status == "bad_input"

@@ -1,10 +1,21 @@
-"""OREAL's math (advantages, filters, selection, token weights, losses) as pure functions."""
-from .core import (ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, adv_drgrpo, adv_grpo, adv_none, adv_rloo,
-                   group_advantages, kl_penalty, masked_mean, negative_pg_loss, normalise,
-                   pass_rate_filter, pg_loss, positive_bc_loss, running_correctness, select_pairs,
-                   token_importance_weights, token_logprobs, token_rm_sequence_loss)
+"""OREAL's math as pure functions on tensors (no I/O, no models), with the registries and
+presets that name them.
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "KL_ESTIMATORS", "adv_drgrpo", "adv_grpo", "adv_none", "adv_rloo",
-           "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss", "normalise",
-           "pass_rate_filter", "pg_loss", "positive_bc_loss", "running_correctness", "select_pairs",
+Shapes: B questions, K samples each; N selected responses, T response tokens (right-padded,
+`mask` is 1 on real tokens). Rewards are 1.0 (correct) / 0.0 (incorrect).
+"""
+from .advantages import ADVANTAGE_ESTIMATORS, adv_drgrpo, adv_grpo, adv_none, adv_rloo, group_advantages
+from .config import ALGORITHMS, LOSS_NORMS, OPTIONS, POSITIVE_LOSSES, AlgoConfig, resolve_algo
+from .losses import (KL_ESTIMATORS, kl_penalty, negative_pg_loss, normalise, pg_loss, positive_bc_loss,
+                     token_entropy, token_logprobs)
+from .objective import PolicyLoss, TokenCounts, policy_loss
+from .selection import SELECTIONS, pass_rate_filter, select_pairs
+from .token_rm import (TOKEN_WEIGHTS, masked_mean, rm_correct_count, running_correctness,
+                       token_importance_weights, token_rm_sequence_loss)
+
+__all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_NORMS", "OPTIONS", "POSITIVE_LOSSES",
+           "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
+           "adv_none", "adv_rloo", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss",
+           "normalise", "pass_rate_filter", "pg_loss", "policy_loss", "positive_bc_loss", "resolve_algo",
+           "rm_correct_count", "running_correctness", "select_pairs", "token_entropy",
            "token_importance_weights", "token_logprobs", "token_rm_sequence_loss"]

@@ -22,16 +22,3 @@ def balance(problems: list[Problem], bands=DEFAULT_BANDS, unknown: int = 1) -> l
         times = unknown if p.pass_rate is None else band_repeats(p.pass_rate, bands)
         out.extend([p] * times)
     return out
-
-
-def parse_bands(spec: str) -> list[tuple[float, float, int]]:
-    """'0-0.2:6,0.2-0.4:4' -> [(0.0, 0.2, 6), (0.2, 0.4, 4)] (the last band includes 1.0)."""
-    bands = []
-    for part in spec.split(","):
-        rng, times = part.split(":")
-        lo, hi = rng.split("-")
-        bands.append((float(lo), float(hi), int(times)))
-    if bands and bands[-1][1] >= 1.0:
-        lo, _, t = bands[-1]
-        bands[-1] = (lo, 1.0001, t)
-    return bands

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..verify.extract import boxed_answers
+from ..extract import boxed_answers
 from .records import DataError, Problem
 
 

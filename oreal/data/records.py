@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..errors import DataError
+
+__all__ = ["DataError", "Problem"]
+
 
 @dataclass
 class Problem:
@@ -24,7 +28,3 @@ class Problem:
     def from_dict(cls, d: dict) -> "Problem":
         known = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
         return cls(**known)
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the line or row, and the field."""

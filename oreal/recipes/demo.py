@@ -6,14 +6,14 @@ and writes summary.json, metrics.jsonl and learning_curve.png into the run direc
 from __future__ import annotations
 
 import json
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 
 from ..data import load_list
 from ..verify import Verifier
-from .train import Trainer, build_config, train
+from ..training.config import build_config
+from .train import Trainer, train
 
 
 def demo_config_path() -> str:
@@ -71,29 +71,3 @@ def format_table(s: dict) -> str:
             lines.append(f"  {g[8:]:<20}{b:>8.3f}{a:>8.3f}{a - b:>+9.3f}")
     lines.append(f"{s['steps']} OREAL steps, {s['seconds']:.0f}s in all")
     return "\n".join(lines)
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: OREAL on the embedded model, before/after table")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from ..config import ConfigError
-
-    from ..checkpoint import CheckpointError
-    from .train import TrainingError
-
-    try:
-        run_demo(args.out, args.steps, args.seed, args.overrides)
-    except ConfigError as e:
-        print(f"oreal demo: {e}", file=sys.stderr)
-        return 2
-    except (TrainingError, CheckpointError) as e:
-        print(f"oreal demo: {e}", file=sys.stderr)
-        return 1
-    return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,29 +130,3 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
             f.write(json.dumps(rec) + "\n")
     (out / "sft_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning (also builds the embedded model)")
-    p.add_argument("config", nargs="?", help="YAML config")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args) -> int:
-    from ..config import ConfigError, load_config
-    from ..verify import Verifier
-
-    cfg_path, overrides = args.config, list(args.overrides)
-    if cfg_path and "=" in cfg_path and not Path(cfg_path).exists():
-        overrides.insert(0, cfg_path)
-        cfg_path = None
-    try:
-        cfg = load_config(SFTConfig, cfg_path, overrides)
-    except ConfigError as e:
-        print(f"oreal sft: {e}", file=sys.stderr)
-        return 2
-    with Verifier(workers=2) as v:
-        summary = run_sft(cfg, verifier=v)
-    print(json.dumps(summary, indent=2))
-    return 0

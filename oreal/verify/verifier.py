@@ -7,7 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from .extract import (
+from ..extract import (
     DEFAULT_FINISH_MARKERS,
     Limits,
     boxed_answers,
@@ -20,7 +20,6 @@ from .pool import WorkerPool
 
 EXTRACT_MODES = ("boxed", "auto", "gsm8k")
 STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
-JUDGE_FAILED = "judge failed; rule verdict kept"  # Verdict.detail when the LLM judge could not answer
 
 
 @dataclass
@@ -30,6 +29,7 @@ class Verdict:
     extracted: str | None = None
     seconds: float = 0.0
     detail: str | None = None
+    judge_failed: bool = False  # the LLM judge was asked and could not answer; the rule verdict stands
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +151,8 @@ class Verifier:
                 questions[i] if questions else "", str(items[i][0]), verdicts[i].extracted), todo)
             for i, ok in zip(todo, answers):
                 if ok is None:
-                    verdicts[i].detail = JUDGE_FAILED
+                    verdicts[i].judge_failed = True
+                    verdicts[i].detail = "judge failed; rule verdict kept"
                 elif ok:
                     verdicts[i].correct = True
                     verdicts[i].detail = "accepted by LLM judge"
@@ -192,6 +193,16 @@ class Verifier:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def count_statuses(verdicts) -> dict[str, int]:
+    """How many verdicts have each status in `STATUSES`, plus `judge_failed`."""
+    counts = dict.fromkeys(STATUSES, 0)
+    counts["judge_failed"] = 0
+    for v in verdicts:
+        counts[v.status] = counts.get(v.status, 0) + 1
+        counts["judge_failed"] += v.judge_failed
+    return counts
 
 
 _default: Verifier | None = None

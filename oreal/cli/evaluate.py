@@ -2,14 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-
-from .data import PromptConfig, load_list
-from .data.records import DataError
-from .evaluation import evaluate
-from .models import DEFAULT_MODEL, load_policy, load_tokenizer
-from .rollout import SamplingConfig, make_engine
-from .verify import Verifier
 
 
 def add_parser(sub) -> None:
@@ -32,11 +24,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    try:
-        problems = load_list(args.data, data_dir_=args.data_dir)
-    except DataError as e:
-        print(f"oreal eval: {e}", file=sys.stderr)
-        return 1
+    from ..data import PromptConfig, load_list
+    from ..evaluation import evaluate
+    from ..models import DEFAULT_MODEL, load_policy, load_tokenizer
+    from ..rollout import SamplingConfig, make_engine
+    from ..verify import Verifier
+
+    problems = load_list(args.data, data_dir_=args.data_dir)
     if args.limit:
         problems = problems[: args.limit]
     if args.extract:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from .verifier import EXTRACT_MODES, Verifier
+from ..verify.verifier import EXTRACT_MODES
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def _judge(args):
         return None
     import os
 
-    from .judge import JudgeConfig, LLMJudge
+    from ..verify.judge import JudgeConfig, LLMJudge
 
     return LLMJudge(JudgeConfig(base_url=args.judge_url, model=args.judge_model,
                                 api_key=os.environ.get("OREAL_JUDGE_API_KEY", "EMPTY")))
@@ -57,6 +57,8 @@ def _read_lines(path: str) -> list[tuple[dict | None, str | None]]:
 
 
 def run(args) -> int:
+    from ..verify import Verifier
+
     if args.input is None:
         if args.gold is None or args.response is None:
             print("oreal verify: give --gold and --response, or --input and --output", file=sys.stderr)

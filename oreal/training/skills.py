@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .records import Problem
+from ..data.records import Problem
 
 
 @dataclass
@@ -141,6 +141,13 @@ class SkillBooster:
             raise ValueError(f"skills.source: {cfg.source!r} is not 'tags' or 'embedding'")
         elif self.external:
             raise ValueError("skills.source=embedding with an external pool is not supported yet")
+
+    def observe(self, ids: list[str], rewards, step: int) -> None:
+        """Record one step's [B, K] rewards of the questions `ids` (all of them, all-wrong and
+        all-right ones included), and re-mine the hard questions every `mine_every` steps."""
+        self.tracker.update(ids, rewards)
+        if step % self.cfg.mine_every == 0:
+            self.mine(step)
 
     def mine(self, step: int) -> None:
         hard = mine_hard(self.tracker, self.cfg.threshold, self.cfg.min_visits)

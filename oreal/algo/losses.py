@@ -1,0 +1,71 @@
+"""The per-token terms of the policy loss. Each returns a *sum* over tokens; `normalise`
+divides by a global token count, so micro-batches with gradient accumulation (and ranks under
+data parallelism) give exactly the update of one big batch."""
+from __future__ import annotations
+
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position; logits [N, T, V], targets [N, T]."""
+    return torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """[N, T] entropy of the policy's distribution at every position (a metric; no gradient)."""
+    with torch.no_grad():
+        lsm = torch.log_softmax(logits.float(), -1)
+        return -(lsm.exp() * lsm).sum(-1)
+
+
+def positive_bc_loss(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
+                     adv: torch.Tensor, lambda_pos: float = 1.0,
+                     pos_mult_adv: bool = True) -> torch.Tensor:
+    """Behaviour cloning on positives: sum_t lambda+ * w_t * (-log pi(y_t)) [* A]."""
+    scale = adv.view(-1, 1) if pos_mult_adv else 1.0
+    return (lambda_pos * weights * scale * (-logp) * mask).sum()
+
+
+def negative_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
+                     weights: torch.Tensor, adv: torch.Tensor,
+                     lambda_neg: float = 0.5) -> torch.Tensor:
+    """Policy gradient on negatives: sum_t -lambda- * w_t * A * pi/pi_old (the ratio is 1 in
+    value on-policy; its gradient is that of log pi, i.e. REINFORCE with the shaped A)."""
+    ratio = torch.exp(logp - old_logp.detach())
+    return (-lambda_neg * weights * adv.view(-1, 1) * ratio * mask).sum()
+
+
+def pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The baselines' term on every sample: sum_t -w_t * A * pi/pi_old."""
+    w = weights if weights is not None else torch.ones_like(logp)
+    return (-w * adv.view(-1, 1) * torch.exp(logp - old_logp.detach()) * mask).sum()
+
+
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    return logp - ref_logp
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1.0
+
+
+def kl_mse(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    d = ref_logp - logp
+    return 0.5 * d * d
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k3": kl_k3, "mse": kl_mse}
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL(pi || ref) estimate from sampled tokens: k1, k3 or mse."""
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; choose from {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kind](logp, ref_logp)
+
+
+def normalise(total: torch.Tensor, count: int | float) -> torch.Tensor:
+    """Divide a token sum by a *global* token count (never by a micro-batch's own count)."""
+    return total / max(float(count), 1.0)

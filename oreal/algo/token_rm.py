@@ -1,0 +1,78 @@
+"""The token-level reward model's objective and the token weights it gives the policy loss.
+
+The RM emits one logit w_t per response token. Trained on outcomes only: the sequence score is
+sigmoid(mean_t w_t), the loss is BCE against r. Its running correctness
+c_t = sigmoid(mean_{s<=t} w_s) weights the policy's tokens (`TOKEN_WEIGHTS`).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def token_rm_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
+                           rewards: torch.Tensor) -> torch.Tensor:
+    """Per-sequence BCE of sigmoid(mean_t w_t) against the outcome r; returns the *sum* over
+    sequences (divide by the global number of sequences)."""
+    seq_logit = masked_mean(token_logits.float(), mask.float())
+    return F.binary_cross_entropy_with_logits(seq_logit, rewards.float(), reduction="sum")
+
+
+def rm_correct_count(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> int:
+    """How many non-empty sequences the RM classifies right (sequence logit > 0 <=> correct)."""
+    seq_score = masked_mean(token_logits.detach(), mask)
+    return int((((seq_score > 0) == positive) & (mask.sum(-1) > 0)).sum().item())
+
+
+def running_correctness(token_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """c_t = sigmoid(mean_{s<=t} w_s) on real tokens (0 on padding)."""
+    m = mask.float()
+    csum = (token_logits.float() * m).cumsum(-1)
+    count = m.cumsum(-1).clamp(min=1)
+    return torch.sigmoid(csum / count) * m
+
+
+def _threshold(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio: float) -> torch.Tensor:
+    return ((score - tau) / (1.0 - tau)).clamp(0.0, 1.0)
+
+
+def _topk(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio: float) -> torch.Tensor:
+    w = torch.zeros_like(score)
+    for i in range(score.size(0)):
+        n = int(mask[i].sum())
+        if n == 0:
+            continue
+        k = max(1, math.ceil(topk_ratio * n))
+        vals, idx = torch.topk(score[i].masked_fill(mask[i] == 0, -1.0), k)
+        top = vals.max().clamp(min=1e-8)
+        w[i, idx] = vals / top
+    return w
+
+
+# `none` is not here: without a token RM every weight is 1 (the caller passes ones)
+TOKEN_WEIGHTS = {"threshold": _threshold, "topk": _topk}
+
+
+def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor,
+                             tau: float = 0.5, mode: str = "threshold",
+                             topk_ratio: float = 0.2) -> torch.Tensor:
+    """Detached per-token weights from the token RM.
+
+    threshold: positives clamp((c_t - tau)/(1 - tau), 0, 1), negatives
+    clamp(((1 - c_t) - tau)/(1 - tau), 0, 1). topk: the score (c_t for positives, 1 - c_t for
+    negatives) on the top `topk_ratio` of each sequence's tokens, divided by that sequence's
+    largest score, and 0 elsewhere.
+    """
+    if mode not in TOKEN_WEIGHTS:
+        raise ValueError(f"unknown token weight mode {mode!r}; choose from {sorted(TOKEN_WEIGHTS)}")
+    with torch.no_grad():
+        c = running_correctness(token_logits, mask)
+        pos = positive.view(-1, 1).bool()
+        score = torch.where(pos, c, 1.0 - c) * mask.float()
+        return TOKEN_WEIGHTS[mode](score, mask, tau, topk_ratio) * mask.float()

@@ -1,0 +1,24 @@
+"""`oreal report RUN_DIR`: PNG curves and an HTML page of token-coloured responses."""
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="plots and an HTML page of token-level credit for a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="default: RUN_DIR/report")
+    p.add_argument("--max-responses", type=int, default=40)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..report import write_report
+
+    try:
+        out = write_report(args.run_dir, args.out, args.max_responses)
+    except FileNotFoundError as e:
+        print(f"oreal report: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}/index.html and {len(list(out.glob('*.png')))} plots")
+    return 0

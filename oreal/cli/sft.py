@@ -1,0 +1,28 @@
+"""`oreal sft [CONFIG] [key=value ...]`: teacher-forced SFT (also rebuilds the embedded policy)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning (also builds the embedded model)")
+    p.add_argument("config", nargs="?", help="YAML config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..config import load_config
+    from ..recipes.sft import SFTConfig, run_sft
+    from ..verify import Verifier
+
+    cfg_path, overrides = args.config, list(args.overrides)
+    if cfg_path and "=" in cfg_path and not Path(cfg_path).exists():
+        overrides.insert(0, cfg_path)
+        cfg_path = None
+    cfg = load_config(SFTConfig, cfg_path, overrides)
+    with Verifier(workers=2) as v:
+        summary = run_sft(cfg, verifier=v)
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,116 @@
+"""The batch of one training step: the rollouts of B questions, and the responses selected
+from them for the loss as padded tensors, cut into micro-batches."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from ..data.records import Problem
+from ..rollout import Rollout
+
+
+@dataclass
+class RolloutBatch:
+    """K graded rollouts for each of the step's B questions. Under data parallelism every rank
+    holds every question and the whole [B, K] reward matrix, but only the rollouts of its own
+    contiguous share [lo, hi) of the questions."""
+    questions: list[Problem]
+    groups: list[list[Rollout]]  # groups[b - lo][k] for lo <= b < hi
+    rewards: torch.Tensor  # [B, K] in {0, 1}, the whole batch
+    lo: int
+    hi: int
+    stats: dict = field(default_factory=dict)  # unfinished, timeouts, tokens, seconds (all ranks)
+
+    def is_local(self, b: int) -> bool:
+        return self.lo <= b < self.hi
+
+    def rollout(self, b: int, k: int) -> Rollout:
+        return self.groups[b - self.lo][k]
+
+    def local_pairs(self) -> list[tuple[int, int]]:
+        """Every (question, sample) this rank holds, in order."""
+        return [(b, k) for b in range(self.lo, self.hi) for k in range(len(self.groups[b - self.lo]))]
+
+
+@dataclass
+class SelectedBatch:
+    """This rank's selected responses, one right-padded row each. Position t of the shifted
+    tensors (`targets`, `mask`) predicts ids[:, t + 1]; `mask` is 1 on response tokens."""
+    rows: list[tuple[int, int]]  # (question in the whole batch, sample) of each row
+    ids: torch.Tensor  # [N, L]
+    attn: torch.Tensor  # [N, L]
+    targets: torch.Tensor  # [N, L - 1]
+    mask: torch.Tensor  # [N, L - 1]
+    reward: torch.Tensor  # [N]
+    adv: torch.Tensor  # [N]
+    lengths: list[int]  # prompt + response tokens of each row
+
+    @property
+    def positive(self) -> torch.Tensor:
+        return self.reward > 0.5
+
+    @classmethod
+    def build(cls, roll: RolloutBatch, rows: list[tuple[int, int]], adv: torch.Tensor, pad_id: int,
+              device: torch.device | str = "cpu") -> "SelectedBatch":
+        """Rows for the selected (b, k) this rank holds; `adv` is the whole batch's [B, K]."""
+        rows = [(b, k) for b, k in rows if roll.is_local(b)]
+        seqs = [(roll.rollout(b, k).prompt_ids, roll.rollout(b, k).response_ids) for b, k in rows]
+        ids, attn, targets, mask = batch_tensors(seqs, pad_id)
+        reward = torch.tensor([roll.rewards[b, k].item() for b, k in rows])
+        advs = torch.tensor([adv[b, k].item() for b, k in rows])
+        return cls(rows, ids.to(device), attn.to(device), targets.to(device), mask.to(device),
+                   reward.to(device), advs.to(device), [len(p) + len(r) for p, r in seqs])
+
+    @classmethod
+    def padding(cls, pad_id: int, device: torch.device | str = "cpu") -> "SelectedBatch":
+        """One all-padding row that adds zero to every loss sum: under FSDP2 every forward is a
+        collective, so a rank with fewer micro-batches runs these to keep in step."""
+        ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
+        return cls([], ids, torch.ones((1, 2), dtype=torch.long, device=device), ids[:, 1:],
+                   torch.zeros((1, 1), device=device), torch.zeros(1, device=device),
+                   torch.zeros(1, device=device), [])
+
+    def __getitem__(self, sl: slice) -> "SelectedBatch":
+        return replace(self, rows=self.rows[sl], ids=self.ids[sl], attn=self.attn[sl], targets=self.targets[sl],
+                       mask=self.mask[sl], reward=self.reward[sl], adv=self.adv[sl], lengths=self.lengths[sl])
+
+    def token_counts(self) -> tuple[float, float]:
+        """(positive, negative) response tokens on this rank."""
+        pos = self.positive
+        return (self.mask * pos[:, None]).sum().item(), (self.mask * (~pos)[:, None]).sum().item()
+
+    def micro_batches(self, max_seqs: int, max_tokens: int = 0) -> list[slice]:
+        return micro_batches(self.lengths, max_seqs, max_tokens)
+
+
+def micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0) -> list[slice]:
+    """Consecutive slices of at most `max_seqs` sequences and, when `max_tokens` is set, at most
+    that many padded tokens (longest x count): dynamic batching keeps memory flat when response
+    lengths vary."""
+    out, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        longest_with = max(longest, n)
+        full = i - start >= max_seqs or (max_tokens and i > start and longest_with * (i - start + 1) > max_tokens)
+        if full:
+            out.append(slice(start, i))
+            start, longest_with = i, n
+        longest = longest_with
+    if start < len(lengths):
+        out.append(slice(start, len(lengths)))
+    return out
+
+
+def batch_tensors(seqs: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-padded input ids, attention mask and shifted targets with a response mask."""
+    L = max((len(p) + len(r) for p, r in seqs), default=1)
+    N = len(seqs)
+    ids = torch.full((N, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((N, L), dtype=torch.long)
+    resp = torch.zeros((N, L), dtype=torch.float)
+    for i, (p, r) in enumerate(seqs):
+        n = len(p) + len(r)
+        ids[i, :n] = torch.tensor(p + r)
+        attn[i, :n] = 1
+        resp[i, len(p):n] = 1.0
+    return ids, attn, ids[:, 1:], resp[:, 1:]
