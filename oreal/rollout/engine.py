@@ -58,6 +58,29 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return logits
 
 
+class CacheMismatchError(RuntimeError):
+    """Cached decoding does not reproduce a full forward pass: sampling would be garbage."""
+
+
+def _base_model(model):
+    """The HF model under wrappers (PEFT) whose forward names the cache argument."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def cache_argument(model) -> str:
+    """The keyword the model's forward takes the KV cache by: `past_key_values` up to
+    transformers 5.2x, `cache` in later releases. Asked of the signature, never guessed: an
+    unknown keyword would vanish into **kwargs and every decode step would see one token."""
+    import inspect
+
+    params = inspect.signature(_base_model(model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise TypeError(f"{type(_base_model(model)).__name__}.forward takes neither `cache` nor `past_key_values`; "
+                    "the lean sampler needs a KV cache (use engine=hf_generate)")
+
+
 def _stop_ids(tokenizer, model) -> set[int]:
     ids = set()
     for x in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -77,19 +100,26 @@ class HFSampler:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.cache_kw = cache_argument(model)
+        self.checked = False  # cached decoding is compared with a full forward on the first call
 
     @torch.no_grad()
     def sample(self, prompts, k, cfg, seed=None):
+        if not self.checked:
+            self.check_cache(prompts[:2])
         flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
         out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
         if seed is None:  # draw from the global generator instead of reseeding it
             seed = int(torch.randint(2**62, (1,)).item())
+        # generators live on the model's device: a CPU generator cannot drive CUDA sampling.
+        # A seed gives the same rollouts on the same device, not across CPU and GPU.
+        device = next(self.model.parameters()).device
         if isinstance(seed, (list, tuple)):  # one generator per prompt
             if len(seed) != len(prompts):
                 raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
-            gens = [torch.Generator().manual_seed(int(x)) for x in seed]
+            gens = [torch.Generator(device=device).manual_seed(int(x)) for x in seed]
         else:
-            gens = torch.Generator().manual_seed(seed)
+            gens = torch.Generator(device=device).manual_seed(seed)
         for s in range(0, len(flat), self.max_batch):
             chunk = flat[s:s + self.max_batch]
             row_gens = gens if isinstance(gens, torch.Generator) else [gens[i] for i, _ in chunk]
@@ -99,15 +129,57 @@ class HFSampler:
                 out[i][j] = r
         return out
 
-    def _forward(self, **kw):
-        """One forward returning (last-position logits, cache); `cache=` on transformers>=5."""
-        cache = kw.pop("cache", None)
-        try:
-            res = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1)
-        except TypeError:  # older transformers name it past_key_values
-            res = self.model(**kw, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    def _forward(self, cache=None, **kw):
+        """One forward returning (last-position logits, cache)."""
+        res = self.model(**kw, **{self.cache_kw: cache}, use_cache=True, logits_to_keep=1)
         new_cache = getattr(res, "cache", None) or getattr(res, "past_key_values", None)
+        if new_cache is None:
+            raise CacheMismatchError(f"{type(_base_model(self.model)).__name__} returned no KV cache")
         return res.logits[:, -1, :].float(), new_cache
+
+    @torch.no_grad()
+    def check_cache(self, prompts: list[str], steps: int = 4) -> float:
+        """Decode a few greedy tokens with the cache (left padding, a row dropped from the cache
+        half-way, as sampling does) and compare every step's log-probs with a full forward of the
+        unpadded sequence. Raises CacheMismatchError when they disagree; returns the largest gap."""
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
+        prompts = (list(prompts) + ["1+1=", "The answer is"])[:2]
+        was_training = model.training
+        model.eval()
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+        live, next_pos, gap, exact = [0, 1], pos[:, -1:] + 1, 0.0, True
+        for t in range(steps):
+            for b, row in enumerate(live):
+                full = model(input_ids=torch.tensor([rows[row]], device=device)).logits[0, -1]
+                exact = exact and full.dtype == torch.float32  # bf16 compute (FSDP2 too) rounds more
+                gap = max(gap, (logits[b].log_softmax(-1) - full.float().log_softmax(-1)).abs().max().item())
+            nxt = logits.argmax(-1)
+            for b, row in enumerate(live):
+                rows[row].append(int(nxt[b]))
+            if t == 1:  # drop the first row, as sampling drops finished rows
+                keep = torch.tensor([1], device=device)
+                live, nxt, next_pos, mask = [1], nxt[keep], next_pos[keep], mask[keep]
+                cache.reorder_cache(keep)
+            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
+            logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
+                                          cache=cache)
+            next_pos = next_pos + 1
+        model.train(was_training)
+        tol = 1e-3 if exact else 0.5  # a cache the model ignores gives gaps of several nats
+        if gap > tol:
+            import transformers
+
+            raise CacheMismatchError(
+                f"cached decoding disagrees with a full forward pass (log-prob gap {gap:.3g} > {tol}) with "
+                f"transformers {transformers.__version__} and {type(_base_model(model)).__name__}: sampling "
+                f"would be garbage. Use engine=hf_generate, or a transformers version oreal supports.")
+        self.checked = True
+        return gap
 
     def _sample_chunk(self, texts, cfg: SamplingConfig, gen) -> list[Rollout]:
         """`gen`: one generator for the chunk, or one per row (rows of a prompt share one)."""
