@@ -74,20 +74,32 @@ def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step_{step:07d}"
 
 
-def save_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], meta: dict | None = None,
-                    keep_last: int = 2, keep: set[int] | None = None) -> Path:
-    """Write a checkpoint atomically: `write(tmp_dir)` fills it, then it is hashed, flushed and
-    renamed to `root/step_NNNNNNN`. Older checkpoints beyond the newest `keep_last` are removed,
-    except the steps in `keep` (the best one). Raises CheckpointError on any OS error."""
-    root = Path(root)
-    final = step_dir(root, step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+def staging_dir(root: str | Path, step: int) -> Path:
+    """Where a checkpoint is assembled before its rename; every rank can name it (sharded saves)."""
+    return Path(root) / f".tmp-{step_dir(root, step).name}-staging"
+
+
+def stage(root: str | Path, step: int) -> Path:
+    """Create an empty staging directory for `step` (rank 0 only) and return it."""
+    tmp = staging_dir(root, step)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        Path(root).mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        write(tmp)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {step_dir(root, step)}: {e}") from None
+    return tmp
+
+
+def commit(root: str | Path, step: int, meta: dict | None = None, keep_last: int = 2,
+           keep: set[int] | None = None) -> Path:
+    """Seal a filled staging directory (rank 0 only): hash every file into a manifest, flush, and
+    rename it to `root/step_NNNNNNN`. Older checkpoints beyond the newest `keep_last` are removed,
+    except the steps in `keep` (the best one). Raises CheckpointError on any OS error."""
+    root = Path(root)
+    final, tmp = step_dir(root, step), staging_dir(root, step)
+    try:
         faults.inject("checkpoint_write", step)
         files = _files(tmp)
         manifest = {"step": step, **(meta or {}),
@@ -114,6 +126,20 @@ def save_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], 
         raise CheckpointError(f"cannot write checkpoint {final}: {e}") from None
     prune(root, keep_last, keep or set())
     return final
+
+
+def save_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], meta: dict | None = None,
+                    keep_last: int = 2, keep: set[int] | None = None, staged: bool = False) -> Path:
+    """Write a checkpoint atomically: `write(tmp_dir)` fills the staging directory (already made
+    and partly filled by other ranks when `staged`), then `commit` seals and renames it. Raises
+    CheckpointError on any OS error."""
+    tmp = staging_dir(root, step) if staged else stage(root, step)
+    try:
+        write(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {step_dir(root, step)}: {e}") from None
+    return commit(root, step, meta, keep_last, keep)
 
 
 def prune(root: Path, keep_last: int, keep: set[int]) -> None:

@@ -30,8 +30,23 @@ def setup(device: str = "cpu", force: bool = False) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def local_device(device: str) -> str:
+    """This process's device: under torchrun each rank takes the GPU of its LOCAL_RANK, whatever
+    index the config names; CPU stays CPU."""
+    if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return device
+
+
 def active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def comm_device() -> torch.device:
+    """Where collective buffers must live: NCCL moves only CUDA tensors, gloo CPU ones."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
@@ -45,17 +60,17 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
         return t
     sizes = [None] * dist.get_world_size()
     dist.all_gather_object(sizes, t.size(0))
-    pad = torch.zeros((max(sizes),) + tuple(t.shape[1:]), dtype=t.dtype)
+    pad = torch.zeros((max(sizes),) + tuple(t.shape[1:]), dtype=t.dtype, device=comm_device())
     pad[: t.size(0)] = t
     out = [torch.zeros_like(pad) for _ in sizes]
     dist.all_gather(out, pad)
-    return torch.cat([o[:n] for o, n in zip(out, sizes)])
+    return torch.cat([o[:n] for o, n in zip(out, sizes)]).to(t.device)
 
 
 def sum_floats(values: list[float]) -> list[float]:
     if not active():
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=comm_device())
     dist.all_reduce(t)
     return t.tolist()
 
@@ -64,7 +79,7 @@ def any_flag(flag: bool) -> bool:
     """True on every rank when it is true on any (stop requests, time limits)."""
     if not active():
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -158,19 +173,6 @@ def load_full_state_dict(model, state: dict) -> None:
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
-def optimizer_state(model, opt) -> dict | None:
-    if not is_fsdp(model):
-        return opt.state_dict()
-    if not opt.state:  # not stepped yet (e.g. actor frozen): the helper below would initialise
-        return None    # the state with a zero-lr step, which bumps AdamW's step counts
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    from torch.utils._pytree import tree_map
-
-    return tree_map(lambda t: t.detach().clone() if torch.is_tensor(t) else t, sd)  # see full_state_dict
-
-
 def load_optimizer_state(model, opt, state: dict | None) -> None:
     if state is None:
         return
@@ -185,6 +187,37 @@ def load_optimizer_state(model, opt, state: dict | None) -> None:
 def max_int(n: int) -> int:
     if not active():
         return n
-    t = torch.tensor([n], dtype=torch.long)
+    t = torch.tensor([n], dtype=torch.long, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
+
+
+def save_sharded(path, models: dict, optimizers: dict) -> None:
+    """torch.distributed.checkpoint (DCP): every rank writes its own shards of each model's
+    weights and of its optimiser's state into `path`, so no process ever holds the full state.
+    `optimizers` maps a model's name to its optimiser, or leaves it out (not stepped yet: asking
+    for its state would initialise it with a zero-lr step). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {name: get_model_state_dict(m) for name, m in models.items()}
+    for name, opt in optimizers.items():
+        state[f"{name}.optim"] = get_optimizer_state_dict(models[name], opt)
+    dcp.save(state, checkpoint_id=str(path))
+
+
+def load_sharded(path, models: dict, optimizers: dict) -> None:
+    """Load what `save_sharded` wrote into models (and the named optimisers) sharded for this
+    run's world size, whatever the world size that wrote it: DCP reshards on load."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    state = {name: get_model_state_dict(m) for name, m in models.items()}
+    for name, opt in optimizers.items():  # initialises the state's shape; the values are replaced
+        state[f"{name}.optim"] = get_optimizer_state_dict(models[name], opt)
+    dcp.load(state, checkpoint_id=str(path))
+    for name, m in models.items():
+        set_model_state_dict(m, state[name])
+    for name, opt in optimizers.items():
+        set_optimizer_state_dict(models[name], opt, state[f"{name}.optim"])

@@ -38,8 +38,8 @@ def _write_cfg(tmp_path):
     return env, ["-m", "oreal.cli", "train", str(tmp_path / "cfg.yaml")]
 
 
-def _torchrun(env, cli, *args):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+def _torchrun(env, cli, *args, nproc=2):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
                            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *cli, *args],
                           env=env, capture_output=True, text=True, timeout=300)
 
@@ -77,20 +77,34 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
 
 @pytest.mark.slow
 def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
+    """FSDP2 checkpoints are DCP shards, one file per rank; a 2-rank checkpoint resumes on 2 ranks
+    to the bit, and on 1 rank (resharded on load) to the same weights within round-off."""
+    import shutil
+
     env, cli = _write_cfg(tmp_path)
     ref = _torchrun(env, cli, f"out={tmp_path / 'ref'}", "fsdp=true")
     assert ref.returncode == 0, ref.stderr[-3000:]
     killed = _torchrun(dict(env, OREAL_FAULT="step_end@2"), cli, f"out={tmp_path / 'run'}", "fsdp=true",
                        "save_every=1")
     assert killed.returncode != 0
-    assert (tmp_path / "run" / "checkpoints" / "step_0000002" / "manifest.json").exists()
+    step2 = tmp_path / "run" / "checkpoints" / "step_0000002"
+    assert (step2 / "manifest.json").exists()
+    assert len(list((step2 / "sharded").glob("*.distcp"))) == 2  # each rank wrote its own shard
+    assert not (step2 / "policy").exists()  # no full state dict gathered into one process
+    shutil.copytree(tmp_path / "run", tmp_path / "run1")
     resumed = _torchrun(env, cli, f"out={tmp_path / 'run'}", "fsdp=true", "save_every=1", "resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
+    one = _torchrun(env, cli, f"out={tmp_path / 'run1'}", "fsdp=true", "save_every=1", "resume=auto", nproc=1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "resumed from" in one.stdout
     for model in ("policy", "token_rm"):
         wa = load_file(str(tmp_path / "ref" / "final" / model / "model.safetensors"))
         wb = load_file(str(tmp_path / "run" / "final" / model / "model.safetensors"))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), model
+        w1 = load_file(str(tmp_path / "run1" / "final" / model / "model.safetensors"))
+        for k in wa:
+            assert torch.allclose(wa[k], w1[k], rtol=0, atol=2e-6), (model, k, (wa[k] - w1[k]).abs().max())
 
 
 def test_dynamic_micro_batches_respect_both_caps():

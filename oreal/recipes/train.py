@@ -82,15 +82,16 @@ class Trainer:
         """Policy, reference (a frozen copy, or the LoRA base with the adapter off) and token RM;
         the order is fixed because the token RM's new head draws from the seeded global RNG."""
         cfg = self.cfg
+        self.device = torch.device(dist_utils.local_device(cfg.device))  # where inputs go (FSDP2 offload too)
         self.tok = load_tokenizer(cfg.policy)
-        self.policy = load_policy(cfg.policy, cfg.dtype, cfg.device)
+        self.policy = load_policy(cfg.policy, cfg.dtype, self.device)
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
             lc = cfg.lora
             self.policy = add_lora(self.policy, lc.r, lc.alpha, lc.dropout, lc.target_modules)
             self.ref = None
         else:
-            self.ref = load_policy(cfg.policy, cfg.dtype, cfg.device).eval().requires_grad_(False)
-        self.rm = (load_token_rm(cfg.token_rm or cfg.policy, cfg.dtype, cfg.device)
+            self.ref = load_policy(cfg.policy, cfg.dtype, self.device).eval().requires_grad_(False)
+        self.rm = (load_token_rm(cfg.token_rm or cfg.policy, cfg.dtype, self.device)
                    if cfg.algo.uses_token_rm else None)
         if cfg.activation_checkpointing:
             for m in (self.policy, self.rm):
@@ -100,7 +101,6 @@ class Trainer:
             for m in (self.policy, self.ref, self.rm):
                 if m is not None:
                     dist_utils.fsdp_wrap(m, cfg.mixed_precision, cfg.cpu_offload)
-        self.device = next(self.policy.parameters()).device
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
@@ -303,44 +303,75 @@ class Trainer:
         return m
 
     # -- checkpoints -------------------------------------------------------------------------
+    def _models(self) -> dict:
+        return {"policy": self.policy, **({"token_rm": self.rm} if self.rm is not None else {})}
+
     def state_dict(self) -> dict:
-        """Everything but the weights that a resume needs to continue to the bit."""
-        return {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
-                "best": self.best, "opt": dist_utils.optimizer_state(self.policy, self.opt),
-                "sched": self.sched.state_dict(),
-                "rm_opt": dist_utils.optimizer_state(self.rm, self.rm_opt) if self.rm is not None else None,
-                "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
-                "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
-                "booster": self.booster.state_dict() if self.booster else None,
-                "rng": ckpt.rng_state()}
+        """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
+        optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
+        st = {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
+              "best": self.best, "sched": self.sched.state_dict(),
+              "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
+              "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
+              "booster": self.booster.state_dict() if self.booster else None,
+              "rng": ckpt.rng_state(), "models": sorted(self._models())}
+        if self.fsdp:
+            st["sharded_optim"] = sorted(self._stepped_optimizers())
+        else:
+            st["opt"] = self.opt.state_dict()
+            st["rm_opt"] = self.rm_opt.state_dict() if self.rm is not None else None
+        return st
+
+    def _stepped_optimizers(self) -> dict:
+        """The optimisers that hold state (a frozen actor's has none yet), by model name."""
+        opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
+        return {name: opt for name, opt in opts.items() if opt.state}
 
     def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
-        """Call on every rank (FSDP2 gathers the shards); rank 0 writes and returns the path."""
-        weights, state = self._full_weights(), self.state_dict()
+        """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
+        models are plain HF directories; under FSDP2 every rank writes its own shards of weights and
+        optimiser states with torch.distributed.checkpoint, so no process holds the full state."""
+        state = self.state_dict()
+        meta, keep = {"best": self.best}, ({self.best["step"]} if self.best else set())
+
+        def write(d: Path):
+            if not self.fsdp:
+                self._write_models(d, {})
+            torch.save(state, d / "trainer_state.pt")
+
+        if self.fsdp:  # rank 0 stages the directory, every rank writes its shards into it
+            if self.rank == 0:
+                ckpt.stage(root, self.step_no)
+            dist_utils.barrier()
+            dist_utils.save_sharded(ckpt.staging_dir(root, self.step_no) / "sharded", self._models(),
+                                    self._stepped_optimizers())
         path = None
         if self.rank == 0:
-            def write(d: Path):
-                self._write_models(d, weights)
-                torch.save(state, d / "trainer_state.pt")
-
-            keep = {self.best["step"]} if self.best else set()
-            path = ckpt.save_checkpoint(root, self.step_no, write, {"best": self.best}, keep_last, keep)
+            path = ckpt.save_checkpoint(root, self.step_no, write, meta, keep_last, keep, staged=self.fsdp)
         dist_utils.barrier()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
-        if self.cfg.lora.enabled:
-            load_lora_adapter(self.policy, path / "policy")
+        if self.rm is not None and "token_rm" not in st.get("models", ["token_rm"]):
+            raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+        if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
+            opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
+            dist_utils.load_sharded(path / "sharded", self._models(),
+                                    {n: opts[n] for n in st["sharded_optim"] if n in opts})
         else:
-            self._load_model(self.policy, path / "policy")
+            if self.cfg.lora.enabled:
+                load_lora_adapter(self.policy, path / "policy")
+            else:
+                self._load_model(self.policy, path / "policy")
+            dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
+            if self.rm is not None:
+                if not (path / "token_rm").is_dir():
+                    raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+                self._load_model(self.rm, path / "token_rm")
+                dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
         if self.rm is not None:
-            if not (path / "token_rm").is_dir():
-                raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-            self._load_model(self.rm, path / "token_rm")
-            dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
             self.rm_sched.load_state_dict(st["rm_sched"])
-        dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
         self.select_gen.set_state(st["select_gen"])
