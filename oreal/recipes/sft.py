@@ -41,6 +41,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave as is)
+    device: str = "cpu"
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(system=None, use_chat_template=False))
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
 
@@ -79,10 +80,10 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
     if cfg.model is None:
         tok = train_tokenizer([render(p.question, None, cfg.prompt) + p.solution for p in train],
                               vocab_size=cfg.tiny.vocab_size)
-        model = build_tiny_policy(tok, cfg.tiny, seed=cfg.seed)
+        model = build_tiny_policy(tok, cfg.tiny, seed=cfg.seed).to(cfg.device)
     else:
         tok = load_tokenizer(cfg.model)
-        model = load_policy(cfg.model)
+        model = load_policy(cfg.model, device=cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"sft: {n_params / 1e6:.2f}M parameters, {len(train)} training problems")
     encoded = [encode_example(tok, render(p.question, tok, cfg.prompt), p.solution) for p in train]
@@ -103,7 +104,7 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
     step = 0
     for step in range(1, cfg.steps + 1):
         batch = [encoded[rng.randrange(len(encoded))] for _ in range(cfg.batch_size)]
-        ids, labels, mask = collate(batch, tok.pad_token_id)
+        ids, labels, mask = (t.to(cfg.device) for t in collate(batch, tok.pad_token_id))
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
