@@ -1,9 +1,11 @@
-"""Generated tokens per second for the embedded policy at an RL-sized batch, per engine.
+"""Generated tokens per second per rollout engine, side by side in one process.
 
-    python benchmarks/rollout_throughput.py [--prompts 64] [--samples 8] [--repeat 3]
+    python benchmarks/rollout_throughput.py [--device cpu|cuda] [--model default|DIR]
+        [--prompts 64] [--samples 8] [--max-new-tokens 64] [--repeat 3] [--dtype float32]
 
-Both engines sample the same prompts with the same settings (T=1, 64 new tokens max), in
-alternation, in one process; the table reports the median of the repeats.
+Every engine samples the same curriculum prompts with the same settings (T=1, top-p 1), the
+engines in alternation, each repeat with a new seed; the table reports the median and the ratio
+to plain `model.generate()` (hf_generate, one batched call). On CUDA each timing is bracketed by synchronize().
 """
 from __future__ import annotations
 
@@ -21,27 +23,45 @@ from oreal.rollout import ENGINES, SamplingConfig, make_engine
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--engines", default=",".join(ENGINES))
     args = ap.parse_args()
-    tok, model = load_tokenizer(args.model), load_policy(args.model)
+    tok, model = load_tokenizer(args.model), load_policy(args.model, args.dtype, args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     pc = PromptConfig(system=None, use_chat_template=False)
     prompts = [render(p.question, None, pc) for p in load_list("curriculum_test")[: args.prompts]]
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens)
-    rates: dict[str, list[float]] = {n: [] for n in ENGINES}
+    names = args.engines.split(",")
+    engines = {n: make_engine(n, model, tok) for n in names}
+    for eng in engines.values():  # warm-up (and the sampler's one-off cache check)
+        eng.sample(prompts[:2], 2, cfg, seed=123)
+    rates: dict[str, list[float]] = {n: [] for n in names}
     for r in range(args.repeat):
-        for name in ENGINES:
-            eng = make_engine(name, model, tok)
+        for name, eng in engines.items():
+            sync()
             t0 = time.perf_counter()
-            out = eng.sample(prompts, args.samples, cfg, seed=r)
+            # per-question seeds, as training samples; generate() would then run one call per
+            # question, so it gets one seed for its single batched call
+            seed = r if name == "hf_generate" else [r * 100_000 + i for i in range(len(prompts))]
+            out = eng.sample(prompts, args.samples, cfg, seed=seed)
+            sync()
             dt = time.perf_counter() - t0
             rates[name].append(sum(len(x.response_ids) for g in out for x in g) / dt)
-    print(f"{args.prompts} prompts x {args.samples} samples, torch threads {torch.get_num_threads()}")
-    print(f"{'engine':<14}{'tokens/s (median)':>20}{'min':>10}{'max':>10}")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{args.prompts} prompts x {args.samples} samples, {args.max_new_tokens} new tokens max, "
+          f"{args.model} ({n_params / 1e6:.2f}M, {args.dtype}) on {args.device}, torch {torch.__version__}, "
+          f"torch threads {torch.get_num_threads()}")
+    base = statistics.median(rates["hf_generate"]) if "hf_generate" in rates else None
+    print(f"| engine | tokens/s (median of {args.repeat}) | min | max | x generate() |")
+    print("|---|---|---|---|---|")
     for name, xs in rates.items():
-        print(f"{name:<14}{statistics.median(xs):>20.0f}{min(xs):>10.0f}{max(xs):>10.0f}")
+        ratio = f"{statistics.median(xs) / base:.2f}" if base else "-"
+        print(f"| {name} | {statistics.median(xs):.0f} | {min(xs):.0f} | {max(xs):.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

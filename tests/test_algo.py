@@ -264,3 +264,12 @@ def test_rm_correct_count():
     # sequence scores 1.5 (> 0, correct), -0.25 (< 0, called incorrect), empty (never counts)
     assert rm_correct_count(logits, mask, torch.tensor([True, True, True])) == 1
     assert rm_correct_count(logits, mask, torch.tensor([True, False, False])) == 2
+
+
+def test_token_entropy_by_hand_and_in_chunks():
+    from oreal.algo import token_entropy
+
+    logits = torch.tensor([[[0.0, 0.0, -1e4], [0.0, -1e4, -1e4]]])  # (1/2, 1/2, 0) and (1, 0, 0)
+    assert torch.allclose(token_entropy(logits), torch.tensor([[math.log(2), 0.0]]), atol=1e-6)
+    x = torch.randn(7, 5, 11)
+    assert torch.equal(token_entropy(x, max_elements=5 * 11 * 2), token_entropy(x))  # 2 rows a chunk

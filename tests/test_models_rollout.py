@@ -151,3 +151,72 @@ def test_embedded_default_model_is_shipped_small_and_loads():
     n = sum(p.numel() for p in model.parameters())
     assert 1e5 < n < 5e6
     assert tok.eos_token_id is not None
+
+
+def test_counter_uniforms_are_uniform_and_keyed():
+    from oreal.rollout.on_device import counter_uniform, row_keys
+
+    keys = row_keys(list(range(2000)), 4, "cpu")
+    assert keys.unique().numel() == 8000
+    u = torch.stack([counter_uniform(keys, t) for t in range(8)])
+    assert 0.0 <= u.min() and u.max() < 1.0
+    assert u.mean().item() == pytest.approx(0.5, abs=0.005)
+    hist = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    assert torch.allclose(hist, torch.full((10,), 0.1), atol=0.005)
+    assert torch.equal(row_keys([7, 9], 3, "cpu")[3:], row_keys([9], 3, "cpu"))  # a question's own keys
+
+
+def test_inverse_cdf_sampling_follows_the_filtered_distribution():
+    from oreal.rollout.on_device import counter_uniform, row_keys, sample_from_logits
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]))
+    u = counter_uniform(row_keys(list(range(20000)), 1, "cpu"), 0)
+    draws = sample_from_logits(logits.expand(20000, -1), u, SamplingConfig(temperature=1.0))
+    freq = torch.bincount(draws, minlength=5).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]), atol=0.012)
+    nucleus = sample_from_logits(logits.expand(20000, -1), u, SamplingConfig(temperature=1.0, top_p=0.7))
+    freq = torch.bincount(nucleus, minlength=5).float() / 20000
+    assert torch.allclose(freq, torch.tensor([0.625, 0.375, 0, 0, 0]), atol=0.012)  # renormalised top 0.8
+    greedy = sample_from_logits(logits.expand(3, -1), u[:3], SamplingConfig(temperature=0.0))
+    assert greedy.tolist() == [0, 0, 0]
+
+
+def test_on_device_sampler_logprobs_split_invariance_and_stops(tiny):
+    from oreal.rollout import OnDeviceSampler
+
+    _, model, tok, probs = tiny
+    eng = OnDeviceSampler(model, tok, check_every=4)
+    prompts = _prompts(probs, 3)
+    cfg = SamplingConfig(max_new_tokens=12)
+    a = eng.sample(prompts, 3, cfg, seed=[11, 12, 13])
+    assert [[r.response_ids for r in g] for g in a] == \
+        [[r.response_ids for r in g] for g in eng.sample(prompts, 3, cfg, seed=[11, 12, 13])]
+    b = eng.sample(prompts[1:], 3, cfg, seed=[12, 13])  # a question's rollouts ignore the others
+    assert [[r.response_ids for r in g] for g in a[1:]] == [[r.response_ids for r in g] for g in b]
+    model.eval()
+    stop = tok.eos_token_id
+    for g in a:
+        assert len({tuple(r.response_ids) for r in g}) > 1 or len(g[0].response_ids) <= 1
+        for r in g:
+            assert len(r.response_ids) <= 12
+            assert r.finished == (stop in r.response_ids)
+            if r.finished:
+                assert r.response_ids.index(stop) == len(r.response_ids) - 1  # nothing after the stop
+            ids = torch.tensor([r.prompt_ids + r.response_ids])
+            with torch.no_grad():
+                lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
+            ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
+            assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    assert [[r.response_ids for r in g] for g in eng.sample(prompts, 1, greedy, seed=0)] == \
+        [[r.response_ids for r in g] for g in HFSampler(model, tok).sample(prompts, 1, greedy, seed=0)]
+
+
+def test_auto_engine_is_the_lean_loop_on_cpu(tiny):
+    from oreal.rollout import make_engine, resolve_engine
+
+    _, model, tok, _ = tiny
+    assert isinstance(make_engine("auto", model, tok), HFSampler) and make_engine("auto", model, tok).name == "hf_sampler"
+    assert resolve_engine("auto", "cuda:0") == "hf_device"
+    with pytest.raises(ValueError, match="hf_device"):
+        resolve_engine("vllm", "cpu")

@@ -11,11 +11,16 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[N, T] entropy of the policy's distribution at every position (a metric; no gradient)."""
+def token_entropy(logits: torch.Tensor, max_elements: int = 2**26) -> torch.Tensor:
+    """[N, T] entropy of the policy's distribution at every position (a metric; no gradient),
+    a few rows at a time so that the float32 copy of [rows, T, V] stays under `max_elements`."""
+    out = torch.empty(logits.shape[:-1], dtype=torch.float32, device=logits.device)
+    rows = max(1, max_elements // max(1, logits[0].numel()))
     with torch.no_grad():
-        lsm = torch.log_softmax(logits.float(), -1)
-        return -(lsm.exp() * lsm).sum(-1)
+        for i in range(0, logits.size(0), rows):
+            lsm = torch.log_softmax(logits[i:i + rows].float(), -1)
+            out[i:i + rows] = -(lsm.exp() * lsm).sum(-1)
+    return out
 
 
 def positive_bc_loss(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,

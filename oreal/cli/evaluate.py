@@ -15,7 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--extract", default=None, help="override the data's extraction mode")
-    p.add_argument("--engine", default="hf_sampler")
+    p.add_argument("--engine", default="auto", help="auto: hf_sampler on CPU, hf_device on GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")

@@ -24,12 +24,12 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, load_list
 from ..errors import TrainingError
-from ..models import (add_lora, load_lora_adapter, load_policy, load_token_rm, load_tokenizer, load_weights,
-                      read_safetensors, save_model)
+from ..models import add_lora, load_policy, load_token_rm, load_tokenizer
 from ..optim import guarded_step, make_optimizer
 from ..rollout import SamplingConfig, make_engine
 from ..tracking import Trackers
 from ..training.batch import RolloutBatch, SelectedBatch
+from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig
 from ..training.rundir import (CappedJsonl, StopOnSignal, format_step, keep_rows, prepare_run_dir,
                               trajectory_records)
@@ -41,7 +41,10 @@ METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
     "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc",
     "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "rm_lr",
-    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "rollout_seconds", "seconds", "elapsed", "eta",
+    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
+    # where the step's time went (each phase bracketed by a device synchronize on CUDA)
+    "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
+    "seconds", "elapsed", "eta",
 ]
 _SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss", "rm_correct")
 
@@ -55,7 +58,7 @@ class Selection:
     positives: int  # selected correct responses
 
 
-class Trainer:
+class Trainer(Checkpointing):
     """Holds the models, optimisers and question sampler; `step()` runs one OREAL step."""
 
     def __init__(self, cfg: TrainConfig, verifier, log=print):
@@ -144,6 +147,7 @@ class Trainer:
             return self._finish(m, t0)
         batch = SelectedBatch.build(roll, sel.rows, sel.adv, self.tok.pad_token_id, self.device)
         counts = self._token_counts(batch, len(sel.rows))
+        m["train_tokens"] = int(dist_utils.sum_floats([float(sum(batch.lengths))])[0])
         update_actor = self.step_no > a.actor_freeze_steps
         sums, weights = self._backward(batch, counts, update_actor)
         m.update(self._update(sums, counts, update_actor))
@@ -173,11 +177,11 @@ class Trainer:
         lo, hi = dist_utils.shard_range(len(questions), self.rank, self.world)
         seeds = [(cfg.seed * 1_000_003 + self.step_no * 10_007 + b) % 2**62 for b in range(len(questions))]
         local_rewards = torch.zeros(hi - lo, cfg.samples)
-        groups, verdicts = [], []
+        groups, verdicts, timings = [], [], {}
         with dist_utils.gathered(self.policy):  # FSDP2: full weights for the token-by-token loop
             for b, (_, g, vs) in enumerate(evaluation.sample_and_grade(
                     self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
-                    seed=seeds[lo:hi])):
+                    seed=seeds[lo:hi], timings=timings)):
                 groups.append(g)
                 local_rewards[b] = torch.tensor([float(v.correct) for v in vs])
                 verdicts.extend(vs)
@@ -188,7 +192,8 @@ class Trainer:
             [st["unfinished"], st["timeout"], st["judge_failed"], sum(len(r.response_ids) for g in groups for r in g)])
         stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
                  "judge_failures": int(judge_failed), "response_tokens": int(resp_tokens),
-                 "rollout_seconds": t_rollout}
+                 "rollout_seconds": t_rollout, "sample_seconds": timings.get("sample", 0.0),
+                 "grade_seconds": timings.get("grade", 0.0)}
         return RolloutBatch(questions, groups, rewards, lo, hi, stats)
 
     def _select(self, roll: RolloutBatch) -> Selection:
@@ -212,6 +217,7 @@ class Trainer:
         the loss sums (over all ranks) and the token weights the policy loss used [N, T]."""
         cfg = self.cfg
         sums = dict.fromkeys(_SUMS, 0.0)
+        self.phase_seconds = {"rm": 0.0, "policy": 0.0}
         weights = torch.ones_like(batch.mask)
         if update_actor:
             self.opt.zero_grad(set_to_none=True)
@@ -224,11 +230,15 @@ class Trainer:
         for i in range(n_micro):
             real = i < len(slices)
             mb = batch[slices[i]] if real else SelectedBatch.padding(self.tok.pad_token_id, self.device)
+            t0 = self._clock()
             w = self._rm_backward(mb, counts, sums, real) if self.rm is not None else torch.ones_like(mb.mask)
             if real:
                 weights[slices[i]] = w
+            t1 = self._clock()
             if update_actor:
                 self._policy_backward(mb, w, counts, sums)
+            self.phase_seconds["rm"] += t1 - t0
+            self.phase_seconds["policy"] += self._clock() - t1
         sums = dict(zip(_SUMS, dist_utils.sum_floats([sums[k] for k in _SUMS])))
         if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
             if update_actor:
@@ -275,6 +285,7 @@ class Trainer:
         """Optimiser steps (token RM every step, policy after the freeze); a non-finite loss or
         gradient skips that model's step. Returns the step's loss metrics."""
         clip = self.cfg.optim.grad_clip
+        t0 = self._clock()
         m, nonfinite = {}, False
         if self.rm is not None:
             m["rm_lr"] = self.rm_sched.get_last_lr()[0]
@@ -292,8 +303,15 @@ class Trainer:
             else:
                 nonfinite, update_actor = True, False
         self.nonfinite_streak = self.nonfinite_streak + 1 if nonfinite else 0
-        m.update(actor_updated=update_actor, nonfinite=nonfinite)
+        m.update(actor_updated=update_actor, nonfinite=nonfinite, optim_seconds=self._clock() - t0,
+                 rm_seconds=self.phase_seconds["rm"], policy_seconds=self.phase_seconds["policy"])
         return m
+
+    def _clock(self) -> float:
+        """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _finish(self, m: dict, t0: float) -> dict:
         m["seconds"] = time.time() - t0
@@ -302,119 +320,12 @@ class Trainer:
             m.setdefault(k, None)
         return m
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def _models(self) -> dict:
-        return {"policy": self.policy, **({"token_rm": self.rm} if self.rm is not None else {})}
-
-    def state_dict(self) -> dict:
-        """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
-        optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
-        st = {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
-              "best": self.best, "sched": self.sched.state_dict(),
-              "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
-              "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
-              "booster": self.booster.state_dict() if self.booster else None,
-              "rng": ckpt.rng_state(), "models": sorted(self._models())}
-        if self.fsdp:
-            st["sharded_optim"] = sorted(self._stepped_optimizers())
-        else:
-            st["opt"] = self.opt.state_dict()
-            st["rm_opt"] = self.rm_opt.state_dict() if self.rm is not None else None
-        return st
-
-    def _stepped_optimizers(self) -> dict:
-        """The optimisers that hold state (a frozen actor's has none yet), by model name."""
-        opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
-        return {name: opt for name, opt in opts.items() if opt.state}
-
-    def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
-        """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
-        models are plain HF directories; under FSDP2 every rank writes its own shards of weights and
-        optimiser states with torch.distributed.checkpoint, so no process holds the full state."""
-        state = self.state_dict()
-        meta, keep = {"best": self.best}, ({self.best["step"]} if self.best else set())
-
-        def write(d: Path):
-            if not self.fsdp:
-                self._write_models(d, {})
-            torch.save(state, d / "trainer_state.pt")
-
-        if self.fsdp:  # rank 0 stages the directory, every rank writes its shards into it
-            if self.rank == 0:
-                ckpt.stage(root, self.step_no)
-            dist_utils.barrier()
-            dist_utils.save_sharded(ckpt.staging_dir(root, self.step_no) / "sharded", self._models(),
-                                    self._stepped_optimizers())
-        path = None
-        if self.rank == 0:
-            path = ckpt.save_checkpoint(root, self.step_no, write, meta, keep_last, keep, staged=self.fsdp)
-        dist_utils.barrier()
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        st = ckpt.load_trainer_state(path)
-        if self.rm is not None and "token_rm" not in st.get("models", ["token_rm"]):
-            raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-        if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
-            opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
-            dist_utils.load_sharded(path / "sharded", self._models(),
-                                    {n: opts[n] for n in st["sharded_optim"] if n in opts})
-        else:
-            if self.cfg.lora.enabled:
-                load_lora_adapter(self.policy, path / "policy")
-            else:
-                self._load_model(self.policy, path / "policy")
-            dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
-            if self.rm is not None:
-                if not (path / "token_rm").is_dir():
-                    raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-                self._load_model(self.rm, path / "token_rm")
-                dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
-        if self.rm is not None:
-            self.rm_sched.load_state_dict(st["rm_sched"])
-        self.sched.load_state_dict(st["sched"])
-        self.sampler.load_state_dict(st["sampler"])
-        self.select_gen.set_state(st["select_gen"])
-        if self.booster is not None and st.get("booster"):
-            self.booster.load_state_dict(st["booster"])
-        ckpt.set_rng_state(st["rng"])
-        self.step_no, self.actor_steps = st["step"], st["actor_steps"]
-        self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
-
-    def _load_model(self, model, path: Path) -> None:
-        if self.fsdp:
-            dist_utils.load_full_state_dict(model, read_safetensors(path))
-        else:
-            load_weights(model, path)
-
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = 12345,
                  **kw) -> dict:
         """Under FSDP2 every rank must call this (it gathers the weights); the results agree."""
         with dist_utils.gathered(self.policy):
             return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
                             sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
-
-    def _full_weights(self) -> dict:
-        """Unsharded weights under FSDP2 (a collective); without FSDP2 an empty dict: the models
-        save their own state."""
-        if not self.fsdp:
-            return {}
-        out = {"policy": dist_utils.full_state_dict(self.policy)}
-        if self.rm is not None:
-            out["token_rm"] = dist_utils.full_state_dict(self.rm)
-        return out
-
-    def _write_models(self, path: Path, weights: dict) -> None:
-        save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
-        if self.rm is not None:
-            save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
-
-    def save(self, path: Path) -> None:
-        """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""
-        weights = self._full_weights()
-        if self.rank == 0:
-            self._write_models(path, weights)
-        dist_utils.barrier()
 
 
 def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None) -> tuple[Trainer, list[dict]]:

@@ -311,12 +311,3 @@ class HFGenerateEngine:
                 group.append(Rollout(i, j, pids, ids, text, fin, lp))
             out.append(group)
         return out
-
-
-ENGINES = {"hf_sampler": HFSampler, "hf_generate": HFGenerateEngine}
-
-
-def make_engine(name: str, model, tokenizer) -> RolloutEngine:
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; choose from {sorted(ENGINES)}")
-    return ENGINES[name](model, tokenizer)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from ..algo import AlgoConfig, resolve_algo
 from ..config import ConfigError, from_values, read_values
 from ..data import PromptConfig
-from ..rollout import SamplingConfig
+from ..rollout import AUTO, ENGINES, SamplingConfig
 from ..tracking import TRACKERS
 from .skills import SkillConfig
 
@@ -60,7 +60,7 @@ class TrainConfig:
     mixed_precision: bool = False  # FSDP2: bf16 compute, fp32 master weights and reductions
     cpu_offload: bool = False  # FSDP2: keep sharded parameters and optimiser state in CPU memory
     activation_checkpointing: bool = False  # recompute activations in backward to save memory
-    engine: str = "hf_sampler"
+    engine: str = "auto"  # auto: hf_sampler on CPU, hf_device on GPU; or hf_sampler, hf_device, hf_generate
     seed: int = 0
     threads: int = 0
     max_seconds: float = 0.0  # stop after this long (0 = no limit)
@@ -88,6 +88,8 @@ class TrainConfig:
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be at least 1")
+        if self.engine != AUTO and self.engine not in ENGINES:
+            raise ConfigError(f"engine: {self.engine!r} is not one of {sorted(ENGINES) + [AUTO]}")
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":

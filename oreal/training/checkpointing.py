@@ -1,0 +1,123 @@
+"""Saving and resuming a Trainer: the state a resume needs to continue to the bit, written as an
+atomic, hashed checkpoint (`oreal.checkpoint`). Without FSDP2 the models are plain HF
+directories; under FSDP2 every rank writes its own shards with torch.distributed.checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint as ckpt
+from .. import distributed as dist_utils
+from ..models import load_lora_adapter, load_weights, read_safetensors, save_model
+
+
+class Checkpointing:
+    """Mixed into `oreal.recipes.train.Trainer`: reads its models, optimisers, schedules, sampler
+    and counters, and writes them back on resume."""
+
+    def _models(self) -> dict:
+        return {"policy": self.policy, **({"token_rm": self.rm} if self.rm is not None else {})}
+
+    def state_dict(self) -> dict:
+        """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
+        optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
+        st = {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
+              "best": self.best, "sched": self.sched.state_dict(),
+              "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
+              "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
+              "booster": self.booster.state_dict() if self.booster else None,
+              "rng": ckpt.rng_state(), "models": sorted(self._models())}
+        if self.fsdp:
+            st["sharded_optim"] = sorted(self._stepped_optimizers())
+        else:
+            st["opt"] = self.opt.state_dict()
+            st["rm_opt"] = self.rm_opt.state_dict() if self.rm is not None else None
+        return st
+
+    def _stepped_optimizers(self) -> dict:
+        """The optimisers that hold state (a frozen actor's has none yet), by model name."""
+        opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
+        return {name: opt for name, opt in opts.items() if opt.state}
+
+    def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
+        """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
+        models are plain HF directories; under FSDP2 every rank writes its own shards of weights and
+        optimiser states with torch.distributed.checkpoint, so no process holds the full state."""
+        state = self.state_dict()
+        meta, keep = {"best": self.best}, ({self.best["step"]} if self.best else set())
+
+        def write(d: Path):
+            if not self.fsdp:
+                self._write_models(d, {})
+            torch.save(state, d / "trainer_state.pt")
+
+        if self.fsdp:  # rank 0 stages the directory, every rank writes its shards into it
+            if self.rank == 0:
+                ckpt.stage(root, self.step_no)
+            dist_utils.barrier()
+            dist_utils.save_sharded(ckpt.staging_dir(root, self.step_no) / "sharded", self._models(),
+                                    self._stepped_optimizers())
+        path = None
+        if self.rank == 0:
+            path = ckpt.save_checkpoint(root, self.step_no, write, meta, keep_last, keep, staged=self.fsdp)
+        dist_utils.barrier()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        st = ckpt.load_trainer_state(path)
+        if self.rm is not None and "token_rm" not in st.get("models", ["token_rm"]):
+            raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+        if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
+            opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
+            dist_utils.load_sharded(path / "sharded", self._models(),
+                                    {n: opts[n] for n in st["sharded_optim"] if n in opts})
+        else:
+            if self.cfg.lora.enabled:
+                load_lora_adapter(self.policy, path / "policy")
+            else:
+                self._load_model(self.policy, path / "policy")
+            dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
+            if self.rm is not None:
+                if not (path / "token_rm").is_dir():
+                    raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+                self._load_model(self.rm, path / "token_rm")
+                dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
+        if self.rm is not None:
+            self.rm_sched.load_state_dict(st["rm_sched"])
+        self.sched.load_state_dict(st["sched"])
+        self.sampler.load_state_dict(st["sampler"])
+        self.select_gen.set_state(st["select_gen"])
+        if self.booster is not None and st.get("booster"):
+            self.booster.load_state_dict(st["booster"])
+        ckpt.set_rng_state(st["rng"])
+        self.step_no, self.actor_steps = st["step"], st["actor_steps"]
+        self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
+
+    def _load_model(self, model, path: Path) -> None:
+        if self.fsdp:
+            dist_utils.load_full_state_dict(model, read_safetensors(path))
+        else:
+            load_weights(model, path)
+
+    def _full_weights(self) -> dict:
+        """Unsharded weights under FSDP2 (a collective); without FSDP2 an empty dict: the models
+        save their own state."""
+        if not self.fsdp:
+            return {}
+        out = {"policy": dist_utils.full_state_dict(self.policy)}
+        if self.rm is not None:
+            out["token_rm"] = dist_utils.full_state_dict(self.rm)
+        return out
+
+    def _write_models(self, path: Path, weights: dict) -> None:
+        save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
+        if self.rm is not None:
+            save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
+
+    def save(self, path: Path) -> None:
+        """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""
+        weights = self._full_weights()
+        if self.rank == 0:
+            self._write_models(path, weights)
+        dist_utils.barrier()
