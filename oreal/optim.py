@@ -15,13 +15,18 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 def make_optimizer(model, lr: float, weight_decay: float, warmup: int, total: int, min_lr: float,
-                   eps: float = 1e-8):
+                   eps: float = 1e-8, own_lr: dict | None = None, betas: tuple[float, float] = (0.9, 0.95)):
+    """AdamW (no weight decay on biases and norms) with warm-up + cosine. `own_lr` maps
+    parameters to a learning rate of their own (no weight decay); the schedule scales every group."""
+    own_lr = own_lr or {}
+    special = {id(p) for p in own_lr}
     decay, no_decay = [], []
     for n, p in model.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in special:
             (no_decay if p.ndim < 2 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95), eps=eps)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups += [{"params": [p], "weight_decay": 0.0, "lr": g} for p, g in own_lr.items() if p.requires_grad]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     ratio = min_lr / lr if lr > 0 else 0.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, ratio))
     return opt, sched

@@ -175,3 +175,21 @@ def test_prompt_rendering_plain_and_chat():
 
     out = render("What is 2+2?", Tok())
     assert out.startswith("<system>Please reason step by step") and "<user>What is 2+2?" in out
+
+
+def test_first_error_locates_the_wrong_number_and_step():
+    sol = "12+30=42,42-5=37. \\boxed{37}"
+    assert curriculum.first_error(sol, sol) is None
+    assert curriculum.first_error("12+30=42,42-5=3", sol) is None  # stopped early, no wrong step
+    r = "12+30=45,45-5=40. \\boxed{40}"  # a wrong result in step 1
+    (n, s) = curriculum.first_error(r, sol)
+    assert r[n[0]:n[1]] == "45" and r[s[0]:s[1]] == "12+30=45"
+    r = "12+30=42,42-6=36. \\boxed{36}"  # a wrong operand in step 2
+    (n, s) = curriculum.first_error(r, sol)
+    assert r[n[0]:n[1]] == "6" and r[s[0]:s[1]] == "42-6=36"
+    r = "12+30=42,42-5=37. \\boxed{38}"  # a wrong copy of the answer
+    (n, s) = curriculum.first_error(r, sol)
+    assert r[n[0]:n[1]] == "38"
+    r = "12-30=42"  # a wrong operator: the character itself
+    (n, s) = curriculum.first_error(r, sol)
+    assert r[n[0]:n[1]] == "-" and r[s[0]:s[1]] == "12-30=42"

@@ -147,3 +147,21 @@ def test_lora_trains_only_the_adapter_and_saves_a_peft_adapter(tiny_run, verifie
         with tr.policy.disable_adapter():
             base = tr.policy(input_ids=ids).logits
         assert torch.allclose(base, load_policy("default")(input_ids=ids).logits, atol=1e-6)
+
+
+def test_difficulty_balancing_is_wired_into_training(tmp_path, verifier):
+    from oreal.data import Problem
+    from oreal.errors import DataError
+
+    rates = [0.1, 0.3, 0.5, 0.7, 0.9, 0.0]
+    probs = [Problem(id=f"q{i}", question=f"Compute {i}+1.", gold=str(i + 1), pass_rate=r) for i, r in enumerate(rates)]
+    save_problems(probs, tmp_path / "rated.jsonl")
+    cfg = build_config(None, [f"out={tmp_path / 'run'}", f"data={tmp_path / 'rated.jsonl'}", "data_preset=oreal_records",
+                              "data_balance=true", "eval_data=null", "steps=1", "prompt.use_chat_template=false"])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    assert len(tr.problems) == 6 + 4 + 4 + 2 + 0 + 6
+    save_problems([Problem(id="x", question="Compute 1+1.", gold="2")], tmp_path / "unrated.jsonl")
+    cfg = build_config(None, [f"out={tmp_path / 'run2'}", f"data={tmp_path / 'unrated.jsonl'}",
+                              "data_preset=oreal_records", "data_balance=true", "eval_data=null"])
+    with pytest.raises(DataError, match="oreal data passrate"):
+        Trainer(cfg, verifier, log=lambda *a: None)

@@ -22,6 +22,11 @@ LOSS_NORMS = {
     "tokens": "divide by the batch's global token counts",
     "constant": "divide by sequences x max_new_tokens (Dr. GRPO)",
 }
+CREDIT_SOURCES = {
+    "rm": "the paper's token RM: the policy's backbone with a token head, w_t from hidden states",
+    "logprob": "w_t = a log pi_phi(y_t) + b, pi_phi a trainable copy of the policy (oreal.models.credit)",
+    "surprise": "w_t = a log pi_ref(y_t) + b, the frozen policy; only a and b learn",
+}
 NO_TOKEN_WEIGHTS = "none"  # every token weighs 1; no token RM is loaded
 
 OPTIONS = {
@@ -31,6 +36,7 @@ OPTIONS = {
     "select": SELECTIONS,
     "kl_kind": KL_ESTIMATORS,
     "loss_norm": LOSS_NORMS,
+    "credit": CREDIT_SOURCES,
 }
 
 
@@ -43,6 +49,8 @@ class AlgoConfig:
     lambda_pos: float = 1.0
     lambda_neg: float = 0.5
     token_weights: str = "threshold"  # none | threshold | topk (needs the token RM)
+    credit: str = "rm"  # the token RM behind the token weights: rm (the paper's) | logprob | surprise
+    credit_calib_lr: float = 0.05  # logprob / surprise: learning rate of the calibration a, b
     tau: float = 0.5
     topk_ratio: float = 0.2
     select: str = "pair"  # pair | all

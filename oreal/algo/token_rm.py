@@ -76,3 +76,21 @@ def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, pos
         pos = positive.view(-1, 1).bool()
         score = torch.where(pos, c, 1.0 - c) * mask.float()
         return TOKEN_WEIGHTS[mode](score, mask, tau, topk_ratio) * mask.float()
+
+
+def pair_ranking(scores: torch.Tensor, positive: torch.Tensor, groups: list) -> tuple[float, int]:
+    """Over every (correct, incorrect) pair of responses to the same question (`groups` names
+    each response's question): how many rank the correct one higher (ties count half), and how
+    many pairs there are. wins / pairs is the RM's pair ranking (0.5 is chance)."""
+    wins, n = 0.0, 0
+    by_group: dict = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    for rows in by_group.values():
+        pos = [scores[i] for i in rows if positive[i]]
+        neg = [scores[i] for i in rows if not positive[i]]
+        for p in pos:
+            for q in neg:
+                wins += 1.0 if p > q else 0.5 if p == q else 0.0
+                n += 1
+    return wins, n

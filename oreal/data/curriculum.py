@@ -111,3 +111,26 @@ def generate(n: int, split: str = "train", seed: int = 0, mix: dict[str, float] 
             skills=tags, solution=f"{work}. \\boxed{{{ans}}}",
         ))
     return out
+
+
+def first_error(response: str, solution: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Where a response to a curriculum problem first departs from its worked solution, as char
+    spans in the response: (the wrong number, its step). A step is the text between commas (the
+    boxed answer is a step of its own); the wrong number is the digit run holding the first
+    differing character (that character alone when it is not a digit). None when the response
+    follows the solution to its end or stops before departing from it. The solution of a
+    curriculum problem is unique, so this is the ground truth of where a wrong response went wrong.
+    """
+    m = next((i for i, (a, b) in enumerate(zip(response, solution)) if a != b), min(len(response), len(solution)))
+    if m >= len(solution) or m >= len(response):
+        return None
+    lo, hi = m, m + 1
+    if response[m].isdigit():
+        while lo > 0 and response[lo - 1].isdigit():
+            lo -= 1
+        while hi < len(response) and response[hi].isdigit():
+            hi += 1
+    s_lo = max(response.rfind(",", 0, m), response.rfind(".", 0, m)) + 1
+    ends = [i for i in (response.find(",", m), response.find(".", m)) if i >= 0]
+    s_hi = min(ends) if ends else len(response)
+    return (lo, hi), (s_lo, max(s_hi, hi))

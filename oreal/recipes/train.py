@@ -22,9 +22,9 @@ from .. import algo, evaluation, faults
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..config import to_dict
-from ..data import Problem, load_list
-from ..errors import TrainingError
-from ..models import add_lora, load_policy, load_token_rm, load_tokenizer
+from ..data import Problem, balance, load_list
+from ..errors import DataError, TrainingError
+from ..models import LogProbCredit, add_lora, load_policy, load_token_rm, load_tokenizer
 from ..optim import guarded_step, make_optimizer
 from ..rollout import SamplingConfig, make_engine
 from ..tracking import Trackers
@@ -39,14 +39,14 @@ from ..verify import count_statuses
 
 METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
-    "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc",
+    "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc", "rm_pair_rank",
     "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "rm_lr",
     "actor_updated", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
     # where the step's time went (each phase bracketed by a device synchronize on CUDA)
     "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
     "seconds", "elapsed", "eta",
 ]
-_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss", "rm_correct")
+_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
 
 
 @dataclass
@@ -94,8 +94,7 @@ class Trainer(Checkpointing):
             self.ref = None
         else:
             self.ref = load_policy(cfg.policy, cfg.dtype, self.device).eval().requires_grad_(False)
-        self.rm = (load_token_rm(cfg.token_rm or cfg.policy, cfg.dtype, self.device)
-                   if cfg.algo.uses_token_rm else None)
+        self.rm = self._load_credit_model() if cfg.algo.uses_token_rm else None
         if cfg.activation_checkpointing:
             for m in (self.policy, self.rm):
                 if m is not None:
@@ -105,18 +104,38 @@ class Trainer(Checkpointing):
                 if m is not None:
                     dist_utils.fsdp_wrap(m, cfg.mixed_precision, cfg.cpu_offload)
 
+    def _load_credit_model(self):
+        """The token RM of `algo.credit`: the paper's (token head on the backbone) or a calibrated
+        log-prob model (`oreal.models.credit`), from `token_rm` or else the policy."""
+        cfg = self.cfg
+        src = cfg.token_rm or cfg.policy
+        if cfg.algo.credit == "rm":
+            return load_token_rm(src, cfg.dtype, self.device)
+        return LogProbCredit(load_policy(src, cfg.dtype, self.device), train_lm=cfg.algo.credit == "logprob")
+
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
         cfg, o = self.cfg, self.cfg.optim
         self.opt, self.sched = make_optimizer(self.policy, o.lr, o.weight_decay, o.warmup,
-                                              max(1, cfg.steps - cfg.algo.actor_freeze_steps), o.min_lr, o.eps)
+                                              max(1, cfg.steps - cfg.algo.actor_freeze_steps), o.min_lr, o.eps,
+                                              betas=o.betas)
         if self.rm is not None:
-            self.rm_opt, self.rm_sched = make_optimizer(self.rm, o.rm_lr, o.weight_decay, o.warmup,
-                                                        cfg.steps, o.rm_min_lr, o.eps)
+            calib = self.rm.calibration() if isinstance(self.rm, LogProbCredit) else []
+            self.rm_opt, self.rm_sched = make_optimizer(self.rm, o.rm_lr, o.weight_decay, o.warmup, cfg.steps,
+                                                        o.rm_min_lr, o.eps, {p: cfg.algo.credit_calib_lr for p in calib},
+                                                        betas=o.betas)
 
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
+        if cfg.data_balance:  # difficulty balancing: [0,.2) x6, [.2,.4) x4, [.4,.6) x4, [.6,.8) x2, easier dropped
+            missing = sum(p.pass_rate is None for p in self.problems)
+            if missing:
+                raise DataError(f"data_balance=true: {missing} of {len(self.problems)} questions in {cfg.data} have "
+                                f"no pass_rate; measure them with `oreal data passrate`")
+            n = len(self.problems)
+            self.problems = balance(self.problems)
+            self.log(f"difficulty balancing: {n} questions -> {len(self.problems)} entries")
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
         self.booster = None
         if cfg.skills.enabled:
@@ -219,6 +238,7 @@ class Trainer(Checkpointing):
         sums = dict.fromkeys(_SUMS, 0.0)
         self.phase_seconds = {"rm": 0.0, "policy": 0.0}
         weights = torch.ones_like(batch.mask)
+        seq_scores = torch.zeros(len(batch.rows))  # the RM's sequence score of every row
         if update_actor:
             self.opt.zero_grad(set_to_none=True)
         if self.rm is not None:
@@ -231,14 +251,20 @@ class Trainer(Checkpointing):
             real = i < len(slices)
             mb = batch[slices[i]] if real else SelectedBatch.padding(self.tok.pad_token_id, self.device)
             t0 = self._clock()
-            w = self._rm_backward(mb, counts, sums, real) if self.rm is not None else torch.ones_like(mb.mask)
+            if self.rm is not None:
+                w, seq = self._rm_backward(mb, counts, sums, real)
+            else:
+                w, seq = torch.ones_like(mb.mask), torch.zeros(mb.mask.size(0))
             if real:
-                weights[slices[i]] = w
+                weights[slices[i]], seq_scores[slices[i]] = w, seq.cpu()
             t1 = self._clock()
             if update_actor:
                 self._policy_backward(mb, w, counts, sums)
             self.phase_seconds["rm"] += t1 - t0
             self.phase_seconds["policy"] += self._clock() - t1
+        if self.rm is not None:  # a question's rows all live on one rank
+            sums["rm_pair_wins"], sums["rm_pairs"] = algo.pair_ranking(
+                seq_scores.tolist(), batch.positive.tolist(), [b for b, _ in batch.rows])
         sums = dict(zip(_SUMS, dist_utils.sum_floats([sums[k] for k in _SUMS])))
         if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
             if update_actor:
@@ -247,18 +273,24 @@ class Trainer(Checkpointing):
                 dist_utils.all_reduce_grads(self.rm)
         return sums, weights
 
-    def _rm_backward(self, mb: SelectedBatch, counts: algo.TokenCounts, sums: dict, real: bool) -> torch.Tensor:
-        """The token RM's BCE on the outcome (backward), and the token weights for the policy loss."""
+    def _rm_backward(self, mb: SelectedBatch, counts: algo.TokenCounts, sums: dict,
+                     real: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token RM's BCE on the outcome (backward); returns the token weights for the policy
+        loss and each row's sequence score."""
         a = self.cfg.algo
-        w_logits = self.rm(input_ids=mb.ids, attention_mask=mb.attn).logits[:, 1:, 0]
+        if isinstance(self.rm, LogProbCredit):
+            w_logits = self.rm.token_scores(mb.ids, mb.attn, mb.targets)
+        else:  # the token head scores each token at its own position
+            w_logits = self.rm(input_ids=mb.ids, attention_mask=mb.attn).logits[:, 1:, 0]
         rm_loss = algo.token_rm_sequence_loss(w_logits, mb.mask, mb.reward)
         if not real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
             rm_loss = rm_loss * 0.0
         (rm_loss / counts.seqs).backward()
         sums["rm_loss"] += rm_loss.item()
         sums["rm_correct"] += algo.rm_correct_count(w_logits, mb.mask, mb.positive)
-        return algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
-                                             a.topk_ratio)
+        weights = algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
+                                                a.topk_ratio)
+        return weights, algo.masked_mean(w_logits.detach().float(), mb.mask)
 
     def _policy_backward(self, mb: SelectedBatch, weights: torch.Tensor, counts: algo.TokenCounts,
                          sums: dict) -> None:
@@ -292,6 +324,7 @@ class Trainer(Checkpointing):
             if guarded_step(self.rm, self.rm_opt, self.rm_sched, clip, sums["rm_loss"]):
                 m["rm_loss"] = sums["rm_loss"] / counts.seqs
                 m["rm_acc"] = sums["rm_correct"] / counts.seqs
+                m["rm_pair_rank"] = sums["rm_pair_wins"] / sums["rm_pairs"] if sums["rm_pairs"] else None
             else:
                 nonfinite = True
         if update_actor:

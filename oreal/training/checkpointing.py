@@ -9,7 +9,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
-from ..models import load_lora_adapter, load_weights, read_safetensors, save_model
+from ..models import LogProbCredit, load_lora_adapter, load_weights, read_safetensors, save_model
 
 
 class Checkpointing:
@@ -81,7 +81,10 @@ class Checkpointing:
             if self.rm is not None:
                 if not (path / "token_rm").is_dir():
                     raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-                self._load_model(self.rm, path / "token_rm")
+                if isinstance(self.rm, LogProbCredit):
+                    self.rm.load(path / "token_rm")
+                else:
+                    self._load_model(self.rm, path / "token_rm")
                 dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
         if self.rm is not None:
             self.rm_sched.load_state_dict(st["rm_sched"])
@@ -113,7 +116,10 @@ class Checkpointing:
     def _write_models(self, path: Path, weights: dict) -> None:
         save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
         if self.rm is not None:
-            save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
+            if isinstance(self.rm, LogProbCredit):
+                self.rm.save(path / "token_rm", self.tok, weights.get("token_rm"))
+            else:
+                save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
 
     def save(self, path: Path) -> None:
         """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""

@@ -25,6 +25,11 @@ class OptimConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     eps: float = 1e-8  # AdamW epsilon
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas (the reference's)
+
+    def validate(self):
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas: expected two numbers in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -47,6 +52,7 @@ class TrainConfig:
     data: str = "curriculum_train"  # registry name or path
     data_preset: str | None = None
     data_dir: str | None = None
+    data_balance: bool = False  # repeat questions by pass-rate band as the reference run does (needs pass_rate)
     eval_data: str | None = "curriculum_test"
     eval_limit: int = 200
     eval_every: int = 0  # 0: only before/after where the caller asks
@@ -90,6 +96,8 @@ class TrainConfig:
                 raise ConfigError(f"{k}: must be at least 1")
         if self.engine != AUTO and self.engine not in ENGINES:
             raise ConfigError(f"engine: {self.engine!r} is not one of {sorted(ENGINES) + [AUTO]}")
+        if self.fsdp and self.algo.uses_token_rm and self.algo.credit != "rm":
+            raise ConfigError(f"algo.credit={self.algo.credit} with fsdp is not supported yet: use algo.credit=rm")
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":

@@ -1,0 +1,93 @@
+"""Credit sources learn from outcomes: the planted-marker control (the token RM's plumbing can
+learn a token that decides the outcome), and the calibrated log-prob credit model."""
+import pytest
+import torch
+
+from oreal import algo
+from oreal.data import curriculum, render
+from oreal.models import (LogProbCredit, TinyModelConfig, build_tiny_policy, load_policy, load_token_rm,
+                          save_model, train_tokenizer)
+from oreal.optim import make_optimizer
+from oreal.training.batch import batch_tensors
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    probs = curriculum.generate(200, "train", seed=0)
+    tok = train_tokenizer([render(p.question) + p.solution for p in probs], vocab_size=120)
+    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=32, layers=2, heads=2, kv_heads=1,
+                                                   intermediate_size=64, max_positions=64))
+    path = tmp_path_factory.mktemp("tiny")
+    save_model(model, tok, path)
+    return str(path), tok
+
+
+def _marker_batch(g, n, vocab, marker, length=12):
+    """n responses of random tokens; the incorrect half carries the marker at a random place."""
+    seqs, rewards, where = [], [], []
+    for i in range(n):
+        resp = (torch.randint(10, vocab, (length,), generator=g)).tolist()
+        resp = [t if t != marker else marker + 1 for t in resp]
+        ok = i % 2 == 0
+        pos = int(torch.randint(length, (1,), generator=g))
+        if not ok:
+            resp[pos] = marker
+        seqs.append(([5, 6, 7], resp))
+        rewards.append(1.0 if ok else 0.0)
+        where.append(None if ok else pos)
+    return seqs, torch.tensor(rewards), where
+
+
+def test_token_rm_learns_a_planted_marker(tiny):
+    path, tok = tiny
+    torch.manual_seed(0)
+    rm = load_token_rm(path)
+    vocab, marker = len(tok), 42
+    opt, sched = make_optimizer(rm, 3e-3, 0.0, 0, 60, 3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        seqs, r, _ = _marker_batch(g, 32, vocab, marker)
+        ids, attn, _, mask = batch_tensors(seqs, tok.pad_token_id)
+        w = rm(input_ids=ids, attention_mask=attn).logits[:, 1:, 0]
+        loss = algo.token_rm_sequence_loss(w, mask, r) / len(seqs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    seqs, r, where = _marker_batch(torch.Generator().manual_seed(99), 64, vocab, marker)
+    ids, attn, _, mask = batch_tensors(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        w = rm(input_ids=ids, attention_mask=attn).logits[:, 1:, 0]
+    seq = algo.masked_mean(w, mask)
+    wins, pairs = algo.pair_ranking(seq.tolist(), (r > 0.5).tolist(), [i // 2 for i in range(64)])
+    assert wins / pairs > 0.9
+    start = 2  # shifted: position len(prompt) - 1 scores the first response token
+    marked = [(w[i, start + p].item(), [w[i, start + j].item() for j in range(12) if j != p])
+              for i, p in enumerate(where) if p is not None]
+    below = [float(m < o) for m, others in marked for o in others]
+    assert sum(below) / len(below) > 0.9  # localisation AUC: the marker scores below the other tokens
+
+
+def test_pair_ranking_by_hand():
+    wins, n = algo.pair_ranking([0.9, 0.1, 0.5, 0.5, 0.7], [True, False, True, False, True], [0, 0, 1, 1, 2])
+    assert (wins, n) == (1.5, 2)  # question 0: a win; question 1: a tie; question 2: no pair
+
+
+def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
+    path, tok = tiny
+    lm = load_policy(path)
+    credit = LogProbCredit(lm, train_lm=True, scale=2.0, offset=0.5)
+    seqs = [([5, 6, 7], [20, 21, 22]), ([5, 6], [30, 31])]
+    ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
+    w = credit.token_scores(ids, attn, targets)
+    with torch.no_grad():
+        lp = algo.token_logprobs(lm(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
+    assert torch.allclose(w, 2.0 * lp + 0.5, atol=1e-5)
+    assert {id(p) for p in credit.calibration()} == {id(credit.log_scale), id(credit.offset)}
+    with torch.no_grad():
+        credit.offset.fill_(0.123456789)
+    credit.save(tmp_path / "rm", tok)
+    other = LogProbCredit(load_policy(path), train_lm=False)
+    other.load(tmp_path / "rm")
+    assert other.offset.item() == credit.offset.item() and other.scale.item() == credit.scale.item()
+    assert not any(p.requires_grad for p in other.lm.parameters())  # surprise: only a, b learn
