@@ -286,3 +286,17 @@ def test_report_writes_curves_and_token_coloured_html(reference, tmp_path):
     assert weighted, "the token RM gave no token a positive weight"
     assert 'title="w=' in page and ("rgba(40,167,69," in page or "rgba(220,53,69," in page)
     assert main(["report", str(tmp_path / "nowhere")]) == 1
+
+
+def test_logprob_credit_resumes_to_the_same_bits(data, verifier, tmp_path):
+    """algo.credit=logprob keeps its LM and its calibration (a, b) in the checkpoint exactly."""
+    cfg = _cfg(data, tmp_path / "ref", "algo.credit=logprob", "steps=3", "save_every=1", "keep_last=3")
+    ref, _ = train(cfg, verifier, log=lambda *a: None)
+    step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
+    more = _cfg(data, tmp_path / "run", "algo.credit=logprob", "steps=3", f"resume={step2}")
+    run, _ = train(more, verifier, log=lambda *a: None)
+    assert run.rm.offset.item() == ref.rm.offset.item() and run.rm.scale.item() == ref.rm.scale.item()
+    assert ref.rm.offset.item() != 0.0  # the calibration did train
+    for name in ("policy", "rm"):
+        a, b = getattr(ref, name).state_dict(), getattr(run, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
