@@ -6,7 +6,7 @@ user set explicitly win over it (`resolve_algo`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from ..config import ConfigError
 from .advantages import ADVANTAGE_ESTIMATORS
@@ -51,6 +51,7 @@ class AlgoConfig:
     token_weights: str = "threshold"  # none | threshold | topk (needs the token RM)
     credit: str = "rm"  # the token RM behind the token weights: rm (the paper's) | logprob | surprise
     credit_calib_lr: float = 0.05  # logprob / surprise: learning rate of the calibration a, b
+    credit_init: list[float] = field(default_factory=lambda: [1.0, 0.0])  # logprob / surprise: a, b at start
     tau: float = 0.5
     topk_ratio: float = 0.2
     select: str = "pair"  # pair | all

@@ -55,7 +55,7 @@ class LogProbCredit(nn.Module):
         from .loading import save_model
 
         save_model(self.lm, tokenizer, path, state_dict)
-        head = {"log_scale": float(self.log_scale).hex(), "offset": float(self.offset).hex()}
+        head = {"log_scale": self.log_scale.item().hex(), "offset": self.offset.item().hex()}
         (Path(path) / HEAD_FILE).write_text(json.dumps(head))
 
     def load(self, path: str | Path) -> None:

@@ -111,7 +111,8 @@ class Trainer(Checkpointing):
         src = cfg.token_rm or cfg.policy
         if cfg.algo.credit == "rm":
             return load_token_rm(src, cfg.dtype, self.device)
-        return LogProbCredit(load_policy(src, cfg.dtype, self.device), train_lm=cfg.algo.credit == "logprob")
+        scale, offset = cfg.algo.credit_init
+        return LogProbCredit(load_policy(src, cfg.dtype, self.device), cfg.algo.credit == "logprob", scale, offset)
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
