@@ -20,3 +20,19 @@ def verifier():
 
     with Verifier(workers=2, timeout=4.0, memory_mb=1024) as v:
         yield v
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A 2-layer policy with its own tokenizer, built in a second: (directory, model, tokenizer,
+    the curriculum problems it was built from)."""
+    from oreal.data import curriculum, render
+    from oreal.models import TinyModelConfig, build_tiny_policy, save_model, train_tokenizer
+
+    probs = curriculum.generate(300, "train", seed=0)
+    tok = train_tokenizer([render(p.question) + p.solution for p in probs], vocab_size=200)
+    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=32, layers=2, heads=2, kv_heads=1,
+                                                   intermediate_size=64, max_positions=128))
+    path = tmp_path_factory.mktemp("tiny")
+    save_model(model, tok, path)
+    return str(path), model, tok, probs

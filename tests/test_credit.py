@@ -1,25 +1,11 @@
 """Credit sources learn from outcomes: the planted-marker control (the token RM's plumbing can
 learn a token that decides the outcome), and the calibrated log-prob credit model."""
-import pytest
 import torch
 
 from oreal import algo
-from oreal.data import curriculum, render
-from oreal.models import (LogProbCredit, TinyModelConfig, build_tiny_policy, load_policy, load_token_rm,
-                          save_model, train_tokenizer)
+from oreal.models import LogProbCredit, load_policy, load_token_rm
 from oreal.optim import make_optimizer
 from oreal.training.batch import batch_tensors
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    probs = curriculum.generate(200, "train", seed=0)
-    tok = train_tokenizer([render(p.question) + p.solution for p in probs], vocab_size=120)
-    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=32, layers=2, heads=2, kv_heads=1,
-                                                   intermediate_size=64, max_positions=64))
-    path = tmp_path_factory.mktemp("tiny")
-    save_model(model, tok, path)
-    return str(path), tok
 
 
 def _marker_batch(g, n, vocab, marker, length=12):
@@ -39,7 +25,7 @@ def _marker_batch(g, n, vocab, marker, length=12):
 
 
 def test_token_rm_learns_a_planted_marker(tiny):
-    path, tok = tiny
+    path, _, tok, _ = tiny
     torch.manual_seed(0)
     rm = load_token_rm(path)
     vocab, marker = len(tok), 42
@@ -74,7 +60,7 @@ def test_pair_ranking_by_hand():
 
 
 def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
-    path, tok = tiny
+    path, _, tok, _ = tiny
     lm = load_policy(path)
     credit = LogProbCredit(lm, train_lm=True, scale=2.0, offset=0.5)
     seqs = [([5, 6, 7], [20, 21, 22]), ([5, 6], [30, 31])]

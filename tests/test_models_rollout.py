@@ -2,22 +2,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
-from oreal.data import curriculum, render
+from oreal.data import render
 from oreal.evaluation import majority_correct, pass_at_k
-from oreal.models import (TinyModelConfig, build_tiny_policy, default_model_dir, load_policy,
-                          load_token_rm, load_tokenizer, save_model, train_tokenizer)
+from oreal.models import default_model_dir, load_policy, load_token_rm, load_tokenizer, save_model
 from oreal.rollout import HFGenerateEngine, HFSampler, SamplingConfig, filter_logits
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    probs = curriculum.generate(300, "train", seed=0)
-    tok = train_tokenizer([render(p.question) + p.solution for p in probs], vocab_size=200)
-    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=32, layers=2, heads=2, kv_heads=1,
-                                                   intermediate_size=64, max_positions=128))
-    path = tmp_path_factory.mktemp("tiny")
-    save_model(model, tok, path)
-    return str(path), model, tok, probs
 
 
 def test_saved_policy_reloads_with_plain_transformers_same_logits(tiny):
