@@ -166,8 +166,7 @@ class Trainer(Checkpointing):
                                                    self.cfg.dump_per_step)
             return self._finish(m, t0)
         batch = SelectedBatch.build(roll, sel.rows, sel.adv, self.tok.pad_token_id, self.device)
-        counts = self._token_counts(batch, len(sel.rows))
-        m["train_tokens"] = int(dist_utils.sum_floats([float(sum(batch.lengths))])[0])
+        counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
         update_actor = self.step_no > a.actor_freeze_steps
         sums, weights = self._backward(batch, counts, update_actor)
         m.update(self._update(sums, counts, update_actor))
@@ -226,10 +225,11 @@ class Trainer(Checkpointing):
         positives = int(sum(rewards[b, k].item() > 0.5 for b, k in rows))
         return Selection(keep, rows, adv, positives)
 
-    def _token_counts(self, batch: SelectedBatch, n_selected: int) -> algo.TokenCounts:
-        """The normalisers of the policy loss, over the whole batch (a collective)."""
-        pos, neg = dist_utils.sum_floats(list(batch.token_counts()))
-        return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens)
+    def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
+        """The normalisers of the policy loss, and the tokens the step trains on (prompts included),
+        over the whole batch: one collective."""
+        pos, neg, tokens = dist_utils.sum_floats([*batch.token_counts(), float(sum(batch.lengths))])
+        return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
 
     def _backward(self, batch: SelectedBatch, counts: algo.TokenCounts,
                   update_actor: bool) -> tuple[dict, torch.Tensor]:
