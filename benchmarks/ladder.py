@@ -21,6 +21,10 @@ from oreal.training.config import build_config
 from oreal.verify import Verifier
 
 LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "rloo", "grpo", "drgrpo"]
+# Rungs that are a preset plus settings: OREAL at the reference tau = 0.5 with the learned
+# log-prob credit (docs/benchmarks.md, token-level credit).
+VARIANTS = {"oreal_logprob": ["algo.name=oreal", "algo.credit=logprob", "algo.tau=0.5", "algo.credit_init=[20,2]",
+                              "optim.rm_lr=3e-4", "optim.rm_min_lr=3e-4"]}
 
 
 def main() -> None:
@@ -38,7 +42,8 @@ def main() -> None:
         for seed in args.seeds:
             before = None
             for name in args.algos:
-                cfg = build_config(demo_config_path(), [f"algo.name={name}", f"seed={seed}",
+                algo = VARIANTS.get(name, [f"algo.name={name}"])
+                cfg = build_config(demo_config_path(), [*algo, f"seed={seed}",
                                                         f"steps={args.steps}", "max_seconds=0",
                                                         f"out={args.runs}/{name}_s{seed}", "log_every=0"])
                 t0 = time.time()
