@@ -91,6 +91,19 @@ def _stop_ids(tokenizer, model) -> set[int]:
     return ids
 
 
+def to_rollouts(tokenizer, prompt_ids: list[list[int]], tokens: torch.Tensor, logps: torch.Tensor,
+                lengths: torch.Tensor, finished: torch.Tensor, with_logprobs: bool) -> list[Rollout]:
+    """One Rollout per row of a decoded chunk (numbered by row; the caller regroups them): one
+    host copy of each tensor, then every row cut at its length."""
+    tokens, logps, lengths, finished = tokens.tolist(), logps.tolist(), lengths.tolist(), finished.tolist()
+    out = []
+    for b, n in enumerate(lengths):
+        resp = tokens[b][:n]
+        out.append(Rollout(b, 0, prompt_ids[b], resp, tokenizer.decode(resp, skip_special_tokens=True),
+                           bool(finished[b]), logps[b][:n] if with_logprobs else None))
+    return out
+
+
 class HFSampler:
     """The lean loop: prefill once, then one cached forward per new token for live rows only."""
 
@@ -105,25 +118,37 @@ class HFSampler:
 
     @torch.no_grad()
     def sample(self, prompts, k, cfg, seed=None):
-        if not self.checked:
-            self.check_cache(prompts[:2])
-        flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
-        out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
-        if seed is None:  # draw from the global generator instead of reseeding it
-            seed = int(torch.randint(2**62, (1,)).item())
+        seed = self._prepare(prompts, seed)
         # generators live on the model's device: a CPU generator cannot drive CUDA sampling.
         # A seed gives the same rollouts on the same device, not across CPU and GPU.
         device = next(self.model.parameters()).device
         if isinstance(seed, (list, tuple)):  # one generator per prompt
-            if len(seed) != len(prompts):
-                raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
             gens = [torch.Generator(device=device).manual_seed(int(x)) for x in seed]
-        else:
-            gens = torch.Generator(device=device).manual_seed(seed)
+            return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(
+                texts, cfg, [gens[i] for i, _ in chunk]))
+        gen = torch.Generator(device=device).manual_seed(seed)
+        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, gen))
+
+    def _prepare(self, prompts, seed):
+        """The one-off cache check, and the call's seed: drawn from the global generator when None
+        (instead of reseeding it); a list must hold one seed per prompt."""
+        if not self.checked:
+            self.check_cache(prompts[:2])
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,)).item())
+        if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
+            raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
+        return seed
+
+    def _in_chunks(self, prompts, k, decode) -> list[list[Rollout]]:
+        """K rollouts per prompt, decoding at most `max_batch` (prompt, sample) rows at a time:
+        `decode(texts, start, chunk)` gets the chunk's prompt texts, its offset among all rows and
+        its (prompt, sample) pairs, and returns one Rollout per row in order."""
+        flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
+        out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
         for s in range(0, len(flat), self.max_batch):
             chunk = flat[s:s + self.max_batch]
-            row_gens = gens if isinstance(gens, torch.Generator) else [gens[i] for i, _ in chunk]
-            for r in self._sample_chunk([prompts[i] for i, _ in chunk], cfg, row_gens):
+            for r in decode([prompts[i] for i, _ in chunk], s, chunk):
                 i, j = chunk[r.prompt_index]
                 r.prompt_index, r.sample_index = i, j
                 out[i][j] = r
@@ -238,13 +263,7 @@ class HFSampler:
                                           position_ids=next_pos, cache=cache)
             next_pos = next_pos + 1
         model.train(was_training)
-        out = []
-        tokens, logps, lengths = tokens.tolist(), logps.tolist(), lengths.tolist()
-        for b in range(B):
-            resp = tokens[b][:lengths[b]]
-            out.append(Rollout(b, 0, prompt_ids[b], resp, tok.decode(resp, skip_special_tokens=True),
-                               bool(finished[b]), logps[b][:lengths[b]] if cfg.return_logprobs else None))
-        return out
+        return to_rollouts(tok, prompt_ids, tokens, logps, lengths, finished, cfg.return_logprobs)
 
 
 class HFGenerateEngine:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, filter_logits
+from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, filter_logits, to_rollouts
 
 _M1, _M2 = -4658895280553007687, -7723592293110705685  # splitmix64 constants as signed int64
 _GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
@@ -76,27 +76,11 @@ class OnDeviceSampler(HFSampler):
     def sample(self, prompts, k, cfg, seed=None):
         if cfg.stop_strings:
             return super().sample(prompts, k, cfg, seed)
-        if not self.checked:
-            self.check_cache(prompts[:2])
-        if seed is None:
-            seed = int(torch.randint(2**62, (1,)).item())
-        if isinstance(seed, (list, tuple)):
-            if len(seed) != len(prompts):
-                raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
-            seeds = [int(x) for x in seed]
-        else:  # one seed for the call: question i gets seed + i
-            seeds = [int(seed) + i for i in range(len(prompts))]
-        device = next(self.model.parameters()).device
-        keys = row_keys(seeds, k, device)
-        flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
-        out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
-        for s in range(0, len(flat), self.max_batch):
-            chunk = flat[s:s + self.max_batch]
-            for r in self._decode([prompts[i] for i, _ in chunk], cfg, keys[s:s + len(chunk)]):
-                i, j = chunk[r.prompt_index]
-                r.prompt_index, r.sample_index = i, j
-                out[i][j] = r
-        return out
+        seed = self._prepare(prompts, seed)
+        # one key per (question, sample); one seed for the call gives question i the seed + i
+        seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+        keys = row_keys(seeds, k, next(self.model.parameters()).device)
+        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._decode(texts, cfg, keys[s:s + len(chunk)]))
 
     def _decode(self, texts: list[str], cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
         model, tok = self.model, self.tokenizer
@@ -131,10 +115,4 @@ class OnDeviceSampler(HFSampler):
             next_pos = next_pos + 1
         model.train(was_training)
         prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
-        tokens, logps, lengths, finished = tokens.tolist(), logps.tolist(), lengths.tolist(), finished.tolist()
-        out = []
-        for b in range(B):
-            resp = tokens[b][:lengths[b]]
-            out.append(Rollout(b, 0, prompt_ids[b], resp, tok.decode(resp, skip_special_tokens=True),
-                               finished[b], logps[b][:lengths[b]] if cfg.return_logprobs else None))
-        return out
+        return to_rollouts(tok, prompt_ids, tokens, logps, lengths, finished, cfg.return_logprobs)
