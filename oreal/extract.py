@@ -89,5 +89,21 @@ def gsm8k_answer(text: str) -> str | None:
     return found[-1].replace(",", "") if found else None
 
 
+# What a problem that asks "what goes in the box" puts in a box: not an answer. Spacing commands
+# and \phantom/\hspace groups are stripped first; what is left must not be one of these.
+_SPACING = re.compile(r"\\(?:phantom|hphantom|vphantom|hspace\*?|vspace\*?)\s*\{[^{}]*\}"
+                      r"|\\(?:mbox|text|textrm|mathrm)\s*\{\s*\}|\\(?:quad|qquad|,|;|:|!| )|~|\s")
+_PLACEHOLDERS = {"", "?", "??", "\\square", "\\Box", "\\blacksquare", "\\boxed", "\\_", "\\ldots", "\\dots",
+                 "\\cdots", "...", "\\underline{}", "\\underline", "\\blank", "_", "__", "___"}
+
+
+def is_placeholder(box: str) -> bool:
+    """True for a box with no answer in it: empty, `\\phantom{2}`, `\\square`, `\\quad`, `?`.
+    Linear-time: one substitution pass over a string the caller has already capped in length."""
+    if len(box) > 64:
+        return False
+    return _SPACING.sub("", box) in _PLACEHOLDERS
+
+
 def normalise_for_hedge(s: str) -> str:
     return "".join(s.split())

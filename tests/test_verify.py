@@ -180,27 +180,28 @@ def test_batch_keeps_order_and_survives_a_timeout():
 
 def test_worker_killed_mid_item_is_replaced():
     with Verifier(workers=1, timeout=8.0) as v:
-        assert v.verify("1", "\\boxed{1}").correct
+        # (fractions: a plain "1" is decided without a worker)
+        assert v.verify("1", "\\boxed{\\frac{2}{2}}").correct
         w = v.pool._idle.queue[0]
         threading.Timer(0.5, w.proc.kill).start()  # dies while stuck on a slow item
         t0 = time.monotonic()
         verdict = v.verify("5", "\\boxed{2^{2^{2^{2^{2^{2^{2^{100}}}}}}}}")
         assert verdict.status in ("error", "timeout") and not verdict.correct
         assert time.monotonic() - t0 < 8.0
-        assert v.verify("3", "\\boxed{3}").correct
+        assert v.verify("3", "\\boxed{\\frac{6}{2}}").correct
         assert v.pool.restarts >= 1
         # a worker killed while idle is replaced transparently
         w = v.pool._idle.queue[0]
         w.proc.kill()
         w.proc.wait()
-        assert v.verify("2", "\\boxed{2}").correct
+        assert v.verify("2", "\\boxed{\\frac{4}{2}}").correct
 
 
 def test_workers_recycle_after_n_items():
     with Verifier(workers=1, timeout=3.0, max_items_per_worker=5) as v:
         first = None
         for i in range(12):
-            assert v.verify(str(i), f"\\boxed{{{i}}}").correct
+            assert v.verify(str(i), f"\\boxed{{\\frac{{{2 * i}}}{{2}}}}").correct  # needs a worker
             if first is None:
                 first = v.pool._idle.queue[0].proc.pid
         assert v.pool._idle.queue[0].proc.pid != first

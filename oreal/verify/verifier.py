@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import atexit
+import json
+import re
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from fractions import Fraction
 
 from ..extract import (
     DEFAULT_FINISH_MARKERS,
@@ -14,11 +18,30 @@ from ..extract import (
     brace_depth,
     graded_part,
     gsm8k_answer,
+    is_placeholder,
     normalise_for_hedge,
 )
 from .pool import WorkerPool
 
 EXTRACT_MODES = ("boxed", "auto", "gsm8k")
+CACHE_SIZE = 65536  # graded requests remembered (a worker's verdict is a pure function of the request)
+CACHEABLE = ("ok", "no_answer", "bad_input")  # timeouts and errors are retried, never remembered
+_INTEGER = re.compile(r"-?[0-9]{1,60}")
+_DECIMAL = re.compile(r"-?[0-9]{0,60}\.?[0-9]{1,60}")
+
+
+def decide_without_sympy(gold: str, answer: str) -> bool | None:
+    """The verdict when no parser is needed: the same text (spaces aside) is correct; two plain
+    integers are compared exactly; two plain decimals that are equal (0.50 vs .5) are correct.
+    None: ask Math-Verify (units, LaTeX, decimals that differ, which it may round)."""
+    g, a = "".join(gold.split()), "".join(answer.split())
+    if g == a:
+        return True
+    if _INTEGER.fullmatch(g) and _INTEGER.fullmatch(a):
+        return int(g) == int(a)
+    if _DECIMAL.fullmatch(g) and _DECIMAL.fullmatch(a) and Fraction(g) == Fraction(a):
+        return True
+    return None
 STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
 
 
@@ -44,6 +67,7 @@ class VerifierConfig:
     finish_markers: tuple[str, ...] = DEFAULT_FINISH_MARKERS
     hedge_is_wrong: bool = True
     limits: Limits = field(default_factory=Limits)
+    cache_size: int = CACHE_SIZE  # worker verdicts remembered per distinct request (0: off)
 
 
 class Verifier:
@@ -63,6 +87,8 @@ class Verifier:
         self.judge = judge  # optional LLMJudge, asked only about rule-rejected answers
         self.pool = WorkerPool(cfg.workers, cfg.timeout, cfg.memory_mb, cfg.max_items_per_worker)
         self._threads = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="oreal-verify")
+        self._cache: OrderedDict[str, Verdict] = OrderedDict()  # request -> verdict of the workers
+        self._cache_lock = threading.Lock()
 
     # -- parent-side preparation: cheap string work, decides what (if anything) goes to sympy
     def _prepare(self, gold, response, extract: str, finished: bool) -> Verdict | dict:
@@ -90,7 +116,8 @@ class Verifier:
                 return Verdict(False, "no_answer", detail="no '#### N' answer")
             cands = [num]
         else:
-            cands = boxed_answers(text)
+            # placeholder boxes ("\\boxed{\\phantom{2}} + 3 = 7") restate the question: not answers
+            cands = [c for c in boxed_answers(text) if not is_placeholder(c)]
             if not cands:
                 return Verdict(False, "no_answer", detail="no closed \\boxed{} answer")
             # The final answer goes last; distinct earlier ones only matter for the hedge check.
@@ -106,6 +133,10 @@ class Verifier:
                 return Verdict(False, "error", extracted=c[:80] + "...", detail="answer too long")
             if brace_depth(c) > lim.brace_depth:
                 return Verdict(False, "error", extracted=c[:80], detail="answer nested too deeply")
+        if len(cands) == 1:  # no hedge to check: plain numbers and exact matches need no sympy
+            quick = decide_without_sympy(gold, cands[0])
+            if quick is not None:
+                return Verdict(quick, "ok", extracted=cands[0])
         return {"gold": gold, "kind": "latex", "cands": cands}
 
     def verify_batch(self, items, extract: str = "boxed", questions=None) -> list[Verdict]:
@@ -125,13 +156,25 @@ class Verifier:
                 verdicts[i] = prep
             else:
                 pending.append((i, prep))
-        if pending:
+        todo: dict[str, list[int]] = {}  # each distinct request is graded once (K samples often agree)
+        for i, req in pending:
+            key = json.dumps(req, sort_keys=True)
+            hit = self._cache.get(key)
+            if hit is not None:
+                verdicts[i] = replace(hit)
+            else:
+                todo.setdefault(key, []).append(i)
+        if todo:
+            keys = list(todo)
             n = self.pool.size
-            shards = [pending[s::n] for s in range(n) if pending[s::n]]
-            futures = [self._threads.submit(self._run_shard, sh) for sh in shards]
+            shards = [keys[s::n] for s in range(n) if keys[s::n]]
+            futures = [self._threads.submit(self._run_shard, [(0, json.loads(k)) for k in sh]) for sh in shards]
             for sh, fut in zip(shards, futures):
-                for (i, _), res in zip(sh, fut.result()):
-                    verdicts[i] = res
+                for key, res in zip(sh, fut.result()):
+                    if res.status in CACHEABLE and self.config.cache_size:
+                        self._remember(key, res)
+                    for i in todo[key]:
+                        verdicts[i] = replace(res)
         if self.judge is not None:
             self._ask_judge(items, verdicts, questions)
         per_item = (time.perf_counter() - t0) / max(1, len(items))
@@ -139,6 +182,12 @@ class Verifier:
             if not v.seconds:
                 v.seconds = per_item
         return verdicts
+
+    def _remember(self, key: str, verdict: Verdict) -> None:
+        with self._cache_lock:
+            self._cache[key] = verdict
+            if len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
 
     def _ask_judge(self, items, verdicts: list[Verdict], questions) -> None:
         """Second opinion on parsed-but-rejected answers; hedges and failures keep the rule verdict."""
@@ -175,12 +224,9 @@ class Verifier:
                question: str | None = None) -> Verdict:
         t0 = time.perf_counter()
         prep = self._prepare(gold, response, extract, finished)
-        if isinstance(prep, Verdict):
-            v = prep
-        else:
-            v = self._run_shard([(0, prep)])[0]
-            if self.judge is not None:
-                self._ask_judge([(gold, response)], [v], [question or ""])
+        v = prep if isinstance(prep, Verdict) else self._run_shard([(0, prep)])[0]
+        if self.judge is not None:
+            self._ask_judge([(gold, response)], [v], [question or ""])
         v.seconds = time.perf_counter() - t0
         return v
 
