@@ -61,9 +61,9 @@ def main() -> None:
             name = f"{'skills' if enhanced else 'plain'}_s{seed}"
             t0 = time.time()
             s = run_demo(str(out / name), args.steps, seed, [
-                f"policy={model}", f"skills.enabled={str(enhanced).lower()}", "max_seconds=0"],
+                f"policy={model}", f"skills.enabled={str(enhanced).lower()}", "max_seconds=0", "overwrite=true"],
                 log=lambda *a: None)
-            g = f"subject={args.weak}"
+            g = f"subject={curriculum.SUBJECTS[args.weak]}"
             rows.append({"seed": seed, "enhanced": enhanced, "before": s["before"]["pass@1"],
                          "after": s["after"]["pass@1"], "weak_before": s["before_by_group"][g],
                          "weak_after": s["after_by_group"][g], "seconds": time.time() - t0})

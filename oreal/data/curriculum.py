@@ -79,6 +79,11 @@ def _make(skill: str, rng: random.Random) -> tuple[str, str, int, int]:
     raise ValueError(f"unknown skill {skill!r}; choose from {SKILLS}")
 
 
+# A problem's subject is its kind; its skills are the operations its work uses (a word problem's
+# skills include `add`): distinct names, so `subject=addition` and `skill=add` never read alike.
+SUBJECTS = {"add": "addition", "sub": "subtraction", "mul": "multiplication", "chain": "multi-step",
+            "story": "word problem"}
+
 def generate(n: int, split: str = "train", seed: int = 0, mix: dict[str, float] | None = None,
              test_percent: int = 10) -> list[Problem]:
     """`n` distinct problems of `split` ('train' or 'test'), deterministic in (split, seed, mix)."""
@@ -107,7 +112,7 @@ def generate(n: int, split: str = "train", seed: int = 0, mix: dict[str, float] 
         tags = [skill] + (["add", "sub"] if skill in ("chain", "story") else [])
         out.append(Problem(
             id=f"curriculum-{split}-{hashlib.sha1(q.encode()).hexdigest()[:12]}", question=q,
-            gold=str(ans), source="curriculum", level=str(steps), subject=skill,
+            gold=str(ans), source="curriculum", level=str(steps), subject=SUBJECTS[skill],
             skills=tags, solution=f"{work}. \\boxed{{{ans}}}",
         ))
     return out
