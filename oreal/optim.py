@@ -7,7 +7,13 @@ import torch
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Multiplier of the peak learning rate: linear warmup, then cosine down to `min_ratio`."""
+    """Multiplier of the peak learning rate: linear warmup, then cosine down to `min_ratio`.
+
+    transformers' `get_cosine_with_min_lr_schedule_with_warmup` is the same curve from the end of
+    the warm-up to `total` (tested), but not at the two ends, so it is not used: its first warm-up
+    step has a learning rate of 0 (an update that does nothing; here step s of the warm-up uses
+    (s + 1) / warmup), and past `total` its cosine climbs again where this one stays at the floor
+    (a resumed run with more steps than planned)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -79,12 +79,12 @@ def _one_update_grads(tiny_run, verifier, tmp_path, micro):
     grads = {}
 
     def capture(model, key):
-        def step(*a, **kw):
+        def hook(optimizer, args, kwargs):  # before the step (replacing step() would upset the scheduler)
             grads[key] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return step
+        return hook
 
-    tr.opt.step = capture(tr.policy, "policy")
-    tr.rm_opt.step = capture(tr.rm, "rm")
+    tr.opt.register_step_pre_hook(capture(tr.policy, "policy"))
+    tr.rm_opt.register_step_pre_hook(capture(tr.rm, "rm"))
     m = tr.step()
     assert m["selected"] > 3  # the comparison needs several micro-batches
     return grads
@@ -165,3 +165,18 @@ def test_difficulty_balancing_is_wired_into_training(tmp_path, verifier):
                               "data_preset=oreal_records", "data_balance=true", "eval_data=null"])
     with pytest.raises(DataError, match="oreal data passrate"):
         Trainer(cfg, verifier, log=lambda *a: None)
+
+
+def test_schedule_is_transformers_cosine_with_min_lr_between_warmup_and_the_end():
+    """`oreal.optim.warmup_cosine` keeps its own code only for its two ends (see its docstring)."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from oreal.optim import warmup_cosine
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_with_min_lr_schedule_with_warmup(opt, num_warmup_steps=10, num_training_steps=100,
+                                                      min_lr_rate=0.1).lr_lambdas[0]
+    for s in range(10, 101):
+        assert warmup_cosine(s, 10, 100, 0.1) == pytest.approx(ref(s), abs=1e-12), s
+    assert ref(0) == 0.0 and warmup_cosine(0, 10, 100, 0.1) == 0.1  # the first step learns here
+    assert warmup_cosine(150, 10, 100, 0.1) == pytest.approx(0.1) and ref(150) > 0.5  # past the end: the floor
