@@ -45,7 +45,8 @@ def main() -> None:
                 algo = VARIANTS.get(name, [f"algo.name={name}"])
                 cfg = build_config(demo_config_path(), [*algo, f"seed={seed}",
                                                         f"steps={args.steps}", "max_seconds=0",
-                                                        f"out={args.runs}/{name}_s{seed}", "log_every=0"])
+                                                        f"out={args.runs}/{name}_s{seed}", "log_every=0",
+                                                        "overwrite=true"])
                 t0 = time.time()
                 tr = Trainer(cfg, v, log=lambda *a: None)
                 test = load_list(cfg.eval_data)[: cfg.eval_limit]

@@ -42,6 +42,8 @@ def _coerce(key: str, value: Any, tp) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, prefix=key + ".")
     if origin in (list, tuple):
+        if isinstance(value, str):  # `trackers=tensorboard,wandb`: a list with no brackets (zsh globs those)
+            value = [yaml.safe_load(v) for v in value.split(",")] if value.strip() else []
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
         inner = args[0] if args else Any

@@ -11,6 +11,15 @@ class DataError(ValueError):
     """A data file or record that cannot be read (the message names the file, line and field)."""
 
 
+class ModelError(ValueError):
+    """A model directory that does not exist or holds no loadable model."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used: not writable, or holding an earlier run that the
+    user has not asked to replace."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (full disk, unwritable directory) or read."""
 
@@ -20,4 +29,7 @@ class TrainingError(RuntimeError):
 
 
 # usage errors exit 2 (as argparse does), failures of the work itself exit 1
-EXIT_CODES: dict[type[Exception], int] = {ConfigError: 2, DataError: 1, CheckpointError: 1, TrainingError: 1}
+EXIT_CODES: dict[type[Exception], int] = {ConfigError: 2, RunDirError: 2, DataError: 1, ModelError: 1,
+                                          CheckpointError: 1, TrainingError: 1}
+# Ctrl-C that stops a command at once (the second one in training, or any outside it): 128 + SIGINT
+INTERRUPTED = 130

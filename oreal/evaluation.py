@@ -12,6 +12,10 @@ from .rollout import SamplingConfig
 from .verify import count_statuses
 
 
+# The seed every evaluation of a policy uses unless told otherwise: `oreal eval`, the demo's
+# before/after table and training's periodic evaluations draw the same samples.
+EVAL_SEED = 12345
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al. 2021)."""
     if n - c < k:
@@ -62,11 +66,16 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
 
 
 def measure_pass_rates(problems: list[Problem], engine, tokenizer, verifier, k: int, sampling: SamplingConfig,
-                       prompt: PromptConfig | None = None, batch: int = 64, seed: int = 0) -> list[Problem]:
+                       prompt: PromptConfig | None = None, batch: int = 64, seed: int = 0,
+                       progress: bool = False) -> list[Problem]:
     """Fill in each problem's `pass_rate` (correct out of K samples), for difficulty balancing."""
-    for p, _, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling, prompt,
-                                           seed, batch):
-        p.pass_rate = sum(v.correct for v in verdicts) / k
+    from tqdm import tqdm
+
+    with tqdm(total=len(problems), desc="passrate", unit="q", file=sys.stderr, disable=not progress) as bar:
+        for p, _, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling, prompt,
+                                               seed, batch):
+            p.pass_rate = sum(v.correct for v in verdicts) / k
+            bar.update(1)
     return problems
 
 

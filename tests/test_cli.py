@@ -21,9 +21,16 @@ def test_data_show_json(bench_dir):
 
 def test_data_show_bad_file_is_a_clear_error(tmp_path):
     p = tmp_path / "bad.jsonl"
-    p.write_text('{"question": "q"}\n')
+    p.write_text('{"question": "q", "gold": "1"}\n{"question": "q"}\n')
     r = _oreal("data", "show", str(p))
     assert r.returncode == 0 and "1 bad rows skipped" in r.stdout  # show skips and reports
+    # every row skipped: an error that says so, with the hint for the README's own format
+    p.write_text('{"question": "1+1", "gold_answer": "2"}\n')
+    r = _oreal("data", "show", str(p))
+    assert r.returncode == 1 and "no usable records" in r.stderr and "--preset oreal" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _oreal("data", "show", str(p), "--preset", "oreal")
+    assert r.returncode == 0 and "1 problems" in r.stdout
     r = _oreal("data", "show", str(tmp_path / "missing.jsonl"))
     assert r.returncode == 1 and "no such file" in r.stderr
 
@@ -55,6 +62,17 @@ def test_short_demo_writes_summary_metrics_and_plot(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     assert (out / "learning_curve.png").stat().st_size > 1000
     assert "before" in r.stdout and "after" in r.stdout
+    assert s["steps_planned"] == 2 and not s["time_capped"] and "STOPPED EARLY" not in r.stdout
+    # `oreal eval --run` evaluates what the demo trained exactly as the demo did: same numbers
+    r = _oreal("eval", "--run", str(out))
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    assert (ev["n"], ev["k"]) == (16, 1) and ev["pass@1"] == s["after"]["pass@1"]
+    # the same directory again: refused before any work, the earlier run untouched
+    before = (out / "summary.json").read_bytes()
+    r = _oreal("demo", "--out", str(out), "--steps", "2")
+    assert r.returncode == 2 and "--overwrite" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "summary.json").read_bytes() == before
 
 
 def test_train_rejects_unknown_keys_with_the_key_named(tmp_path):

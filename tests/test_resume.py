@@ -14,6 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from oreal import checkpoint as ckpt
+from oreal.errors import RunDirError
 from oreal.data import Problem, curriculum, save_problems
 from oreal.recipes.train import Trainer, TrainingError, train
 from oreal.training.config import build_config
@@ -159,6 +160,23 @@ def test_sigterm_writes_a_checkpoint_and_exits(data, tmp_path):
     assert [r["step"] for r in rows] == list(range(1, step + 2))
 
 
+def test_a_second_ctrl_c_stops_at_once_with_one_line(data, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "train", str(data / "cfg.yaml"), f"out={out}",
+                             "steps=1000", "save_every=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    for line in proc.stdout:
+        if line.startswith("step    2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    first = proc.stdout.readline()  # the handler's message: it says what a second Ctrl-C does
+    assert "SIGINT: finishing this step" in first and "Ctrl-C again stops at once" in first
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["oreal train: interrupted; nothing more was saved"], err
+
+
 # --------------------------------------------------------------------------- in-process failure paths
 
 
@@ -201,7 +219,7 @@ def test_a_step_where_every_question_is_filtered_is_skipped_and_logged(data, ver
 def test_unwritable_run_dir_and_full_disk_are_clear_errors(data, verifier, tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    with pytest.raises(TrainingError, match="cannot write to run directory"):
+    with pytest.raises(RunDirError, match="a_file is a file, not a directory"):
         train(_cfg(data, blocker / "run"), verifier, log=lambda *a: None)
 
     out = tmp_path / "run"
@@ -225,8 +243,11 @@ def test_a_fresh_start_does_not_clobber_an_earlier_run(data, reference, verifier
 
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    with pytest.raises(TrainingError, match="resume=auto.*overwrite=true"):
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(RunDirError, match="resume=auto.*overwrite=true"):
         train(_cfg(data, out), verifier, log=lambda *a: None)
+    # nothing of the earlier run was touched: not its checkpoints, not its config.yaml
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_keeps_the_last_k_and_the_best_by_evaluation(data, verifier, tmp_path):

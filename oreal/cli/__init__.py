@@ -7,17 +7,53 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import EXIT_CODES
+from .. import __version__
+from ..errors import EXIT_CODES, INTERRUPTED
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help shows its default (a None default, meaning 'not given', is not shown)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.nargs in ("*", "?"):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import data, demo, evaluate, report, sft, train, verify
+    # Building the parser imports no torch/transformers: `oreal --help` and `oreal verify` stay fast.
+    from . import config, data, demo, evaluate, report, sft, train, verify
 
-    parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, train, sft, evaluate, report, verify, data):
+    parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"oreal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in (demo, train, sft, evaluate, report, verify, data, config):
         command.add_parser(sub)
     return parser
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    """argparse type: a float in (0, 1] (top-p)."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def exit_code(e: BaseException) -> int | None:
@@ -27,15 +63,20 @@ def exit_code(e: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    if args.command != "verify":  # the verifier loads no model: keep it free of transformers
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-file load/save bars drown the training log
+        hf_logging.disable_progress_bar()  # per-file load/save bars drown the training log
+    name = " ".join(filter(None, [args.command, getattr(args, "data_command", None),
+                                  getattr(args, "config_command", None)]))
     try:
         return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # a Ctrl-C outside training's own handler, or a second one inside it
+        print(f"\noreal {name}: interrupted; nothing more was saved", file=sys.stderr)
+        return INTERRUPTED
     except Exception as e:
         code = exit_code(e)
         if code is None:
             raise
-        name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"oreal {name}: {e}", file=sys.stderr)
         return code

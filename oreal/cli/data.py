@@ -4,26 +4,30 @@ from __future__ import annotations
 
 import json
 
+from . import HelpFormatter, non_negative_float, positive_int
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="inspect problem sets, measure pass rates")
-    dsub = p.add_subparsers(dest="data_command", required=True)
-    s = dsub.add_parser("show", help="record count, rendered prompts and gold answers")
+    p = sub.add_parser("data", help="inspect problem sets, measure pass rates", formatter_class=HelpFormatter)
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    s = dsub.add_parser("show", help="record count, rendered prompts and gold answers", formatter_class=HelpFormatter)
     s.add_argument("source", help="registry name (math500, gsm8k, curriculum_test, ...) or a path")
-    s.add_argument("--data-dir", default=None)
-    s.add_argument("--preset", default=None)
-    s.add_argument("--n", type=int, default=3, help="how many examples to show")
+    s.add_argument("--data-dir", default=None, help="where registry benchmarks live")
+    s.add_argument("--preset", default=None, help="field names of the file (oreal, math, gsm8k, ...)")
+    s.add_argument("--n", type=positive_int, default=3, help="how many examples to show")
     s.add_argument("--model", default=None, help="render with this model's tokenizer/chat template")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="one JSON object instead of text")
     s.set_defaults(func=show)
-    p = dsub.add_parser("passrate", help="measure pass rates with a policy and write a copy")
-    p.add_argument("source")
-    p.add_argument("--model", required=True)
+    p = dsub.add_parser("passrate", help="measure pass rates with a policy and write a copy",
+                        formatter_class=HelpFormatter)
+    p.add_argument("source", help="registry name or a path")
+    p.add_argument("--model", required=True, help="HF model directory, or 'default'")
     p.add_argument("--out", required=True, help="JSONL written with pass_rate per problem")
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--k", type=positive_int, default=8, help="samples per problem")
+    p.add_argument("--temperature", type=non_negative_float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024, help="response length cap")
+    p.add_argument("--data-dir", default=None, help="where registry benchmarks live")
+    p.add_argument("--preset", default=None, help="field names of the file (oreal, math, gsm8k, ...)")
     p.add_argument("--plain-prompt", action="store_true", help="no chat template (tiny models)")
     p.set_defaults(func=passrate)
 
@@ -46,6 +50,12 @@ def show(args) -> int:
         return 0
     print(f"{args.source}: {len(res.problems)} problems"
           + (f" ({len(res.skipped)} bad rows skipped)" if res.skipped else ""))
+    if not res.problems:
+        from ..errors import DataError
+
+        hint = "" if args.preset else "; if its fields are question/gold_answer, try --preset oreal"
+        first = f" (first: {res.skipped[0]})" if res.skipped else ""
+        raise DataError(f"{args.source}: no usable records{first}{hint}")
     for ex in examples:
         print("-" * 60)
         print(ex["prompt"])
@@ -62,13 +72,13 @@ def passrate(args) -> int:
     from ..rollout import SamplingConfig, make_engine
     from ..verify import Verifier
 
-    problems = load_list(args.source, data_dir_=args.data_dir)
+    problems = load_list(args.source, data_dir_=args.data_dir, preset=args.preset)
     tok = load_tokenizer(args.model)
     engine = make_engine("hf_sampler", load_policy(args.model), tok)
     prompt = PromptConfig(system=None, use_chat_template=False) if args.plain_prompt else PromptConfig()
     sampling = SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     with Verifier(workers=2) as v:
-        measure_pass_rates(problems, engine, tok, v, args.k, sampling, prompt)
+        measure_pass_rates(problems, engine, tok, v, args.k, sampling, prompt, progress=True)
     save_problems(problems, args.out)
     mean = sum(p.pass_rate for p in problems) / len(problems)
     print(f"wrote {len(problems)} problems with pass rates (mean {mean:.3f}) to {args.out}")

@@ -1,56 +1,137 @@
-"""`oreal eval`: pass@1, pass@k and maj@k of a model on a registry benchmark or a data file."""
+"""`oreal eval`: pass@1, pass@k and maj@k of a model on a registry benchmark or a data file.
+
+`--run RUN_DIR` evaluates what a training run trained, as the run evaluated it: its final policy,
+prompt, sampling, held-out set, k and seed come from the run's config.yaml; any flag given
+explicitly wins."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
+
+from . import HelpFormatter, non_negative_float, positive_int, unit_float
+
+ENGINE_CHOICES = ("auto", "hf_sampler", "hf_device", "hf_generate")  # checked against the registry in a test
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate a model (pass@1, pass@k, maj@k)")
-    p.add_argument("--model", required=True, help="HF model directory, or 'default'")
-    p.add_argument("--data", required=True, help="registry name (math500, curriculum_test, ...) or path")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--k", type=int, default=1)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--extract", default=None, help="override the data's extraction mode")
-    p.add_argument("--engine", default="auto", help="auto: hf_sampler on CPU, hf_device on GPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="write the results JSON here")
+    p = sub.add_parser("eval", help="evaluate a model (pass@1, pass@k, maj@k)", formatter_class=HelpFormatter,
+                       description=__doc__)
+    src = p.add_argument_group("what to evaluate (--run, or --model and --data)")
+    src.add_argument("--run", default=None, help="a training run directory: its final policy and settings")
+    src.add_argument("--model", default=None, help="HF model directory, or 'default' (the embedded model)")
+    src.add_argument("--data", default=None, help="registry name (math500, curriculum_test, ...) or a path")
+    src.add_argument("--data-dir", default=None, help="where registry benchmarks live")
+    src.add_argument("--preset", default=None, help="field names of the data file (e.g. oreal, math, gsm8k)")
+    src.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N problems (none: all)")
+    s = p.add_argument_group("sampling (none: the run's settings, else the values shown)")
+    s.add_argument("--k", type=positive_int, default=None, help="samples per problem [1]")
+    s.add_argument("--temperature", type=non_negative_float, default=None, help="0 is greedy [1.0]")
+    s.add_argument("--top-p", type=unit_float, default=None, help="[1.0]")
+    s.add_argument("--max-new-tokens", type=positive_int, default=None, help="[1024]")
+    s.add_argument("--seed", type=int, default=None, help="[12345, the seed training evaluates with]")
+    s.add_argument("--engine", default=None, choices=ENGINE_CHOICES,
+                   help="rollout engine [auto: hf_sampler on CPU, hf_device on GPU]")
+    pr = p.add_argument_group("prompt (none: the run's, else a chat template when the tokenizer has one)")
+    pr.add_argument("--prompt-system", default=None, help="system message for chat templates ('' for none)")
+    pr.add_argument("--prompt-template", default=None,
+                    help="a plain template with {question}; implies --no-chat-template")
+    pr.add_argument("--chat-template", default=None, action=argparse.BooleanOptionalAction,
+                    help="use the tokenizer's chat template when it has one")
+    o = p.add_argument_group("output")
+    o.add_argument("--extract", default=None, help="override the data's extraction mode (boxed, auto, gsm8k)")
+    o.add_argument("--dtype", default=None, help="float32, bfloat16, ... [float32]")
+    o.add_argument("--device", default=None, help="cpu, cuda, cuda:1 [cpu]")
+    o.add_argument("--out", default=None, help="write the full results JSON here (checked before the work)")
     p.set_defaults(func=run)
 
 
+def _plan(args) -> dict:
+    """Every setting of the evaluation: the run's config (if --run), then the explicit flags."""
+    from ..data import PromptConfig
+    from ..errors import ConfigError
+    from ..evaluation import EVAL_SEED
+
+    plan = dict(model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset, limit=args.limit,
+                k=1, temperature=1.0, top_p=1.0, max_new_tokens=1024, seed=EVAL_SEED, engine="auto",
+                dtype="float32", device="cpu", prompt=PromptConfig())
+    if args.run:
+        from pathlib import Path
+
+        from ..training.config import build_config
+
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise ConfigError(f"--run {run}: no config.yaml there; is it a training run directory?")
+        cfg = build_config(str(run / "config.yaml"), [])
+        policy = run / "final" / "policy"
+        if not (policy / "config.json").is_file():
+            raise ConfigError(f"--run {run}: no final/policy (the run has not finished); evaluate a checkpoint "
+                              f"with --model {run}/checkpoints/step_N/policy --data ...")
+        plan.update(model=str(policy), data=cfg.eval_data, data_dir=cfg.data_dir, limit=cfg.eval_limit,
+                    k=cfg.eval_k, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                    max_new_tokens=cfg.sampling.max_new_tokens, engine=cfg.engine, dtype=cfg.dtype,
+                    device=cfg.device, prompt=cfg.prompt)
+    for key in ("model", "data", "data_dir", "preset", "limit", "k", "temperature", "top_p", "max_new_tokens",
+                "seed", "engine", "dtype", "device"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    pc = plan["prompt"]
+    plan["prompt"] = PromptConfig(
+        system=(args.prompt_system or None) if args.prompt_system is not None else pc.system,
+        use_chat_template=(False if args.prompt_template is not None else
+                           args.chat_template if args.chat_template is not None else pc.use_chat_template),
+        plain_template=args.prompt_template if args.prompt_template is not None else pc.plain_template)
+    if not plan["model"] or not plan["data"]:
+        raise ConfigError("give --run RUN_DIR, or --model and --data")
+    if "{question}" not in plan["prompt"].plain_template:
+        raise ConfigError("--prompt-template must contain {question}")
+    return plan
+
+
+def _check_writable(path: str) -> None:
+    """Fail before the evaluation, not after it, when the results cannot be written."""
+    from ..errors import ConfigError
+
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--out {path}: cannot write there ({e.strerror})") from None
+    if not existed:
+        os.remove(path)
+
+
 def run(args) -> int:
-    from ..data import PromptConfig, load_list
+    plan = _plan(args)
+    if args.out:
+        _check_writable(args.out)
+    from ..data import load_list
     from ..evaluation import evaluate
-    from ..models import DEFAULT_MODEL, load_policy, load_tokenizer
+    from ..models import load_policy, load_tokenizer
     from ..rollout import SamplingConfig, make_engine
     from ..verify import Verifier
 
-    problems = load_list(args.data, data_dir_=args.data_dir)
-    if args.limit:
-        problems = problems[: args.limit]
+    problems = load_list(plan["data"], data_dir_=plan["data_dir"], preset=plan["preset"])
+    if plan["limit"]:
+        problems = problems[: plan["limit"]]
     if args.extract:
         for p in problems:
             p.extract = args.extract
-    tok = load_tokenizer(args.model)
-    model = load_policy(args.model, args.dtype, args.device)
-    # The embedded model was trained on a plain prompt; chat models get their chat template.
-    prompt = (PromptConfig(system=None, use_chat_template=False) if args.model == DEFAULT_MODEL
-              else PromptConfig())
-    max_new = args.max_new_tokens or (64 if args.model == DEFAULT_MODEL else 1024)
-    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=max_new)
+    tok = load_tokenizer(plan["model"])
+    model = load_policy(plan["model"], plan["dtype"], plan["device"])
+    sampling = SamplingConfig(temperature=plan["temperature"], top_p=plan["top_p"],
+                              max_new_tokens=plan["max_new_tokens"])
     with Verifier(workers=2) as v:
-        res = evaluate(make_engine(args.engine, model, tok), tok, problems, v, k=args.k,
-                       sampling=sampling, prompt=prompt, seed=args.seed, progress=True, keep_samples=5)
-    res.update(model=args.model, data=args.data)
-    text = json.dumps(res, indent=2)
+        res = evaluate(make_engine(plan["engine"], model, tok), tok, problems, v, k=plan["k"],
+                       sampling=sampling, prompt=plan["prompt"], seed=plan["seed"], progress=True, keep_samples=5)
+    res.update(model=plan["model"], data=plan["data"], seed=plan["seed"], max_new_tokens=plan["max_new_tokens"])
     if args.out:
         with open(args.out, "w") as f:
-            f.write(text)
+            f.write(json.dumps(res, indent=2))
+        print(f"wrote {args.out}", file=sys.stderr)
     summary = {k: res[k] for k in ("pass@1", "pass@k", "maj@k", "n", "k", "unfinished", "no_answer")}
     print(json.dumps(summary))
     return 0

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import sys
 
+from . import HelpFormatter, positive_int
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="plots and an HTML page of token-level credit for a run")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="default: RUN_DIR/report")
-    p.add_argument("--max-responses", type=int, default=40)
+    p = sub.add_parser("report", help="plots and an HTML page of token-level credit for a run",
+                       formatter_class=HelpFormatter)
+    p.add_argument("run_dir", help="a training run directory (holds metrics.jsonl)")
+    p.add_argument("--out", default=None, help="where to write the report [RUN_DIR/report]")
+    p.add_argument("--max-responses", type=positive_int, default=40, help="responses shown, token-coloured")
     p.set_defaults(func=run)
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import HelpFormatter
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning (also builds the embedded model)")
-    p.add_argument("config", nargs="?", help="YAML config")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p = sub.add_parser("sft", help="supervised fine-tuning (also builds the embedded model)",
+                       formatter_class=HelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (none: the defaults of oreal.recipes.sft.SFTConfig)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=500 out=runs/sft")
     p.set_defaults(func=run)
 
 

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import signal
 
+from . import HelpFormatter
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a policy with OREAL (or a baseline) from a YAML config")
-    p.add_argument("config", help="YAML config (see oreal/configs/)")
+    p = sub.add_parser("train", help="train a policy with OREAL (or a baseline) from a YAML config",
+                       formatter_class=HelpFormatter,
+                       epilog="Every config key and its default: `oreal config show [CONFIG]`. Lists take "
+                              "commas: trackers=tensorboard,wandb. Exit codes: 0 done, 1 failed (data, "
+                              "model, disk), 2 bad usage or config, 130/143 stopped by SIGINT/SIGTERM "
+                              "after writing a checkpoint.")
+    p.add_argument("config", help="YAML config (e.g. oreal/configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algo.name=grpo steps=10")
     p.set_defaults(func=run)
 

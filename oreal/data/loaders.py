@@ -145,10 +145,11 @@ def _hf_rows(name: str, split: str | None) -> Iterator[tuple[str, object]]:
     import datasets
 
     p = Path(name)
-    if p.is_dir():
-        ds = datasets.load_from_disk(str(p))
-    else:
-        ds = datasets.load_dataset(name)
+    try:
+        ds = datasets.load_from_disk(str(p)) if p.is_dir() else datasets.load_dataset(name)
+    except (ConnectionError, OSError, ValueError) as e:  # offline hub, no such dataset, not a dataset
+        raise DataError(f"{name}: no such file, and not loadable as a Hugging Face dataset "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(ds, datasets.DatasetDict):
         split = split or ("train" if "train" in ds else next(iter(ds)))
         ds = ds[split]

@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from ..errors import ModelError
+
 DEFAULT_MODEL = "default"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -21,12 +23,14 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == DEFAULT_MODEL:
         d = default_model_dir()
         if not (d / "config.json").exists():
-            raise FileNotFoundError(f"the embedded default model is missing from {d}")
+            raise ModelError(f"the embedded default model is missing from {d}")
         return str(d)
     p = Path(name_or_path)
     if not p.exists():
-        raise FileNotFoundError(f"model directory {name_or_path} not found (models load from local "
-                                "directories; 'default' names the embedded model)")
+        raise ModelError(f"model directory {name_or_path} not found (models load from local "
+                         "directories; 'default' names the embedded model)")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{name_or_path} is not a Hugging Face model directory (no config.json)")
     return str(p)
 
 

@@ -1,7 +1,9 @@
 """`oreal demo`: the embedded tiny policy, improved by OREAL on the built-in curriculum.
 
 Evaluates held-out pass@1 before and after with the same sampling settings, prints a table,
-and writes summary.json, metrics.jsonl and learning_curve.png into the run directory.
+and writes summary.json, metrics.jsonl and learning_curve.png into the run directory. The run is
+a fixed number of steps, so a seed gives the same numbers on any CPU; `max_seconds` is only a
+safety cap, and the table says so loudly when it fires.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 from ..data import load_list
 from ..verify import Verifier
 from ..training.config import build_config
+from ..training.rundir import check_run_dir
 from .train import Trainer, train
 
 
@@ -24,6 +27,7 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
              log=print) -> dict:
     ov = [f"out={out}", f"seed={seed}"] + ([f"steps={steps}"] if steps else []) + list(overrides or [])
     cfg = build_config(demo_config_path(), ov)
+    check_run_dir(cfg)  # a run directory that cannot be used fails now, not after the first evaluation
     t0 = time.time()
     with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
         trainer = Trainer(cfg, v, log)
@@ -32,10 +36,11 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
             f"T={cfg.sampling.temperature}, top-p={cfg.sampling.top_p}")
         before = trainer.evaluate(test, k=cfg.eval_k)
         log(f"before: pass@1 {before['pass@1']:.3f}")
+        t_train = time.time()
         _, history = train(cfg, v, log=log, trainer=trainer)
+        train_seconds = time.time() - t_train
         if trainer.interrupted:
-            raise SystemExit(f"demo stopped by {trainer.interrupted}; continue it with: oreal demo --out {out} "
-                             f"resume=auto")
+            return {"interrupted": trainer.interrupted, "steps": len(history)}
         after = trainer.evaluate(test, k=cfg.eval_k, keep_samples=8)
     seconds = time.time() - t0
     summary = {
@@ -43,7 +48,10 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
         "after": {k: after[k] for k in ("pass@1", "pass@k", "maj@k", "n", "k", "unfinished", "no_answer")},
         "before_by_group": {g: r["pass@1"] for g, r in before["by_group"].items()},
         "after_by_group": {g: r["pass@1"] for g, r in after["by_group"].items()},
-        "steps": len(history), "seconds": seconds, "seed": seed, "algo": cfg.algo.name,
+        "steps": len(history), "steps_planned": cfg.steps, "seconds": seconds, "train_seconds": train_seconds,
+        # the safety cap (max_seconds) fired: fewer steps than planned, numbers not comparable
+        "time_capped": len(history) < cfg.steps, "max_seconds": cfg.max_seconds,
+        "seed": seed, "algo": cfg.algo.name,
         "samples_after": after.get("samples", []),
     }
     out_dir = Path(cfg.out)
@@ -69,5 +77,11 @@ def format_table(s: dict) -> str:
         if g.startswith("subject="):
             b, a = s["before_by_group"][g], s["after_by_group"].get(g, float("nan"))
             lines.append(f"  {g[8:]:<20}{b:>8.3f}{a:>8.3f}{a - b:>+9.3f}")
-    lines.append(f"{s['steps']} OREAL steps, {s['seconds']:.0f}s in all")
+    lines.append(f"{s['steps']} OREAL steps in {s.get('train_seconds', s['seconds']):.0f}s, {s['seconds']:.0f}s in all "
+                 f"with both evaluations")
+    if s.get("time_capped"):
+        lines += ["", f"!! STOPPED EARLY: the safety time cap max_seconds={s['max_seconds']:.0f} fired after "
+                      f"{s['steps']} of {s['steps_planned']} steps. These are not the demo's numbers (a seed gives "
+                      f"the same numbers on every machine only when all steps run); rerun on a less busy "
+                      f"machine or with max_seconds=0."]
     return "\n".join(lines)

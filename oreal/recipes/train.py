@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .. import algo, evaluation, faults
 from .. import checkpoint as ckpt
@@ -31,7 +33,7 @@ from ..tracking import Trackers
 from ..training.batch import RolloutBatch, SelectedBatch
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig
-from ..training.rundir import (CappedJsonl, StopOnSignal, format_step, keep_rows, prepare_run_dir,
+from ..training.rundir import (CappedJsonl, StopOnSignal, check_run_dir, format_step, keep_rows, prepare_run_dir,
                               trajectory_records)
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -354,7 +356,7 @@ class Trainer(Checkpointing):
             m.setdefault(k, None)
         return m
 
-    def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = 12345,
+    def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
         """Under FSDP2 every rank must call this (it gathers the weights); the results agree."""
         with dist_utils.gathered(self.policy):
@@ -370,8 +372,9 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
     if not main:
         log = lambda *a, **k: None  # noqa: E731
+    check_run_dir(cfg)  # before the slow loading: a bad run directory fails in a second
+    trainer = trainer or Trainer(cfg, verifier, log)  # data and models load (and fail) before `out` is touched
     prepare_run_dir(cfg, main)
-    trainer = trainer or Trainer(cfg, verifier, log)
     path = ckpt.resolve_resume(root, cfg.resume, log) if cfg.resume else None
     if path is not None:
         trainer.load_checkpoint(path)
@@ -385,6 +388,10 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     trackers = Trackers(cfg.trackers if main else [], out, to_dict(cfg), cfg.wandb_project)
     t_start, first_step = time.time(), trainer.step_no
     trainer.interrupted = None
+    # a progress bar on a terminal only (logs and pipes keep just the step lines)
+    bar = tqdm(total=cfg.steps, initial=trainer.step_no, desc="train", unit="step", file=sys.stderr,
+               disable=not (main and sys.stderr.isatty()), dynamic_ncols=True)
+    step_log = log if bar.disable else (lambda text: bar.write(text, file=sys.stderr))
     try:
         with StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") if main else nullcontext() as mf:
             while trainer.step_no < cfg.steps:
@@ -405,8 +412,9 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
                     trackers.log(m, step)
                     if trainer.booster and trainer.booster.history:
                         (out / "skills.json").write_text(json.dumps(trainer.booster.history, indent=1))
+                bar.update(1)
                 if cfg.log_every and step % cfg.log_every == 0:
-                    log(format_step(m, cfg.steps))
+                    step_log(format_step(m, cfg.steps))
                 # every rank stops together: on a signal anywhere, or rank 0's clock
                 stopping = dist_utils.any_flag(stop.signum is not None)
                 out_of_time = dist_utils.any_flag(main and bool(cfg.max_seconds) and m["elapsed"] > cfg.max_seconds)
@@ -428,6 +436,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     except OSError as e:  # metrics, dumps or final weights: a full disk is a message, not a traceback
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
     finally:
+        bar.close()
         trackers.close()
     return trainer, history
 

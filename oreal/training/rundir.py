@@ -12,7 +12,7 @@ from pathlib import Path
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..config import save_config
-from ..errors import TrainingError
+from ..errors import RunDirError, TrainingError
 
 
 def format_step(m: dict, total: int) -> str:
@@ -56,7 +56,8 @@ class StopOnSignal:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        self.log(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint")
+        self.log(f"{signal.Signals(signum).name}: finishing this step, then writing a checkpoint "
+                 f"(Ctrl-C again stops at once and loses the steps since the last checkpoint)")
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
@@ -123,21 +124,49 @@ def trajectory_records(roll, rows: list[tuple[int, int]], adv, weights, tokenize
     return out
 
 
+# What a run leaves in its directory; any of them means a fresh start there would replace a run
+RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "summary.json")
+
+
+def earlier_run(out: str | Path) -> list[str]:
+    """The files of an earlier run in `out` (none: the directory is new, empty or unrelated)."""
+    out = Path(out)
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def check_run_dir(cfg) -> None:
+    """Everything about `cfg.out` that can fail, checked before anything is created or changed:
+    it must be (or can become) a writable directory, and a fresh start (no `resume`) over an
+    earlier run is refused unless `overwrite`."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"out={out} is a file, not a directory")
+    existing = out
+    while not existing.exists():  # the nearest ancestor that exists must let us create `out`
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunDirError(f"out={out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"out={out}: {existing} is not writable")
+    found = earlier_run(out)
+    if not cfg.resume and found and not cfg.overwrite:
+        raise RunDirError(f"out={out} holds an earlier run ({', '.join(found)}): pass resume=auto to continue "
+                          f"it, overwrite=true to replace it, or another out=")
+
+
 def prepare_run_dir(cfg, main: bool) -> None:
-    """Create `cfg.out` and write its config.yaml (rank 0 only). A fresh start (no `resume`)
-    over an earlier run's checkpoints is refused unless `overwrite`, which deletes them."""
+    """Create `cfg.out`, delete an earlier run's checkpoints when `overwrite` (a fresh start),
+    and write config.yaml (rank 0 only). Call `check_run_dir` first, before any slow work."""
+    check_run_dir(cfg)
     out = Path(cfg.out)
     root = out / "checkpoints"
     try:
+        if not cfg.resume and cfg.overwrite and ckpt.list_checkpoints(root):
+            dist_utils.barrier()
+            if main:
+                shutil.rmtree(root)
         if main:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")
     except OSError as e:
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
-    if not cfg.resume and ckpt.list_checkpoints(root):
-        if not cfg.overwrite:
-            raise TrainingError(f"{root} holds checkpoints of an earlier run: pass resume=auto to continue "
-                                f"it, or overwrite=true to start afresh")
-        dist_utils.barrier()
-        if main:
-            shutil.rmtree(root)

@@ -1,0 +1,215 @@
+"""What a new user trips over (issue 17): every mistake is one line and a documented exit code,
+nothing of a run is lost, arguments are checked before any work, help is complete."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from oreal.cli import build_parser
+from oreal.cli.demo import choose_out
+from oreal.errors import RunDirError
+
+
+def _oreal(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "oreal.cli", *args], capture_output=True, text=True, **kw)
+
+
+def _one_line(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr  # never a traceback
+    return lines[0]
+
+
+def _subparsers(parser, prefix=()):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + (name,), sub
+                yield from _subparsers(sub, prefix + (name,))
+
+
+def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
+    parsers = [((), build_parser())] + list(_subparsers(build_parser()))
+    assert {p[0] for p in parsers} >= {("demo",), ("train",), ("eval",), ("verify",), ("data", "show"),
+                                       ("data", "passrate"), ("config", "show"), ("sft",), ("report",)}
+    for path, p in parsers:
+        for a in p._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert a.help, f"oreal {' '.join(path)} {a.dest}: no help text"
+        text = " ".join(p.format_help().split())  # undo the line wrapping
+        for a in p._actions:  # a real default is printed next to its option
+            if a.option_strings and a.default not in (None, False, argparse.SUPPRESS) and a.nargs is None:
+                assert f"(default: {a.default})" in text, (path, a.dest)
+
+
+def test_version_and_help_are_fast_and_need_no_torch():
+    r = _oreal("--version")
+    assert r.returncode == 0 and r.stdout.startswith("oreal ")
+    code = ("import sys, oreal.cli\n"
+            "oreal.cli.build_parser()\n"
+            "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'heavy import'\n")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_verify_one_answer_imports_no_torch(tmp_path):
+    code = ("import sys\nfrom oreal.cli import main\n"
+            "rc = main(['verify', '--gold', '4', '--response', 'so \\\\boxed{4}'])\n"
+            "assert rc == 0 and 'torch' not in sys.modules and 'transformers' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["correct"] is True
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["eval", "--model", "default", "--data", "curriculum_test", "--k", "0"], "--k: must be at least 1"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--k", "-1"], "--k: must be at least 1"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--limit", "-5"], "--limit: must be at least 1"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--limit", "0"], "--limit: must be at least 1"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--temperature", "-1"], "must be >= 0"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--engine", "vllm"], "invalid choice: 'vllm'"),
+    (["eval", "--model", "default"], "give --run RUN_DIR, or --model and --data"),
+    (["demo", "--steps", "0"], "--steps: must be at least 1"),
+    (["data", "passrate", "x", "--model", "default", "--out", "y", "--k", "0"], "--k: must be at least 1"),
+])
+def test_bad_arguments_are_refused_before_any_work(args, needle):
+    r = _oreal(*args)
+    assert r.returncode == 2 and needle in r.stderr, r.stderr
+
+
+def test_eval_errors_are_one_line(tmp_path):
+    r = _oreal("eval", "--model", "/nope", "--data", "curriculum_test")
+    assert r.returncode == 1 and "model directory /nope not found" in _one_line(r)
+    r = _oreal("eval", "--model", "default", "--data", "someone/hub-dataset", "--limit", "2",
+               env=dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"))
+    assert r.returncode == 1 and "someone/hub-dataset" in _one_line(r)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        r = _oreal("eval", "--model", "default", "--data", "curriculum_test", "--out", str(locked / "r.json"))
+        if os.geteuid() != 0:  # root writes anywhere; the next check covers it
+            assert r.returncode == 2 and "cannot write there" in _one_line(r)
+    finally:
+        locked.chmod(0o700)
+    r = _oreal("eval", "--model", "default", "--data", "curriculum_test", "--out", str(tmp_path / "no" / "r.json"))
+    assert r.returncode == 2 and "cannot write there" in _one_line(r) and "eval" not in r.stdout
+    r = _oreal("eval", "--run", str(tmp_path))
+    assert r.returncode == 2 and "no config.yaml" in _one_line(r)
+
+
+def test_train_checks_everything_before_touching_the_run_directory(tmp_path):
+    from oreal.data import curriculum, save_problems
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 1\nbatch_questions: 2\nsamples: 2\n")
+    out = tmp_path / "run"
+    for bad in ([f"data={tmp_path / 'missing.jsonl'}"], [f"policy={tmp_path / 'nope'}"]):
+        r = _oreal("train", str(cfg), f"out={out}", *bad)
+        assert r.returncode == 1, r.stderr
+        _one_line(r)
+        assert not out.exists()  # not even config.yaml
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    r = _oreal("train", str(cfg), f"out={out}", f"data={empty}")
+    assert r.returncode == 1 and "no records" in _one_line(r) and not out.exists()
+    r = _oreal("train", str(cfg), f"out={tmp_path / 'c.yaml' / 'run'}")
+    assert r.returncode == 2 and "is a file" in _one_line(r) and not (tmp_path / "c.yaml").is_dir()
+    # a run directory with an earlier run: refused, every file as it was
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "config.yaml").write_text("steps: 7\n")
+    save_problems(curriculum.generate(4, "train", seed=0), tmp_path / "d.jsonl")
+    r = _oreal("train", str(cfg), f"out={out}", f"data={tmp_path / 'd.jsonl'}")
+    assert r.returncode == 2 and "holds an earlier run (metrics.jsonl)" in _one_line(r)
+    assert (out / "config.yaml").read_text() == "steps: 7\n" and (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_list_overrides_need_no_brackets(tmp_path):
+    from oreal.training.config import build_config
+
+    cfg = build_config(None, ["trackers=tensorboard,wandb", "algo.credit_init=20,2"])
+    assert cfg.trackers == ["tensorboard", "wandb"] and list(cfg.algo.credit_init) == [20, 2]
+    assert build_config(None, ["trackers="]).trackers == []
+
+
+def test_config_show_lists_every_key_with_its_value():
+    import yaml
+
+    r = _oreal("config", "show", "demo", "steps=7")
+    assert r.returncode == 0, r.stderr
+    d = yaml.safe_load(r.stdout)
+    assert d["steps"] == 7 and d["algo"]["name"] == "oreal" and "lr" in d["optim"] and "max_new_tokens" in d["sampling"]
+
+
+def test_the_demo_never_replaces_an_earlier_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    said = []
+    assert choose_out(None, False, False, said.append) == "runs/demo"
+    for n in ("runs/demo", "runs/demo-2"):
+        (tmp_path / n).mkdir(parents=True)
+        (tmp_path / n / "summary.json").write_text("{}")
+    assert choose_out(None, False, False, said.append) == "runs/demo-3"
+    assert said == ["runs/demo holds an earlier run; this one goes to runs/demo-3 (--overwrite replaces runs/demo instead)"]
+    assert choose_out(None, True, False, said.append) == "runs/demo"  # asked for
+    assert choose_out(None, False, True, said.append) == "runs/demo"  # resume=auto continues it
+    with pytest.raises(RunDirError, match="--overwrite"):
+        choose_out("runs/demo-2", False, False, said.append)
+    assert choose_out("runs/other", False, False, said.append) == "runs/other"
+
+
+def test_placeholder_boxes_are_not_answers():
+    from oreal.extract import is_placeholder
+    from oreal.verify import Verifier
+
+    for box in ["", " ", r"\phantom{2}", r"\square", r"\Box", r"\quad", r"\qquad", "?", r"\ \ ", r"\hspace{1cm}",
+                r"\underline{\hspace{2cm}}", r"\text{ }"]:
+        assert is_placeholder(box), box
+    for box in ["4", "0", r"\frac{1}{2}", r"\text{A}", "x", r"\phantom{2}+3", "?4"]:
+        assert not is_placeholder(box), box
+    with Verifier(workers=1) as v:
+        text = r"We need $\boxed{\phantom{2}} + 3 = 7$. Subtract: $7 - 3 = 4$, so the box holds \boxed{4}."
+        assert v.verify("4", text).correct
+        assert v.verify("4", r"\boxed{?} is \boxed{4}").correct
+        assert not v.verify("4", r"\boxed{4} or maybe \boxed{5}").correct  # a real hedge stays wrong
+        assert v.verify("4", r"only \boxed{\square}").status == "no_answer"
+
+
+def test_answers_decided_without_sympy_agree_with_math_verify():
+    from oreal.verify import Verifier
+    from oreal.verify.verifier import decide_without_sympy
+
+    pairs = [("12", "12"), ("12", "13"), ("-3", "-3"), ("-3", "3"), ("007", "7"), ("0.5", ".50"), ("2.5", "2.50"),
+             (r"\frac{1}{2}", r"\frac{1}{2}"), ("10", "10.0"), ("100", "1,00")]
+    with Verifier(workers=1, cache_size=0) as v:
+        for gold, ans in pairs:
+            quick = decide_without_sympy(gold, ans)
+            req = {"gold": gold, "kind": "latex", "cands": [ans]}
+            slow = v._run_shard([(0, req)])[0]  # the worker, bypassing the fast path
+            if quick is not None:
+                assert quick == slow.correct, (gold, ans)
+        assert decide_without_sympy("10", "1e1") is None and decide_without_sympy("0.5", r"\frac12") is None
+
+
+def test_verdict_cache_gives_the_same_verdicts(tmp_path):
+    from oreal.verify import Verifier
+
+    items = [(r"\frac{1}{2}", r"\boxed{1/2}"), (r"\frac{1}{2}", r"\boxed{0.5}"), (r"\sqrt{2}", r"\boxed{2}")] * 3
+    with Verifier(workers=2) as cached, Verifier(workers=2, cache_size=0) as plain:
+        a = [(x.correct, x.status, x.extracted) for x in cached.verify_batch(items)]
+        b = [(x.correct, x.status, x.extracted) for x in plain.verify_batch(items)]
+        c = [(x.correct, x.status, x.extracted) for x in cached.verify_batch(items)]  # every one a hit
+        assert a == b == c and a[:3] == [(True, "ok", "1/2"), (True, "ok", "0.5"), (False, "ok", "2")]
+        assert len(cached._cache) == 3
+
+
+def test_verify_input_prints_a_summary_with_the_bad_lines(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"gold": "4", "response": "\\\\boxed{4}"}\n{"gold": "4", "response": "\\\\boxed{5}"}\n'
+                   'not json\n{"gold": "1"}\n')
+    r = _oreal("verify", "--input", str(inp), "--output", str(tmp_path / "out.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("graded 2 of 4 lines: 1 correct, 1 not; 2 bad lines (first: line 3: not valid JSON")
