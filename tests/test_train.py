@@ -180,3 +180,15 @@ def test_schedule_is_transformers_cosine_with_min_lr_between_warmup_and_the_end(
         assert warmup_cosine(s, 10, 100, 0.1) == pytest.approx(ref(s), abs=1e-12), s
     assert ref(0) == 0.0 and warmup_cosine(0, 10, 100, 0.1) == 0.1  # the first step learns here
     assert warmup_cosine(150, 10, 100, 0.1) == pytest.approx(0.1) and ref(150) > 0.5  # past the end: the floor
+
+
+def test_auto_threads_take_the_free_cores(monkeypatch):
+    from oreal.training.threads import auto_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_threads(cores=2, load=0.1) == 2  # idle: both cores
+    assert auto_threads(cores=2, load=1.2) == 1  # another process holds one
+    assert auto_threads(cores=2, load=7.0) == 1  # never fewer than one
+    assert auto_threads(cores=16, load=3.4) == 13
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert auto_threads(cores=16, load=0.0) == 4  # torchrun: the cores are shared among the ranks

@@ -37,6 +37,7 @@ from ..training.rundir import (CappedJsonl, StopOnSignal, check_run_dir, format_
                               trajectory_records)
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
+from ..training.threads import auto_threads, usable_cores
 from ..verify import count_statuses
 
 METRIC_FIELDS = [
@@ -68,8 +69,11 @@ class Trainer(Checkpointing):
         self.fsdp = cfg.fsdp
         self.cfg, self.verifier = cfg, verifier
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        if cfg.device == "cpu":
+            threads = cfg.threads or auto_threads()
+            torch.set_num_threads(threads)
+            if not cfg.threads:
+                self.log(f"torch threads: {threads} of {usable_cores()} cores (the free ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
         self._setup_models()
         self._setup_optimizers()

@@ -68,7 +68,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute activations in backward to save memory
     engine: str = "auto"  # auto: hf_sampler on CPU, hf_device on GPU; or hf_sampler, hf_device, hf_generate
     seed: int = 0
-    threads: int = 0
+    threads: int = 0  # torch threads on CPU (0: the cores free at the start, see oreal.training.threads)
     max_seconds: float = 0.0  # stop after this long (0 = no limit)
     verifier_workers: int = 2
     verifier_timeout: float = 10.0
