@@ -213,3 +213,24 @@ def test_verify_input_prints_a_summary_with_the_bad_lines(tmp_path):
     r = _oreal("verify", "--input", str(inp), "--output", str(tmp_path / "out.jsonl"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("graded 2 of 4 lines: 1 correct, 1 not; 2 bad lines (first: line 3: not valid JSON")
+
+
+def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_path):
+    import signal
+
+    out = tmp_path / "demo"
+    flags = ["--steps", "500", "eval_limit=4", "eval_k=1", "batch_questions=4", "samples=4", "log_every=1"]
+    proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "demo", "--out", str(out), *flags],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step    2/"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    hint = err.strip().splitlines()[-1]
+    assert hint.endswith(f"oreal demo --out {out} --seed 0 --steps 500 eval_limit=4 eval_k=1 batch_questions=4 "
+                         "samples=4 log_every=1 resume=auto"), err
+    r = _oreal("demo", "--out", str(out), "--steps", "6", *flags[2:], "resume=auto")  # and it continues
+    assert r.returncode == 0, r.stderr
+    assert "resumed from" in r.stdout and json.loads((out / "summary.json").read_text())["steps"] == 6

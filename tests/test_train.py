@@ -183,12 +183,13 @@ def test_schedule_is_transformers_cosine_with_min_lr_between_warmup_and_the_end(
 
 
 def test_auto_threads_take_the_free_cores(monkeypatch):
-    from oreal.training.threads import auto_threads
+    from oreal.training.threads import auto_threads, busy_fraction
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert auto_threads(cores=2, load=0.1) == 2  # idle: both cores
-    assert auto_threads(cores=2, load=1.2) == 1  # another process holds one
-    assert auto_threads(cores=2, load=7.0) == 1  # never fewer than one
-    assert auto_threads(cores=16, load=3.4) == 13
+    assert auto_threads(cores=2, busy=0.03) == 2  # idle: both cores
+    assert auto_threads(cores=2, busy=0.55) == 1  # another process holds one
+    assert auto_threads(cores=2, busy=1.0) == 1  # never fewer than one
+    assert auto_threads(cores=16, busy=0.2) == 13
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    assert auto_threads(cores=16, load=0.0) == 4  # torchrun: the cores are shared among the ranks
+    assert auto_threads(cores=16, busy=0.0) == 4  # torchrun: the cores are shared among the ranks
+    assert 0.0 <= busy_fraction(0.05) <= 1.0

@@ -3,13 +3,14 @@
 Measured on 2 cores (`docs/benchmarks.md`, "Torch threads"): the demo's first 40 steps take 39 s
 with 2 threads and 62 s with 1 on an idle machine, but 564 s with 2 threads and 61 s with 1 while
 another process holds a core: a tiny model's many short parallel regions wait for a thread that
-is not scheduled. So by default (`threads=0`) a run takes the cores that are free when it starts
-(cores minus the one-minute load average, at least 1), and says so; `threads=N` fixes it. The
-thread count did not change a result in those runs (the same numbers with 1 and 2 threads).
+is not scheduled. So by default (`threads=0`) a run takes the cores that are idle when it starts
+(sampled from /proc/stat over a quarter of a second; the load average lags by minutes), and says
+so; `threads=N` fixes it. The thread count did not change a result in those runs.
 """
 from __future__ import annotations
 
 import os
+import time
 
 
 def usable_cores() -> int:
@@ -19,14 +20,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def auto_threads(cores: int | None = None, load: float | None = None) -> int:
-    """The cores not busy with other work right now: cores - round(1-minute load), at least 1,
-    shared out among the processes torchrun started on this machine."""
-    cores = usable_cores() if cores is None else cores
-    cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if load is None:
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_fraction(window: float = 0.25) -> float:
+    """The share of all CPUs busy over the next `window` seconds (the load average elsewhere)."""
+    a = _cpu_times()
+    if a is None:
         try:
-            load = os.getloadavg()[0]
+            return min(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
         except OSError:
-            load = 0.0
-    return max(1, min(cores, cores - round(load)))
+            return 0.0
+    time.sleep(window)
+    b = _cpu_times()
+    total = b[1] - a[1]
+    return (b[0] - a[0]) / total if total > 0 else 0.0
+
+
+def auto_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """The idle cores now (`cores` x (1 - busy share)), at least 1, shared out among the
+    processes torchrun started on this machine."""
+    cores = usable_cores() if cores is None else cores
+    busy = busy_fraction() if busy is None else busy
+    free = round(cores * (1.0 - busy))
+    per_rank = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(per_rank, free))
