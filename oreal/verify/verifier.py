@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
@@ -157,17 +158,22 @@ class Verifier:
             else:
                 pending.append((i, prep))
         todo: dict[str, list[int]] = {}  # each distinct request is graded once (K samples often agree)
+        pending_gold: dict[str, str] = {}
         for i, req in pending:
             key = json.dumps(req, sort_keys=True)
+            pending_gold[key] = req["gold"]
             hit = self._cache.get(key)
             if hit is not None:
                 verdicts[i] = replace(hit)
             else:
                 todo.setdefault(key, []).append(i)
         if todo:
-            keys = list(todo)
+            # one worker per gold answer: its parse is cached there, and parsed once, not once per worker
             n = self.pool.size
-            shards = [keys[s::n] for s in range(n) if keys[s::n]]
+            shards = [[] for _ in range(n)]
+            for key in todo:
+                shards[zlib.crc32(pending_gold[key].encode()) % n].append(key)
+            shards = [sh for sh in shards if sh]
             futures = [self._threads.submit(self._run_shard, [(0, json.loads(k)) for k in sh]) for sh in shards]
             for sh, fut in zip(shards, futures):
                 for key, res in zip(sh, fut.result()):
