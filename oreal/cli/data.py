@@ -53,9 +53,8 @@ def show(args) -> int:
     if not res.problems:
         from ..errors import DataError
 
-        hint = "" if args.preset else "; if its fields are question/gold_answer, try --preset oreal"
-        first = f" (first: {res.skipped[0]})" if res.skipped else ""
-        raise DataError(f"{args.source}: no usable records{first}{hint}")
+        first = f"; the first: {res.skipped[0]}" if res.skipped else ""
+        raise DataError(f"{args.source}: no usable records{first}")
     for ex in examples:
         print("-" * 60)
         print(ex["prompt"])

@@ -204,6 +204,12 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
     return LoadResult(problems, skipped)
 
 
+def _preset_hint(row: dict) -> str:
+    """' (its fields fit --preset oreal)' when another preset reads this row."""
+    fits = [name for name, p in PRESETS.items() if p.question in row and p.answer in row]
+    return f" (its fields fit --preset {' / '.join(fits)})" if fits else ""
+
+
 def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extract) -> Problem:
     if isinstance(row, DataError):
         raise row
@@ -211,13 +217,13 @@ def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extrac
         raise DataError(f"expected an object, got {type(row).__name__}")
     q = row.get(q_key)
     if q is None:
-        raise DataError(f"field {q_key!r}: missing")
+        raise DataError(f"field {q_key!r}: missing{_preset_hint(row)}")
     if not isinstance(q, str):
         raise DataError(f"field {q_key!r}: expected a string, got {type(q).__name__}")
     if not q.strip():
         raise DataError(f"field {q_key!r}: empty")
     if a_key not in row or row[a_key] is None:
-        raise DataError(f"field {a_key!r}: missing")
+        raise DataError(f"field {a_key!r}: missing{_preset_hint(row)}")
     try:
         gold = preset.gold(row[a_key])
     except TypeError as e:
