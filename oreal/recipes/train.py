@@ -37,7 +37,7 @@ from ..training.rundir import (CappedJsonl, StopOnSignal, check_run_dir, format_
                               trajectory_records)
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.threads import auto_threads, usable_cores
+from ..training.threads import ThreadGovernor, auto_threads, usable_cores
 from ..verify import count_statuses
 
 METRIC_FIELDS = [
@@ -69,10 +69,12 @@ class Trainer(Checkpointing):
         self.fsdp = cfg.fsdp
         self.cfg, self.verifier = cfg, verifier
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
+        self.governor = None
         if cfg.device == "cpu":
             threads = cfg.threads or auto_threads()
             torch.set_num_threads(threads)
-            if not cfg.threads:
+            if not cfg.threads:  # follow the machine's load from step to step
+                self.governor = ThreadGovernor(threads)
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the free ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
         self._setup_models()
@@ -396,11 +398,15 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     bar = tqdm(total=cfg.steps, initial=trainer.step_no, desc="train", unit="step", file=sys.stderr,
                disable=not (main and sys.stderr.isatty()), dynamic_ncols=True)
     step_log = log if bar.disable else (lambda text: bar.write(text, file=sys.stderr))
+    if trainer.governor:
+        trainer.governor.reset()
     try:
         with StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") if main else nullcontext() as mf:
             while trainer.step_no < cfg.steps:
                 m = trainer.step()
                 step = trainer.step_no
+                if trainer.governor and (note := trainer.governor.after_step()):
+                    step_log(note)
                 m["elapsed"] = time.time() - t_start
                 m["eta"] = m["elapsed"] / (step - first_step) * (cfg.steps - step)
                 new_best = False
