@@ -7,6 +7,17 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_DIR = Path(os.environ.get("OREAL_DATA_DIR", ROOT.parent / "shared" / "data" / "benchmarks"))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A Trainer sets the process's torch thread count (from the machine's load unless `threads`
+    is fixed): give every test the count it started with, so no test depends on the one before."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def bench_dir() -> Path:
     if not BENCH_DIR.exists():

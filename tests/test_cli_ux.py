@@ -234,3 +234,17 @@ def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_p
     r = _oreal("demo", "--out", str(out), "--steps", "6", *flags[2:], "resume=auto")  # and it continues
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stdout and json.loads((out / "summary.json").read_text())["steps"] == 6
+
+
+def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "demo", "--out", str(tmp_path / "d"),
+                             "eval_limit=300", "eval_k=8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("demo: embedded policy"):  # the evaluation before training starts now
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["oreal demo: interrupted before the first checkpoint; nothing was saved"], err

@@ -29,7 +29,9 @@ def test_token_rm_learns_a_planted_marker(tiny):
     torch.manual_seed(0)
     rm = load_token_rm(path)
     vocab, marker = len(tok), 42
-    opt, sched = make_optimizer(rm, 3e-3, 0.0, 0, 60, 3e-3)
+    # lr 1e-3 for 60 steps: ranking 0.94, AUC 0.96 with 1 and with 2 torch threads. At 3e-3 the
+    # ranking saturates early and the AUC then swings (0.84 with 1 thread, 0.91 with 2, at step 60).
+    opt, sched = make_optimizer(rm, 1e-3, 0.0, 0, 60, 1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         seqs, r, _ = _marker_batch(g, 32, vocab, marker)

@@ -194,22 +194,3 @@ def test_auto_threads_take_the_free_cores(monkeypatch):
     assert auto_threads(cores=16, busy=0.0) == 4  # torchrun: the cores are shared among the ranks
     assert 0.0 <= busy_fraction(0.05) <= 1.0
 
-
-def test_thread_governor_follows_what_other_processes_use(monkeypatch):
-    from oreal.training import threads
-
-    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the test process keeps its own
-    g = threads.ThreadGovernor(2, cores=2)
-    marks = iter([(0.0, 0.0, 0.0),  # (all CPUs' busy seconds, own CPU seconds, wall seconds)
-                  (2.0, 1.9, 1.0),  # we used both cores: others ~0.1 -> keep 2
-                  (4.0, 2.9, 2.0),  # others took a core (2.0 busy, 1.0 ours) -> 1 thread
-                  (5.9, 3.9, 3.0),  # still busy -> stay at 1
-                  (7.9, 5.8, 4.0)])  # the other process ended -> back to 2
-    monkeypatch.setattr(g, "_now", lambda: next(marks))
-    g.reset()
-    seen = []
-    for _ in range(4):
-        note = g.after_step()
-        seen.append((g.threads, note is not None))
-    assert seen == [(2, False), (1, True), (1, False), (2, True)]

@@ -37,7 +37,7 @@ from ..training.rundir import (CappedJsonl, StopOnSignal, check_run_dir, format_
                               trajectory_records)
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.threads import ThreadGovernor, auto_threads, usable_cores
+from ..training.threads import auto_threads, usable_cores
 from ..verify import count_statuses
 
 METRIC_FIELDS = [
@@ -47,7 +47,7 @@ METRIC_FIELDS = [
     "actor_updated", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
     # where the step's time went (each phase bracketed by a device synchronize on CUDA)
     "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
-    "seconds", "elapsed", "eta",
+    "seconds", "elapsed", "eta", "threads",
 ]
 _SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
 
@@ -69,13 +69,11 @@ class Trainer(Checkpointing):
         self.fsdp = cfg.fsdp
         self.cfg, self.verifier = cfg, verifier
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
-        self.governor = None
-        if cfg.device == "cpu":
+        if cfg.device == "cpu":  # fixed for the run: a different count can change the last bits
             threads = cfg.threads or auto_threads()
             torch.set_num_threads(threads)
-            if not cfg.threads:  # follow the machine's load from step to step
-                self.governor = ThreadGovernor(threads)
-                self.log(f"torch threads: {threads} of {usable_cores()} cores (the free ones now; threads=N fixes it)")
+            if not cfg.threads:
+                self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
         self._setup_models()
         self._setup_optimizers()
@@ -357,6 +355,7 @@ class Trainer(Checkpointing):
 
     def _finish(self, m: dict, t0: float) -> dict:
         m["seconds"] = time.time() - t0
+        m["threads"] = torch.get_num_threads()  # the count can change results in the last bits
         m["tokens_per_s"] = m["response_tokens"] / max(m["seconds"], 1e-9)
         for k in METRIC_FIELDS:
             m.setdefault(k, None)
@@ -398,15 +397,11 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
     bar = tqdm(total=cfg.steps, initial=trainer.step_no, desc="train", unit="step", file=sys.stderr,
                disable=not (main and sys.stderr.isatty()), dynamic_ncols=True)
     step_log = log if bar.disable else (lambda text: bar.write(text, file=sys.stderr))
-    if trainer.governor:
-        trainer.governor.reset()
     try:
         with StopOnSignal(log) as stop, open(out / "metrics.jsonl", "a") if main else nullcontext() as mf:
             while trainer.step_no < cfg.steps:
                 m = trainer.step()
                 step = trainer.step_no
-                if trainer.governor and (note := trainer.governor.after_step()):
-                    step_log(note)
                 m["elapsed"] = time.time() - t_start
                 m["eta"] = m["elapsed"] / (step - first_step) * (cfg.steps - step)
                 new_best = False

@@ -27,7 +27,8 @@ class Checkpointing:
               "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
               "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
               "booster": self.booster.state_dict() if self.booster else None,
-              "rng": ckpt.rng_state(), "models": sorted(self._models())}
+              "rng": ckpt.rng_state(), "models": sorted(self._models()),
+              "threads": torch.get_num_threads()}
         if self.fsdp:
             st["sharded_optim"] = sorted(self._stepped_optimizers())
         else:
@@ -94,6 +95,10 @@ class Checkpointing:
         if self.booster is not None and st.get("booster"):
             self.booster.load_state_dict(st["booster"])
         ckpt.set_rng_state(st["rng"])
+        if self.cfg.device == "cpu" and not self.cfg.threads and st.get("threads"):
+            # the thread count can change a result's last bits: a resume keeps the run's own
+            torch.set_num_threads(st["threads"])
+            self.log(f"torch threads: {st['threads']}, as the run had (threads=N sets another)")
         self.step_no, self.actor_steps = st["step"], st["actor_steps"]
         self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
 

@@ -156,8 +156,8 @@ def check_run_dir(cfg) -> None:
 
 def prepare_run_dir(cfg, main: bool) -> None:
     """Create `cfg.out`, delete an earlier run's checkpoints when `overwrite` (a fresh start),
-    and write config.yaml (rank 0 only). Call `check_run_dir` first, before any slow work."""
-    check_run_dir(cfg)
+    and write config.yaml (rank 0 only). Call `check_run_dir` first, before any slow work (not
+    here: under torchrun rank 0 may already have started writing when another rank gets here)."""
     out = Path(cfg.out)
     root = out / "checkpoints"
     try:

@@ -4,10 +4,12 @@ Measured on 2 cores (`docs/benchmarks.md`, "Torch threads"): the demo's first 40
 with 2 threads and 62 s with 1 on an idle machine, but 564 s with 2 threads and 61 s with 1 while
 another process holds a core: a tiny model's many short parallel regions wait for a thread that
 is not scheduled. So by default (`threads=0`) a run takes the cores that are idle when it starts
-(sampled from /proc/stat over a quarter of a second; the load average lags by minutes), and after
-every step `ThreadGovernor` counts the cores that other processes used during it and follows
-them (a job started beside a run must not make it 9x slower); `threads=N` fixes the count. The
-thread count did not change a result in those runs.
+(sampled from /proc/stat over a quarter of a second; the load average lags by minutes) and keeps
+that count: a different count can change a result's last bits (a 300-step demo whose count
+followed the load from step to step ended at 0.773 where the fixed 2 threads give 0.755), so a
+resume reuses the run's count and the demo fixes `threads: 2`. `oreal`'s command line also sets
+GOMP_SPINCOUNT=10000 (unless set): OpenMP threads then spin less before they sleep, which keeps a
+2-thread run from collapsing when another process takes a core.
 """
 from __future__ import annotations
 
@@ -56,42 +58,3 @@ def auto_threads(cores: int | None = None, busy: float | None = None) -> int:
     per_rank = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(per_rank, free))
 
-
-class ThreadGovernor:
-    """Re-decides the torch thread count after each step from what *other* processes used:
-    all CPUs' busy time (/proc/stat) minus this process's own CPU time, over the step's wall time.
-    A no-op where /proc/stat does not exist."""
-
-    def __init__(self, threads: int, cores: int | None = None):
-        import torch
-
-        self.torch, self.threads = torch, threads
-        self.cores = usable_cores() if cores is None else cores
-        self.per_rank = max(1, self.cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self._mark = self._now()
-
-    def _now(self):
-        sys_times = _cpu_times()
-        if sys_times is None:
-            return None
-        own = os.times()
-        return sys_times[0] / self.hz, own.user + own.system, time.monotonic()
-
-    def reset(self) -> None:
-        """Start the window now (what ran before training, e.g. an evaluation, does not count)."""
-        self._mark = self._now()
-
-    def after_step(self) -> str | None:
-        """Adjust the thread count; returns a line to log when it changed."""
-        now, before = self._now(), self._mark
-        self._mark = now
-        if now is None or before is None or now[2] - before[2] < 0.05:
-            return None
-        others = max(0.0, (now[0] - before[0]) - (now[1] - before[1])) / (now[2] - before[2])
-        want = max(1, min(self.per_rank, round(self.cores - others)))
-        if want == self.threads:
-            return None
-        self.threads = want
-        self.torch.set_num_threads(want)
-        return f"torch threads: {want} (other processes used {others:.1f} of {self.cores} cores during the last step)"
