@@ -107,7 +107,8 @@ def test_train_checks_everything_before_touching_the_run_directory(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 1\nbatch_questions: 2\nsamples: 2\n")
     out = tmp_path / "run"
-    for bad in ([f"data={tmp_path / 'missing.jsonl'}"], [f"policy={tmp_path / 'nope'}"]):
+    for bad in ([f"data={tmp_path / 'missing.jsonl'}"], [f"policy={tmp_path / 'nope'}"],
+                [f"eval_data={tmp_path / 'missing.jsonl'}", "eval_every=1"]):
         r = _oreal("train", str(cfg), f"out={out}", *bad)
         assert r.returncode == 1, r.stderr
         _one_line(r)
@@ -248,3 +249,10 @@ def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["oreal demo: interrupted before the first checkpoint; nothing was saved"], err
+
+
+def test_eval_engine_choices_are_the_registry():
+    from oreal.cli.evaluate import ENGINE_CHOICES
+    from oreal.rollout import AUTO, ENGINES
+
+    assert set(ENGINE_CHOICES) == set(ENGINES) | {AUTO}

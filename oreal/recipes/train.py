@@ -379,6 +379,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
         log = lambda *a, **k: None  # noqa: E731
     check_run_dir(cfg)  # before the slow loading: a bad run directory fails in a second
     trainer = trainer or Trainer(cfg, verifier, log)  # data and models load (and fail) before `out` is touched
+    eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
     prepare_run_dir(cfg, main)
     path = ckpt.resolve_resume(root, cfg.resume, log) if cfg.resume else None
     if path is not None:
@@ -389,7 +390,6 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None)
         history = keep_rows(out / "metrics.jsonl", trainer.step_no)
         keep_rows(out / "trajectories.jsonl", trainer.step_no)
         dumps = CappedJsonl(out / "trajectories.jsonl", cfg.dump_max_mb, log)
-    eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
     trackers = Trackers(cfg.trackers if main else [], out, to_dict(cfg), cfg.wandb_project)
     t_start, first_step = time.time(), trainer.step_no
     trainer.interrupted = None
