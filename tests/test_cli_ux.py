@@ -256,3 +256,16 @@ def test_eval_engine_choices_are_the_registry():
     from oreal.rollout import AUTO, ENGINES
 
     assert set(ENGINE_CHOICES) == set(ENGINES) | {AUTO}
+
+
+def test_the_command_line_sets_a_short_openmp_spin_unless_the_user_did(monkeypatch):
+    from oreal.cli import main
+
+    for preset, expected in ((None, "10000"), ("500", "500")):
+        if preset is None:
+            monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+        else:
+            monkeypatch.setenv("GOMP_SPINCOUNT", preset)
+        with pytest.raises(SystemExit):
+            main(["--version"])
+        assert os.environ["GOMP_SPINCOUNT"] == expected

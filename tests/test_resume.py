@@ -321,3 +321,14 @@ def test_logprob_credit_resumes_to_the_same_bits(data, verifier, tmp_path):
     for name in ("policy", "rm"):
         a, b = getattr(ref, name).state_dict(), getattr(run, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_resume_keeps_the_runs_thread_count(data, verifier, tmp_path):
+    """The thread count can change the last bits, so `threads=0` on resume reuses the run's."""
+    out = tmp_path / "run"
+    tr, _ = train(_cfg(data, out, "steps=2", "save_every=1"), verifier, log=lambda *a: None)  # 1 thread
+    torch.set_num_threads(2)
+    said = []
+    tr = Trainer(_cfg(data, out, "steps=3", "threads=0", "resume=auto"), verifier, log=said.append)
+    tr.load_checkpoint(ckpt.find_latest(out / "checkpoints"))
+    assert torch.get_num_threads() == 1 and any("as the run had" in s for s in said)
