@@ -83,6 +83,8 @@ def _plan(args) -> dict:
         use_chat_template=(False if args.prompt_template is not None else
                            args.chat_template if args.chat_template is not None else pc.use_chat_template),
         plain_template=args.prompt_template if args.prompt_template is not None else pc.plain_template)
+    if args.run and not plan["data"]:
+        raise ConfigError(f"--run {args.run}: the run has no eval_data; name the problems with --data")
     if not plan["model"] or not plan["data"]:
         raise ConfigError("give --run RUN_DIR, or --model and --data")
     if "{question}" not in plan["prompt"].plain_template:
