@@ -139,10 +139,8 @@ def check_run_dir(cfg) -> None:
     it must be (or can become) a writable directory, and a fresh start (no `resume`) over an
     earlier run is refused unless `overwrite`."""
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"out={out} is a file, not a directory")
     existing = out
-    while not existing.exists():  # the nearest ancestor that exists must let us create `out`
+    while not existing.exists():  # `out` itself, or the nearest ancestor that exists, must let us create it
         existing = existing.parent
     if not existing.is_dir():
         raise RunDirError(f"out={out}: {existing} is a file, not a directory")

@@ -25,6 +25,7 @@ from ..extract import (
 from .pool import WorkerPool
 
 EXTRACT_MODES = ("boxed", "auto", "gsm8k")
+STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
 CACHE_SIZE = 65536  # graded requests remembered (a worker's verdict is a pure function of the request)
 CACHEABLE = ("ok", "no_answer", "bad_input")  # timeouts and errors are retried, never remembered
 _INTEGER = re.compile(r"-?[0-9]{1,60}")
@@ -43,7 +44,6 @@ def decide_without_sympy(gold: str, answer: str) -> bool | None:
     if _DECIMAL.fullmatch(g) and _DECIMAL.fullmatch(a) and Fraction(g) == Fraction(a):
         return True
     return None
-STATUSES = ("ok", "no_answer", "unfinished", "timeout", "bad_input", "error")
 
 
 @dataclass
@@ -157,29 +157,27 @@ class Verifier:
                 verdicts[i] = prep
             else:
                 pending.append((i, prep))
-        todo: dict[str, list[int]] = {}  # each distinct request is graded once (K samples often agree)
-        pending_gold: dict[str, str] = {}
+        todo: dict[str, tuple[dict, list[int]]] = {}  # each distinct request is graded once (K samples often agree)
         for i, req in pending:
             key = json.dumps(req, sort_keys=True)
-            pending_gold[key] = req["gold"]
             hit = self._cache.get(key)
             if hit is not None:
                 verdicts[i] = replace(hit)
             else:
-                todo.setdefault(key, []).append(i)
+                todo.setdefault(key, (req, []))[1].append(i)
         if todo:
             # one worker per gold answer: its parse is cached there, and parsed once, not once per worker
             n = self.pool.size
             shards = [[] for _ in range(n)]
-            for key in todo:
-                shards[zlib.crc32(pending_gold[key].encode()) % n].append(key)
+            for key, (req, _) in todo.items():
+                shards[zlib.crc32(req["gold"].encode()) % n].append(key)
             shards = [sh for sh in shards if sh]
-            futures = [self._threads.submit(self._run_shard, [(0, json.loads(k)) for k in sh]) for sh in shards]
+            futures = [self._threads.submit(self._run_shard, [(0, todo[k][0]) for k in sh]) for sh in shards]
             for sh, fut in zip(shards, futures):
                 for key, res in zip(sh, fut.result()):
                     if res.status in CACHEABLE and self.config.cache_size:
                         self._remember(key, res)
-                    for i in todo[key]:
+                    for i in todo[key][1]:
                         verdicts[i] = replace(res)
         if self.judge is not None:
             self._ask_judge(items, verdicts, questions)
