@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from oreal import algo  # noqa: E402
 from oreal.data import curriculum, load_list  # noqa: E402
 from oreal.evaluation import sample_and_grade  # noqa: E402
-from oreal.models import load_policy, load_token_rm, load_tokenizer  # noqa: E402
+from oreal.models import load_policy, load_token_rm, load_tokenizer, token_scores  # noqa: E402
 from oreal.optim import make_optimizer  # noqa: E402
 from oreal.recipes.demo import demo_config_path  # noqa: E402
 from oreal.rollout import make_engine  # noqa: E402
@@ -123,8 +123,8 @@ class TokenRM:
         torch.manual_seed(seed)
         self.model, self.tok, self.lr = load_token_rm(policy_dir), tok, lr
 
-    def logits(self, ids, attn):
-        return self.model(input_ids=ids, attention_mask=attn).logits[:, 1:, 0]
+    def logits_for(self, ids, attn, targets):
+        return token_scores(self.model, ids, attn, targets)
 
     def fit(self, train_pairs, steps, batch=32, seed=0):
         opt, sched = make_optimizer(self.model, self.lr, 0.01, 10, steps, self.lr / 5)
@@ -142,9 +142,6 @@ class TokenRM:
             opt.step()
             sched.step()
         self.model.eval()
-
-    def logits_for(self, ids, attn, targets):
-        return self.logits(ids, attn)
 
     @torch.no_grad()
     def score(self, rollouts):

@@ -3,19 +3,21 @@ learn a token that decides the outcome), and the calibrated log-prob credit mode
 import torch
 
 from oreal import algo
-from oreal.models import LogProbCredit, load_policy, load_token_rm
+from oreal.models import LogProbCredit, load_policy, load_token_rm, token_scores
 from oreal.optim import make_optimizer
 from oreal.training.batch import batch_tensors
 
 
 def _marker_batch(g, n, vocab, marker, length=12):
-    """n responses of random tokens; the incorrect half carries the marker at a random place."""
+    """n responses of random tokens; the incorrect half carries the marker at a random place
+    before the last token (the reference's RM scores a token from the prefix before it, so a
+    marker is first seen by the score of the token after it)."""
     seqs, rewards, where = [], [], []
     for i in range(n):
         resp = (torch.randint(10, vocab, (length,), generator=g)).tolist()
         resp = [t if t != marker else marker + 1 for t in resp]
         ok = i % 2 == 0
-        pos = int(torch.randint(length, (1,), generator=g))
+        pos = int(torch.randint(length - 1, (1,), generator=g))
         if not ok:
             resp[pos] = marker
         seqs.append(([5, 6, 7], resp))
@@ -35,22 +37,23 @@ def test_token_rm_learns_a_planted_marker(tiny):
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         seqs, r, _ = _marker_batch(g, 32, vocab, marker)
-        ids, attn, _, mask = batch_tensors(seqs, tok.pad_token_id)
-        w = rm(input_ids=ids, attention_mask=attn).logits[:, 1:, 0]
+        ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
+        w = token_scores(rm, ids, attn, targets)
         loss = algo.token_rm_sequence_loss(w, mask, r) / len(seqs)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     seqs, r, where = _marker_batch(torch.Generator().manual_seed(99), 64, vocab, marker)
-    ids, attn, _, mask = batch_tensors(seqs, tok.pad_token_id)
+    ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
     with torch.no_grad():
-        w = rm(input_ids=ids, attention_mask=attn).logits[:, 1:, 0]
+        w = token_scores(rm, ids, attn, targets)
     seq = algo.masked_mean(w, mask)
     wins, pairs = algo.pair_ranking(seq.tolist(), (r > 0.5).tolist(), [i // 2 for i in range(64)])
     assert wins / pairs > 0.9
     start = 2  # shifted: position len(prompt) - 1 scores the first response token
-    marked = [(w[i, start + p].item(), [w[i, start + j].item() for j in range(12) if j != p])
+    # the first score that has seen the marker is that of the token after it
+    marked = [(w[i, start + p + 1].item(), [w[i, start + j].item() for j in range(12) if j != p + 1])
               for i, p in enumerate(where) if p is not None]
     below = [float(m < o) for m, others in marked for o in others]
     assert sum(below) / len(below) > 0.9  # localisation AUC: the marker scores below the other tokens

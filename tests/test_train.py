@@ -194,3 +194,33 @@ def test_auto_threads_take_the_free_cores(monkeypatch):
     assert auto_threads(cores=16, busy=0.0) == 4  # torchrun: the cores are shared among the ranks
     assert 0.0 <= busy_fraction(0.05) <= 1.0
 
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verifier, tmp_path, after):
+    """The reference weights the policy loss with the token RM's scores from before its step on
+    the batch; `algo.weights_after_rm_step` uses a fresh forward after it (hindsight)."""
+    import copy
+
+    from oreal import algo
+    from oreal.models import token_scores
+
+    cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
+               "algo.credit=logprob", "algo.credit_init=[10,1]", f"algo.weights_after_rm_step={str(after).lower()}")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    before = {}
+    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
+    used = []
+    policy_backward = tr._policy_backward
+    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
+    m = tr.step()
+    assert m["actor_updated"] and used
+    for mb, w in used:
+        rm = tr.rm if after else before["rm"]
+        with torch.no_grad():
+            expect = algo.token_importance_weights(token_scores(rm, mb.ids, mb.attn, mb.targets), mb.mask,
+                                                   mb.positive, cfg.algo.tau)
+            other = algo.token_importance_weights(token_scores(before["rm"] if after else tr.rm, mb.ids, mb.attn,
+                                                               mb.targets), mb.mask, mb.positive, cfg.algo.tau)
+        assert torch.allclose(w, expect, atol=1e-6)
+        assert not torch.allclose(w, other, atol=1e-4)  # the RM's step did change the weights

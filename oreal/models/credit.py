@@ -26,6 +26,20 @@ from torch import nn
 HEAD_FILE = "credit_head.json"
 
 
+def token_scores(rm: nn.Module, input_ids, attention_mask, targets) -> torch.Tensor:
+    """[N, L-1] token scores w_t of any credit model, aligned with the shifted targets (position t
+    scores token t + 1).
+
+    The paper's token RM is read as the reference reads it (`rm_logits[-n-1:-1]` in
+    `train_oreal.py`): the head at position t, which has seen the tokens up to t, scores token
+    t + 1, so a token's score is the RM's view of the prefix before it. A log-prob credit's score
+    of token t + 1 is its log-probability there (it does see the token: that is the surprise).
+    """
+    if isinstance(rm, LogProbCredit):
+        return rm.token_scores(input_ids, attention_mask, targets)
+    return rm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0]
+
+
 class LogProbCredit(nn.Module):
     def __init__(self, lm: nn.Module, train_lm: bool = True, scale: float = 1.0, offset: float = 0.0):
         super().__init__()

@@ -26,7 +26,7 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list
 from ..errors import DataError, TrainingError
-from ..models import LogProbCredit, add_lora, load_policy, load_token_rm, load_tokenizer
+from ..models import LogProbCredit, add_lora, load_policy, load_token_rm, load_tokenizer, token_scores
 from ..optim import guarded_step, make_optimizer
 from ..rollout import SamplingConfig, make_engine
 from ..tracking import Trackers
@@ -49,7 +49,8 @@ METRIC_FIELDS = [
     "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
     "seconds", "elapsed", "eta", "threads",
 ]
-_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
+_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy")
+_RM_SUMS = ("rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
 
 
 @dataclass
@@ -174,8 +175,8 @@ class Trainer(Checkpointing):
         batch = SelectedBatch.build(roll, sel.rows, sel.adv, self.tok.pad_token_id, self.device)
         counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
         update_actor = self.step_no > a.actor_freeze_steps
-        sums, weights = self._backward(batch, counts, update_actor)
-        m.update(self._update(sums, counts, update_actor))
+        sums, weights, rm_metrics = self._backward(batch, counts, update_actor)
+        m.update(self._update(sums, counts, update_actor, rm_metrics))
         m.update(positives=sel.positives, negatives=len(sel.rows) - sel.positives, skipped=False,
                  lr=self.sched.get_last_lr()[0])
         self.trajectories = trajectory_records(roll, batch.rows, sel.adv, weights, self.tok, self.step_no,
@@ -238,66 +239,83 @@ class Trainer(Checkpointing):
         return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
 
     def _backward(self, batch: SelectedBatch, counts: algo.TokenCounts,
-                  update_actor: bool) -> tuple[dict, torch.Tensor]:
-        """Token-RM and policy gradients, micro-batch by micro-batch, summed over ranks. Returns
-        the loss sums (over all ranks) and the token weights the policy loss used [N, T]."""
+                  update_actor: bool) -> tuple[dict, torch.Tensor, dict]:
+        """The token RM's phase (its BCE, its step, the token weights), then the policy's gradients,
+        micro-batch by micro-batch, summed over ranks. Returns the policy's loss sums (over all
+        ranks), the token weights the policy loss used [N, T] and the RM's metrics."""
         cfg = self.cfg
-        sums = dict.fromkeys(_SUMS, 0.0)
         self.phase_seconds = {"rm": 0.0, "policy": 0.0}
-        weights = torch.ones_like(batch.mask)
-        seq_scores = torch.zeros(len(batch.rows))  # the RM's sequence score of every row
-        if update_actor:
-            self.opt.zero_grad(set_to_none=True)
-        if self.rm is not None:
-            self.rm_opt.zero_grad(set_to_none=True)
         slices = batch.micro_batches(cfg.micro_batch, cfg.micro_batch_tokens)
         # FSDP2: every forward/backward is a collective, so every rank runs as many micro-batches
         # as the busiest one; the extra ones are all-padding rows that add zero to every sum
         n_micro = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
+
+        def micro(i: int) -> SelectedBatch:
+            return batch[slices[i]] if i < len(slices) else SelectedBatch.padding(self.tok.pad_token_id, self.device)
+
+        weights, rm_metrics = torch.ones_like(batch.mask), {}
+        if self.rm is not None:
+            t0 = self._clock()
+            weights, rm_metrics = self._rm_phase(batch, slices, n_micro, micro, counts)
+            self.phase_seconds["rm"] = self._clock() - t0
+        sums = dict.fromkeys(_POLICY_SUMS, 0.0)
+        if update_actor:
+            t0 = self._clock()
+            self.opt.zero_grad(set_to_none=True)
+            for i in range(n_micro):
+                mb = micro(i)
+                w = weights[slices[i]] if i < len(slices) else torch.ones_like(mb.mask)
+                self._policy_backward(mb, w, counts, sums)
+            if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
+                dist_utils.all_reduce_grads(self.policy)
+            self.phase_seconds["policy"] = self._clock() - t0
+        sums = dict(zip(_POLICY_SUMS, dist_utils.sum_floats([sums[k] for k in _POLICY_SUMS])))
+        return sums, weights, rm_metrics
+
+    def _rm_phase(self, batch: SelectedBatch, slices: list, n_micro: int, micro, counts: algo.TokenCounts):
+        """The token RM's BCE on the outcomes (backward, all micro-batches), its optimiser step, and
+        the token weights [N, T] for the policy loss: from the scores before the step (the
+        reference's order) or, with `algo.weights_after_rm_step`, from a fresh forward after it."""
+        a = self.cfg.algo
+        sums = dict.fromkeys(_RM_SUMS, 0.0)
+        weights = torch.ones_like(batch.mask)
+        seq_scores = torch.zeros(len(batch.rows))  # the RM's sequence score of every row, before its step
+        self.rm_opt.zero_grad(set_to_none=True)
         for i in range(n_micro):
             real = i < len(slices)
-            mb = batch[slices[i]] if real else SelectedBatch.padding(self.tok.pad_token_id, self.device)
-            t0 = self._clock()
-            if self.rm is not None:
-                w, seq = self._rm_backward(mb, counts, sums, real)
-            else:
-                w, seq = torch.ones_like(mb.mask), torch.zeros(mb.mask.size(0))
+            mb = micro(i)
+            w_logits = token_scores(self.rm, mb.ids, mb.attn, mb.targets)
+            rm_loss = algo.token_rm_sequence_loss(w_logits, mb.mask, mb.reward)
+            if not real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
+                rm_loss = rm_loss * 0.0
+            (rm_loss / counts.seqs).backward()
+            sums["rm_loss"] += rm_loss.item()
+            sums["rm_correct"] += algo.rm_correct_count(w_logits, mb.mask, mb.positive)
             if real:
-                weights[slices[i]], seq_scores[slices[i]] = w, seq.cpu()
-            t1 = self._clock()
-            if update_actor:
-                self._policy_backward(mb, w, counts, sums)
-            self.phase_seconds["rm"] += t1 - t0
-            self.phase_seconds["policy"] += self._clock() - t1
-        if self.rm is not None:  # a question's rows all live on one rank
-            sums["rm_pair_wins"], sums["rm_pairs"] = algo.pair_ranking(
-                seq_scores.tolist(), batch.positive.tolist(), [b for b, _ in batch.rows])
-        sums = dict(zip(_SUMS, dist_utils.sum_floats([sums[k] for k in _SUMS])))
-        if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
-            if update_actor:
-                dist_utils.all_reduce_grads(self.policy)
-            if self.rm is not None:
-                dist_utils.all_reduce_grads(self.rm)
-        return sums, weights
-
-    def _rm_backward(self, mb: SelectedBatch, counts: algo.TokenCounts, sums: dict,
-                     real: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The token RM's BCE on the outcome (backward); returns the token weights for the policy
-        loss and each row's sequence score."""
-        a = self.cfg.algo
-        if isinstance(self.rm, LogProbCredit):
-            w_logits = self.rm.token_scores(mb.ids, mb.attn, mb.targets)
-        else:  # the token head scores each token at its own position
-            w_logits = self.rm(input_ids=mb.ids, attention_mask=mb.attn).logits[:, 1:, 0]
-        rm_loss = algo.token_rm_sequence_loss(w_logits, mb.mask, mb.reward)
-        if not real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
-            rm_loss = rm_loss * 0.0
-        (rm_loss / counts.seqs).backward()
-        sums["rm_loss"] += rm_loss.item()
-        sums["rm_correct"] += algo.rm_correct_count(w_logits, mb.mask, mb.positive)
-        weights = algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
-                                                a.topk_ratio)
-        return weights, algo.masked_mean(w_logits.detach().float(), mb.mask)
+                weights[slices[i]] = algo.token_importance_weights(
+                    w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights, a.topk_ratio)
+                seq_scores[slices[i]] = algo.masked_mean(w_logits.detach().float(), mb.mask).cpu()
+        # a question's rows all live on one rank
+        sums["rm_pair_wins"], sums["rm_pairs"] = algo.pair_ranking(
+            seq_scores.tolist(), batch.positive.tolist(), [b for b, _ in batch.rows])
+        sums = dict(zip(_RM_SUMS, dist_utils.sum_floats([sums[k] for k in _RM_SUMS])))
+        if not self.fsdp:
+            dist_utils.all_reduce_grads(self.rm)
+        m = {"rm_lr": self.rm_sched.get_last_lr()[0]}
+        if guarded_step(self.rm, self.rm_opt, self.rm_sched, self.cfg.optim.grad_clip, sums["rm_loss"]):
+            m.update(rm_loss=sums["rm_loss"] / counts.seqs, rm_acc=sums["rm_correct"] / counts.seqs,
+                     rm_pair_rank=sums["rm_pair_wins"] / sums["rm_pairs"] if sums["rm_pairs"] else None)
+            if a.weights_after_rm_step:  # hindsight: the RM has now seen these outcomes
+                with torch.no_grad():
+                    for i in range(n_micro):
+                        mb = micro(i)
+                        w_logits = token_scores(self.rm, mb.ids, mb.attn, mb.targets)
+                        if i < len(slices):
+                            weights[slices[i]] = algo.token_importance_weights(
+                                w_logits, mb.mask, mb.positive, a.tau, a.token_weights, a.topk_ratio)
+        else:
+            m["rm_nonfinite"] = True
+        return weights, m
 
     def _policy_backward(self, mb: SelectedBatch, weights: torch.Tensor, counts: algo.TokenCounts,
                          sums: dict) -> None:
@@ -320,23 +338,15 @@ class Trainer(Checkpointing):
         with self.policy.disable_adapter():
             return self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
 
-    def _update(self, sums: dict, counts: algo.TokenCounts, update_actor: bool) -> dict:
-        """Optimiser steps (token RM every step, policy after the freeze); a non-finite loss or
-        gradient skips that model's step. Returns the step's loss metrics."""
-        clip = self.cfg.optim.grad_clip
+    def _update(self, sums: dict, counts: algo.TokenCounts, update_actor: bool, rm_metrics: dict) -> dict:
+        """The policy's optimiser step (after the freeze; the token RM stepped in `_rm_phase`); a
+        non-finite loss or gradient skips that model's step. Returns the step's loss metrics."""
         t0 = self._clock()
-        m, nonfinite = {}, False
-        if self.rm is not None:
-            m["rm_lr"] = self.rm_sched.get_last_lr()[0]
-            if guarded_step(self.rm, self.rm_opt, self.rm_sched, clip, sums["rm_loss"]):
-                m["rm_loss"] = sums["rm_loss"] / counts.seqs
-                m["rm_acc"] = sums["rm_correct"] / counts.seqs
-                m["rm_pair_rank"] = sums["rm_pair_wins"] / sums["rm_pairs"] if sums["rm_pairs"] else None
-            else:
-                nonfinite = True
+        m = {k: v for k, v in rm_metrics.items() if k != "rm_nonfinite"}
+        nonfinite = bool(rm_metrics.get("rm_nonfinite"))
         if update_actor:
             total = sums["loss_pos"] + sums["loss_neg"] + sums["loss_kl"]
-            if guarded_step(self.policy, self.opt, self.sched, clip, total):
+            if guarded_step(self.policy, self.opt, self.sched, self.cfg.optim.grad_clip, total):
                 self.actor_steps += 1
                 m.update(loss_pos=sums["loss_pos"], loss_neg=sums["loss_neg"], loss_kl=sums["loss_kl"],
                          loss=total, kl=sums["kl"] / counts.all, entropy=sums["entropy"] / counts.all)
