@@ -20,18 +20,23 @@ from oreal.recipes.train import Trainer, train
 from oreal.training.config import build_config
 from oreal.verify import Verifier
 
-LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "rloo", "grpo", "drgrpo"]
-# Rungs that are a preset plus settings: OREAL at the reference tau = 0.5 with the learned
-# log-prob credit (docs/benchmarks.md, token-level credit).
-VARIANTS = {"oreal_logprob": ["algo.name=oreal", "algo.credit=logprob", "algo.tau=0.5", "algo.credit_init=[20,2]",
-                              "optim.rm_lr=3e-4", "optim.rm_min_lr=3e-4"]}
+LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "oreal_no_weights", "rloo", "grpo",
+          "drgrpo"]
+# Rungs that are a preset plus settings. `oreal_no_weights` is the demo's OREAL with every token
+# weight 1 (its rung without token weights); `oreal_logprob` is OREAL at the reference tau = 0.5
+# with the learned log-prob credit read after its step (docs/benchmarks.md, token-level credit).
+VARIANTS = {
+    "oreal_no_weights": ["algo.name=oreal", "algo.token_weights=none"],
+    "oreal_logprob": ["algo.name=oreal", "algo.credit=logprob", "algo.tau=0.5", "algo.credit_init=[20,2]",
+                      "algo.weights_after_rm_step=true", "optim.rm_lr=3e-4", "optim.rm_min_lr=3e-4"],
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--algos", nargs="+", default=LADDER)
+    ap.add_argument("--algos", nargs="+", default=LADDER, choices=list(dict.fromkeys([*LADDER, *VARIANTS])))
     ap.add_argument("--out", default="docs/ladder.md")
     ap.add_argument("--runs", default="runs/ladder")
     args = ap.parse_args()
