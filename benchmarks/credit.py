@@ -66,6 +66,16 @@ def pairs(rows, rng):
     return [(rng.choice(c), rng.choice(w)) for c, w in by_q.values() if c and w]
 
 
+def token_spans(response_ids: list[int], tok) -> list[tuple[int, int]]:
+    """The [start, end) characters of each response token in the decoded response text."""
+    spans, pos = [], 0
+    for t in response_ids:
+        piece = tok.decode([t], skip_special_tokens=True)
+        spans.append((pos, pos + len(piece)))
+        pos += len(piece)
+    return spans
+
+
 def located(rows, tok):
     """Wrong responses whose first departure from the solution is found: (rollout, wrong-number
     token indices, wrong-step token indices)."""
@@ -77,11 +87,7 @@ def located(rows, tok):
         if err is None:
             continue
         (n_lo, n_hi), (s_lo, s_hi) = err
-        spans, pos = [], 0
-        for t in r.response_ids:
-            piece = tok.decode([t], skip_special_tokens=True)
-            spans.append((pos, pos + len(piece)))
-            pos += len(piece)
+        spans = token_spans(r.response_ids, tok)
         num = {i for i, (a, b) in enumerate(spans) if a < n_hi and b > n_lo and b > a}
         step = {i for i, (a, b) in enumerate(spans) if a < s_hi and b > s_lo and b > a}
         if num:

@@ -25,6 +25,8 @@ from oreal.recipes.train import Trainer, train
 from oreal.training.config import build_config
 from oreal.verify import Verifier
 
+from credit import token_spans  # noqa: E402  (benchmarks/credit.py, beside this script)
+
 
 def first_error_token(response_ids: list[int], text: str, solution: str, tok) -> int | None:
     """Index of the response token holding the first character that departs from the solution."""
@@ -32,7 +34,7 @@ def first_error_token(response_ids: list[int], text: str, solution: str, tok) ->
     if err is None:
         return None
     char = err[0][0]
-    return next((t for t in range(len(response_ids)) if len(tok.decode(response_ids[:t + 1])) > char), None)
+    return next((t for t, (_, end) in enumerate(token_spans(response_ids, tok)) if end > char), None)
 
 
 def oracle_weights(batch, roll, tok) -> torch.Tensor:

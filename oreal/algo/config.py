@@ -54,7 +54,7 @@ class AlgoConfig:
     credit_init: list[float] = field(default_factory=lambda: [1.0, 0.0])  # logprob / surprise: a, b at start
     tau: float = 0.5
     # token weights from the token RM after its step on this batch's outcomes (hindsight) instead of
-    # before it, as the reference does; see docs/benchmarks.md (credit) for why the demo uses it
+    # before it, as the reference does; measured in docs/benchmarks.md (credit), off in the demo
     weights_after_rm_step: bool = False
     topk_ratio: float = 0.2
     select: str = "pair"  # pair | all

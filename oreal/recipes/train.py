@@ -277,6 +277,11 @@ class Trainer(Checkpointing):
         the token weights [N, T] for the policy loss: from the scores before the step (the
         reference's order) or, with `algo.weights_after_rm_step`, from a fresh forward after it."""
         a = self.cfg.algo
+
+        def token_weights(w_logits: torch.Tensor, mb: SelectedBatch) -> torch.Tensor:
+            return algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
+                                                 a.topk_ratio)
+
         sums = dict.fromkeys(_RM_SUMS, 0.0)
         weights = torch.ones_like(batch.mask)
         seq_scores = torch.zeros(len(batch.rows))  # the RM's sequence score of every row, before its step
@@ -292,8 +297,7 @@ class Trainer(Checkpointing):
             sums["rm_loss"] += rm_loss.item()
             sums["rm_correct"] += algo.rm_correct_count(w_logits, mb.mask, mb.positive)
             if real:
-                weights[slices[i]] = algo.token_importance_weights(
-                    w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights, a.topk_ratio)
+                weights[slices[i]] = token_weights(w_logits, mb)
                 seq_scores[slices[i]] = algo.masked_mean(w_logits.detach().float(), mb.mask).cpu()
         # a question's rows all live on one rank
         sums["rm_pair_wins"], sums["rm_pairs"] = algo.pair_ranking(
@@ -311,8 +315,7 @@ class Trainer(Checkpointing):
                         mb = micro(i)
                         w_logits = token_scores(self.rm, mb.ids, mb.attn, mb.targets)
                         if i < len(slices):
-                            weights[slices[i]] = algo.token_importance_weights(
-                                w_logits, mb.mask, mb.positive, a.tau, a.token_weights, a.topk_ratio)
+                            weights[slices[i]] = token_weights(w_logits, mb)
         else:
             m["rm_nonfinite"] = True
         return weights, m
