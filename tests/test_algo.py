@@ -82,6 +82,22 @@ def test_running_correctness_and_threshold_weights():
     assert not pos.requires_grad
 
 
+def test_weights_on_negatives_only_clone_positives_whole():
+    w = torch.tensor([[2.0, -6.0, 0.0], [2.0, -6.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    positive = torch.tensor([True, False])
+    both = token_importance_weights(w, mask, positive, tau=0.5)
+    neg_only = token_importance_weights(w, mask, positive, tau=0.5, sides="negatives")
+    s = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    # c = sigmoid(2), sigmoid(-2), sigmoid(-4/3); negatives weigh max(1 - 2c, 0)
+    assert torch.allclose(both[0], torch.tensor([2 * s(2) - 1, 0.0, 0.0]), atol=1e-6)
+    assert torch.allclose(neg_only[0], torch.ones(3))  # the positive: every real token weighs 1
+    assert torch.allclose(neg_only[1], torch.tensor([0.0, 1 - 2 * s(-2), 0.0]), atol=1e-6)
+    assert torch.equal(neg_only[1], both[1])  # padding stays 0 and negatives are untouched
+    with pytest.raises(ValueError, match="weighted sides"):
+        token_importance_weights(w, mask, positive, sides="positives")
+
+
 def test_topk_weights_keep_the_highest_and_rescale():
     w = torch.tensor([[3.0, -3.0, 1.0, 0.5, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0]])

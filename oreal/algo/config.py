@@ -12,7 +12,7 @@ from ..config import ConfigError
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .selection import SELECTIONS
-from .token_rm import TOKEN_WEIGHTS
+from .token_rm import TOKEN_WEIGHTS, WEIGHTED_SIDES
 
 POSITIVE_LOSSES = {
     "bc": "behaviour cloning on positives, shaped policy gradient on negatives (OREAL)",
@@ -37,6 +37,7 @@ OPTIONS = {
     "kl_kind": KL_ESTIMATORS,
     "loss_norm": LOSS_NORMS,
     "credit": CREDIT_SOURCES,
+    "token_weights_on": WEIGHTED_SIDES,
 }
 
 
@@ -53,6 +54,7 @@ class AlgoConfig:
     credit_calib_lr: float = 0.05  # logprob / surprise: learning rate of the calibration a, b
     credit_init: list[float] = field(default_factory=lambda: [1.0, 0.0])  # logprob / surprise: a, b at start
     tau: float = 0.5
+    token_weights_on: str = "both"  # both (the paper) | negatives: positives are cloned with weight 1
     # token weights from the token RM after its step on this batch's outcomes (hindsight) instead of
     # before it, as the reference does; measured in docs/benchmarks.md (credit), off in the demo
     weights_after_rm_step: bool = False

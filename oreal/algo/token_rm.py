@@ -57,25 +57,35 @@ def _topk(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio: float
 
 # `none` is not here: without a token RM every weight is 1 (the caller passes ones)
 TOKEN_WEIGHTS = {"threshold": _threshold, "topk": _topk}
+# Whose tokens take the RM's weights; the other side's tokens weigh 1.
+WEIGHTED_SIDES = {
+    "both": "positives and negatives, as the paper and the reference do",
+    "negatives": "negatives only: a wrong answer's right prefix is spared, a correct response is cloned whole",
+}
 
 
 def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor,
                              tau: float = 0.5, mode: str = "threshold",
-                             topk_ratio: float = 0.2) -> torch.Tensor:
+                             topk_ratio: float = 0.2, sides: str = "both") -> torch.Tensor:
     """Detached per-token weights from the token RM.
 
     threshold: positives clamp((c_t - tau)/(1 - tau), 0, 1), negatives
     clamp(((1 - c_t) - tau)/(1 - tau), 0, 1). topk: the score (c_t for positives, 1 - c_t for
     negatives) on the top `topk_ratio` of each sequence's tokens, divided by that sequence's
-    largest score, and 0 elsewhere.
+    largest score, and 0 elsewhere. `sides` (WEIGHTED_SIDES): with "negatives", every token of a
+    positive weighs 1.
     """
     if mode not in TOKEN_WEIGHTS:
         raise ValueError(f"unknown token weight mode {mode!r}; choose from {sorted(TOKEN_WEIGHTS)}")
+    if sides not in WEIGHTED_SIDES:
+        raise ValueError(f"unknown weighted sides {sides!r}; choose from {sorted(WEIGHTED_SIDES)}")
     with torch.no_grad():
         c = running_correctness(token_logits, mask)
         pos = positive.view(-1, 1).bool()
-        score = torch.where(pos, c, 1.0 - c) * mask.float()
-        return TOKEN_WEIGHTS[mode](score, mask, tau, topk_ratio) * mask.float()
+        m = mask.float()
+        score = torch.where(pos, c, 1.0 - c) * m
+        w = TOKEN_WEIGHTS[mode](score, mask, tau, topk_ratio) * m
+        return torch.where(pos, m, w) if sides == "negatives" else w
 
 
 def pair_ranking(scores: torch.Tensor, positive: torch.Tensor, groups: list) -> tuple[float, int]:

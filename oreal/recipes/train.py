@@ -280,7 +280,7 @@ class Trainer(Checkpointing):
 
         def token_weights(w_logits: torch.Tensor, mb: SelectedBatch) -> torch.Tensor:
             return algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
-                                                 a.topk_ratio)
+                                                 a.topk_ratio, a.token_weights_on)
 
         sums = dict.fromkeys(_RM_SUMS, 0.0)
         weights = torch.ones_like(batch.mask)
