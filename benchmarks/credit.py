@@ -22,6 +22,12 @@ training question, 32 pairs a step for --steps steps: the demo's RM sees about a
 """
 from __future__ import annotations
 
+import os
+
+# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
+# not stall (oreal/training/threads.py)
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import argparse
 import copy
 import random

@@ -14,6 +14,12 @@ replaced). Prints pass@1 before and after on the demo's held-out set.
 """
 from __future__ import annotations
 
+import os
+
+# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
+# not stall (oreal/training/threads.py)
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import argparse
 import time
 
