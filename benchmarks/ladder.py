@@ -8,6 +8,12 @@ the same sampling (300 curriculum test questions x 2 samples, T=1).
 """
 from __future__ import annotations
 
+import os
+
+# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
+# not stall (oreal/training/threads.py)
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 import argparse
 import json
 import statistics
@@ -22,13 +28,20 @@ from oreal.verify import Verifier
 
 LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "oreal_no_weights", "rloo", "grpo",
           "drgrpo"]
-# Rungs that are a preset plus settings. `oreal_no_weights` is the demo's OREAL with every token
-# weight 1 (its rung without token weights); `oreal_logprob` is OREAL at the reference tau = 0.5
-# with the learned log-prob credit read after its step (docs/benchmarks.md, token-level credit).
+# Rungs that are a preset plus settings over the demo's config (the demo is the `oreal` rung:
+# learned log-prob credit at tau = 0.5 on the negatives). `oreal_no_weights`: every token weight 1
+# (its rung without token weights); `oreal_surprise`: the same weights from the frozen policy, only
+# the calibration learns (credit without learning); `oreal_both_sides`: the credit's weights on the
+# positives too, as the paper does; `oreal_logprob`: that with the weights read after the RM's step
+# (the best both-sided config of docs/benchmarks.md); `oreal_paper_rm`: the paper's token RM with
+# tau = 0, the demo's config before issue 16.
 VARIANTS = {
     "oreal_no_weights": ["algo.name=oreal", "algo.token_weights=none"],
-    "oreal_logprob": ["algo.name=oreal", "algo.credit=logprob", "algo.tau=0.5", "algo.credit_init=[20,2]",
-                      "algo.weights_after_rm_step=true", "optim.rm_lr=3e-4", "optim.rm_min_lr=3e-4"],
+    "oreal_surprise": ["algo.name=oreal", "algo.credit=surprise"],
+    "oreal_both_sides": ["algo.name=oreal", "algo.token_weights_on=both"],
+    "oreal_logprob": ["algo.name=oreal", "algo.token_weights_on=both", "algo.weights_after_rm_step=true"],
+    "oreal_paper_rm": ["algo.name=oreal", "algo.credit=rm", "algo.tau=0", "algo.token_weights_on=both",
+                       "optim.rm_lr=1e-3", "optim.rm_min_lr=2e-4"],
 }
 
 

@@ -224,3 +224,31 @@ def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verif
                                                                mb.targets), mb.mask, mb.positive, cfg.algo.tau)
         assert torch.allclose(w, expect, atol=1e-6)
         assert not torch.allclose(w, other, atol=1e-4)  # the RM's step did change the weights
+
+
+def test_token_weights_on_negatives_leave_every_positive_token_at_one(tiny_run, verifier, tmp_path):
+    """`algo.token_weights_on=negatives`: the policy loss gets weight 1 on every token of a
+    positive and the RM's thresholded weights on the negatives (the demo's setting)."""
+    import copy
+
+    from oreal import algo
+    from oreal.models import token_scores
+
+    cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
+               "algo.credit=logprob", "algo.credit_init=[10,1]", "algo.token_weights_on=negatives")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    before = {}
+    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
+    used = []
+    policy_backward = tr._policy_backward
+    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
+    assert tr.step()["actor_updated"] and used
+    for mb, w in used:
+        with torch.no_grad():
+            both = algo.token_importance_weights(token_scores(before["rm"], mb.ids, mb.attn, mb.targets), mb.mask,
+                                                 mb.positive, cfg.algo.tau)
+        pos = mb.positive.bool()
+        assert pos.any() and (~pos).any()
+        assert torch.equal(w[pos], mb.mask[pos].float())
+        assert torch.allclose(w[~pos], both[~pos], atol=1e-6)
+        assert (both[pos] < 1).any()  # the RM would have weighted the positives: the setting matters
