@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo) gives the update of one process on the same data."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -45,9 +46,11 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
-def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
+@pytest.mark.parametrize("fsdp,credit", [(False, "rm"), (True, "rm"), (False, "logprob")],
+                         ids=["replicated", "fsdp2", "replicated_logprob_credit"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
     env, cli = _write_cfg(tmp_path)
+    cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]"]  # logprob: the demo's credit model
     one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -68,6 +71,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp):
         wb = load_file(str(tmp_path / "two" / "final" / model / "model.safetensors"))
         for k in wa:
             assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), (model, k, (wa[k] - wb[k]).abs().max())
+    if credit == "logprob":  # the calibration a, b is summed across ranks like every other gradient
+        ha, hb = (json.loads((tmp_path / n / "final" / "token_rm" / "credit_head.json").read_text())
+                  for n in ("one", "two"))
+        for k in ("log_scale", "offset"):
+            assert float.fromhex(hb[k]) == pytest.approx(float.fromhex(ha[k]), abs=2e-6), k
+        assert ha != json.loads(json.dumps({"log_scale": math.log(10).hex(), "offset": (1.0).hex()}))
     from oreal.models import default_model_dir
 
     start = load_file(str(default_model_dir() / "model.safetensors"))
