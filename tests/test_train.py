@@ -196,23 +196,29 @@ def test_auto_threads_take_the_free_cores(monkeypatch):
 
 
 
+def _capture_token_weights(tr):
+    """Hooks on a trainer: a copy of the token RM as it was before its step, and the token weights
+    each policy micro-batch received."""
+    import copy
+
+    before, used = {}, []
+    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
+    policy_backward = tr._policy_backward
+    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
+    return before, used
+
+
 @pytest.mark.parametrize("after", [False, True])
 def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verifier, tmp_path, after):
     """The reference weights the policy loss with the token RM's scores from before its step on
     the batch; `algo.weights_after_rm_step` uses a fresh forward after it (hindsight)."""
-    import copy
-
     from oreal import algo
     from oreal.models import token_scores
 
     cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
                "algo.credit=logprob", "algo.credit_init=[10,1]", f"algo.weights_after_rm_step={str(after).lower()}")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    before = {}
-    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
-    used = []
-    policy_backward = tr._policy_backward
-    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
+    before, used = _capture_token_weights(tr)
     m = tr.step()
     assert m["actor_updated"] and used
     for mb, w in used:
@@ -229,19 +235,13 @@ def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verif
 def test_token_weights_on_negatives_leave_every_positive_token_at_one(tiny_run, verifier, tmp_path):
     """`algo.token_weights_on=negatives`: the policy loss gets weight 1 on every token of a
     positive and the RM's thresholded weights on the negatives (the demo's setting)."""
-    import copy
-
     from oreal import algo
     from oreal.models import token_scores
 
     cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
                "algo.credit=logprob", "algo.credit_init=[10,1]", "algo.token_weights_on=negatives")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    before = {}
-    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
-    used = []
-    policy_backward = tr._policy_backward
-    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
+    before, used = _capture_token_weights(tr)
     assert tr.step()["actor_updated"] and used
     for mb, w in used:
         with torch.no_grad():
