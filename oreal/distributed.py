@@ -114,7 +114,8 @@ def fsdp_wrap(model: torch.nn.Module, bf16: bool = False, cpu_offload: bool = Fa
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
         kw["offload_policy"] = CPUOffloadPolicy()
-    layers = getattr(getattr(model, "model", model), "layers", None)
+    inner = getattr(model, "lm", model)  # a log-prob credit model wraps an LM (oreal.models.credit)
+    layers = getattr(getattr(inner, "model", inner), "layers", None)
     for layer in layers or []:
         fully_shard(layer, **kw)
     fully_shard(model, **kw)

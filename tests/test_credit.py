@@ -70,7 +70,7 @@ def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
     credit = LogProbCredit(lm, train_lm=True, scale=2.0, offset=0.5)
     seqs = [([5, 6, 7], [20, 21, 22]), ([5, 6], [30, 31])]
     ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
-    w = credit.token_scores(ids, attn, targets)
+    w = credit(ids, attn, targets)
     with torch.no_grad():
         lp = algo.token_logprobs(lm(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
     assert torch.allclose(w, 2.0 * lp + 0.5, atol=1e-5)
@@ -82,3 +82,12 @@ def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
     other.load(tmp_path / "rm")
     assert other.offset.item() == credit.offset.item() and other.scale.item() == credit.scale.item()
     assert not any(p.requires_grad for p in other.lm.parameters())  # surprise: only a, b learn
+    # the full-state form FSDP2 uses: read() gives back this module's state dict, to the bit, and
+    # saving from a given state dict (as FSDP2 gathers it) writes the same directory
+    full = credit.state_dict()
+    back = LogProbCredit.read(tmp_path / "rm")
+    assert set(back) <= set(full) and set(full) - set(back) <= {"lm.lm_head.weight"}  # tied to the embedding
+    assert {"log_scale", "offset"} <= set(back) and all(torch.equal(back[k], full[k]) for k in back)
+    credit.save(tmp_path / "rm2", tok, {k: v.clone() for k, v in full.items()})
+    again = LogProbCredit.read(tmp_path / "rm2")
+    assert set(back) <= set(again) <= set(full) and all(torch.equal(again[k], full[k]) for k in again)

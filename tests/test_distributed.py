@@ -46,8 +46,8 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp,credit", [(False, "rm"), (True, "rm"), (False, "logprob")],
-                         ids=["replicated", "fsdp2", "replicated_logprob_credit"])
+@pytest.mark.parametrize("fsdp,credit", [(False, "rm"), (True, "rm"), (False, "logprob"), (True, "logprob")],
+                         ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit"])
 def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
     env, cli = _write_cfg(tmp_path)
     cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]"]  # logprob: the demo's credit model
@@ -85,12 +85,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
 
 
 @pytest.mark.slow
-def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
+@pytest.mark.parametrize("credit", ["rm", "logprob"])
+def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, credit):
     """FSDP2 checkpoints are DCP shards, one file per rank; a 2-rank checkpoint resumes on 2 ranks
     to the bit, and on 1 rank (resharded on load) to the same weights within round-off."""
     import shutil
 
     env, cli = _write_cfg(tmp_path)
+    cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]"]
     ref = _torchrun(env, cli, f"out={tmp_path / 'ref'}", "fsdp=true")
     assert ref.returncode == 0, ref.stderr[-3000:]
     killed = _torchrun(dict(env, OREAL_FAULT="step_end@2"), cli, f"out={tmp_path / 'run'}", "fsdp=true",
@@ -114,6 +116,12 @@ def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path):
         w1 = load_file(str(tmp_path / "run1" / "final" / model / "model.safetensors"))
         for k in wa:
             assert torch.allclose(wa[k], w1[k], rtol=0, atol=2e-6), (model, k, (wa[k] - w1[k]).abs().max())
+    if credit == "logprob":  # the calibration resumes too
+        heads = {n: json.loads((tmp_path / n / "final" / "token_rm" / "credit_head.json").read_text())
+                 for n in ("ref", "run", "run1")}
+        assert heads["run"] == heads["ref"]
+        for k in ("log_scale", "offset"):
+            assert float.fromhex(heads["run1"][k]) == pytest.approx(float.fromhex(heads["ref"][k]), abs=2e-6)
 
 
 def test_dynamic_micro_batches_respect_both_caps():

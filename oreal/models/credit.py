@@ -36,7 +36,7 @@ def token_scores(rm: nn.Module, input_ids, attention_mask, targets) -> torch.Ten
     of token t + 1 is its log-probability there (it does see the token: that is the surprise).
     """
     if isinstance(rm, LogProbCredit):
-        return rm.token_scores(input_ids, attention_mask, targets)
+        return rm(input_ids, attention_mask, targets)
     return rm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0]
 
 
@@ -45,8 +45,9 @@ class LogProbCredit(nn.Module):
         super().__init__()
         self.lm = lm.requires_grad_(train_lm)
         dev = next(lm.parameters()).device
-        self.log_scale = nn.Parameter(torch.tensor(math.log(scale), device=dev))
-        self.offset = nn.Parameter(torch.tensor(float(offset), device=dev))
+        # shape [1], not scalars: FSDP2 shards parameters along dim 0 and refuses 0-d ones
+        self.log_scale = nn.Parameter(torch.tensor([math.log(scale)], device=dev))
+        self.offset = nn.Parameter(torch.tensor([float(offset)], device=dev))
 
     @property
     def scale(self) -> torch.Tensor:
@@ -55,8 +56,9 @@ class LogProbCredit(nn.Module):
     def calibration(self) -> list[nn.Parameter]:
         return [self.log_scale, self.offset]
 
-    def token_scores(self, input_ids, attention_mask, targets) -> torch.Tensor:
-        """[N, L-1] scores aligned with the shifted targets: position t scores token t + 1."""
+    def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
+        """[N, L-1] scores aligned with the shifted targets: position t scores token t + 1. (The
+        forward, so that FSDP2 gathers the sharded parameters around it.)"""
         logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return self.scale * lp + self.offset
@@ -65,12 +67,25 @@ class LogProbCredit(nn.Module):
         self.lm.gradient_checkpointing_enable()
 
     def save(self, path: str | Path, tokenizer, state_dict: dict | None = None) -> None:
-        """An HF directory of the LM plus the calibration in credit_head.json (exact, as hex)."""
+        """An HF directory of the LM plus the calibration in credit_head.json (exact, as hex).
+        `state_dict`: this module's full state (FSDP2 gathers it first), else its own."""
         from .loading import save_model
 
-        save_model(self.lm, tokenizer, path, state_dict)
-        head = {"log_scale": self.log_scale.item().hex(), "offset": self.offset.item().hex()}
+        state = state_dict if state_dict is not None else self.state_dict()
+        lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+        save_model(self.lm, tokenizer, path, lm_state if state_dict is not None else None)
+        head = {k: state[k].item().hex() for k in ("log_scale", "offset")}
         (Path(path) / HEAD_FILE).write_text(json.dumps(head))
+
+    @staticmethod
+    def read(path: str | Path) -> dict:
+        """The full state dict (this module's keys) of a directory `save` wrote."""
+        from .loading import read_safetensors
+
+        state = {f"lm.{k}": v for k, v in read_safetensors(path).items()}
+        head = json.loads((Path(path) / HEAD_FILE).read_text())
+        state.update({k: torch.tensor([float.fromhex(head[k])]) for k in ("log_scale", "offset")})
+        return state
 
     def load(self, path: str | Path) -> None:
         from .loading import load_weights

@@ -82,10 +82,7 @@ class Checkpointing:
             if self.rm is not None:
                 if not (path / "token_rm").is_dir():
                     raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-                if isinstance(self.rm, LogProbCredit):
-                    self.rm.load(path / "token_rm")
-                else:
-                    self._load_model(self.rm, path / "token_rm")
+                self._load_model(self.rm, path / "token_rm")
                 dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
         if self.rm is not None:
             self.rm_sched.load_state_dict(st["rm_sched"])
@@ -103,7 +100,12 @@ class Checkpointing:
         self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
 
     def _load_model(self, model, path: Path) -> None:
-        if self.fsdp:
+        if isinstance(model, LogProbCredit):  # an LM directory plus its calibration
+            if self.fsdp:
+                dist_utils.load_full_state_dict(model, LogProbCredit.read(path))
+            else:
+                model.load(path)
+        elif self.fsdp:
             dist_utils.load_full_state_dict(model, read_safetensors(path))
         else:
             load_weights(model, path)

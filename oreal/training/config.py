@@ -96,8 +96,6 @@ class TrainConfig:
                 raise ConfigError(f"{k}: must be at least 1")
         if self.engine != AUTO and self.engine not in ENGINES:
             raise ConfigError(f"engine: {self.engine!r} is not one of {sorted(ENGINES) + [AUTO]}")
-        if self.fsdp and self.algo.uses_token_rm and self.algo.credit != "rm":
-            raise ConfigError(f"algo.credit={self.algo.credit} with fsdp is not supported yet: use algo.credit=rm")
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":
