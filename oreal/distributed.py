@@ -179,10 +179,22 @@ def load_optimizer_state(model, opt, state: dict | None) -> None:
         return
     if not is_fsdp(model):
         opt.load_state_dict(state)
+        _reshape_like_params(opt)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
+
+
+def _reshape_like_params(opt) -> None:
+    """Give each per-parameter state tensor its parameter's shape where only the shape differs: a
+    log-prob credit's calibration a, b were 0-d before FSDP2 support made them [1], and AdamW's
+    in-place update cannot broadcast a 0-d moment to [1]."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and k != "step" and v.shape != p.shape and v.numel() == p.numel():
+                    opt.state[p][k] = v.reshape(p.shape)
 
 
 def max_int(n: int) -> int:

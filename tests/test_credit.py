@@ -1,5 +1,7 @@
 """Credit sources learn from outcomes: the planted-marker control (the token RM's plumbing can
 learn a token that decides the outcome), and the calibrated log-prob credit model."""
+import copy
+
 import torch
 
 from oreal import algo
@@ -91,3 +93,26 @@ def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
     credit.save(tmp_path / "rm2", tok, {k: v.clone() for k, v in full.items()})
     again = LogProbCredit.read(tmp_path / "rm2")
     assert set(back) <= set(again) <= set(full) and all(torch.equal(again[k], full[k]) for k in again)
+
+
+def test_optimiser_state_of_0d_calibration_loads_into_the_1_element_one():
+    """Checkpoints from before FSDP2 support hold AdamW moments of 0-d a, b; they load into the
+    [1]-shaped parameters and step exactly as the 0-d ones would."""
+    from oreal.distributed import load_optimizer_state
+
+    def adam(p):
+        return torch.optim.AdamW([p], lr=0.1)
+
+    old = torch.nn.Parameter(torch.tensor(2.0))
+    opt_old = adam(old)
+    for g in (0.5, -0.25):
+        old.grad = torch.tensor(g)
+        opt_old.step()
+    new = torch.nn.Parameter(old.detach().reshape(1).clone())
+    opt_new = adam(new)
+    load_optimizer_state(new, opt_new, copy.deepcopy(opt_old.state_dict()))
+    assert opt_new.state[new]["exp_avg"].shape == (1,)
+    old.grad, new.grad = torch.tensor(0.75), torch.tensor([0.75])
+    opt_old.step()
+    opt_new.step()
+    assert new.item() == old.item()
