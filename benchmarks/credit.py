@@ -22,12 +22,6 @@ training question, 32 pairs a step for --steps steps: the demo's RM sees about a
 """
 from __future__ import annotations
 
-import os
-
-# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
-# not stall (oreal/training/threads.py)
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-
 import argparse
 import copy
 import random
@@ -35,10 +29,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from oreal.training.threads import limit_openmp_spin  # noqa: E402
+
+limit_openmp_spin()  # as the `oreal` command does, before torch loads OpenMP
+
+import torch  # noqa: E402
 
 from oreal import algo  # noqa: E402
 from oreal.data import curriculum, load_list  # noqa: E402

@@ -8,11 +8,9 @@ the same sampling (300 curriculum test questions x 2 samples, T=1).
 """
 from __future__ import annotations
 
-import os
+from oreal.training.threads import limit_openmp_spin
 
-# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
-# not stall (oreal/training/threads.py)
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+limit_openmp_spin()  # as the `oreal` command does, before torch loads OpenMP
 
 import argparse
 import json

@@ -14,11 +14,9 @@ replaced). Prints pass@1 before and after on the demo's held-out set.
 """
 from __future__ import annotations
 
-import os
+from oreal.training.threads import limit_openmp_spin
 
-# as the `oreal` command does, before torch loads OpenMP: a run beside another busy process does
-# not stall (oreal/training/threads.py)
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+limit_openmp_spin()  # as the `oreal` command does, before torch loads OpenMP
 
 import argparse
 import time

@@ -5,11 +5,11 @@ The errors a user can cause become one line on stderr and the exit code in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from .. import __version__
 from ..errors import EXIT_CODES, INTERRUPTED
+from ..training.threads import limit_openmp_spin
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -63,10 +63,7 @@ def exit_code(e: BaseException) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before torch loads OpenMP: a waiting thread spins 10k rounds, not 300k, before it sleeps. On
-    # 2 cores with another process on one, 40 demo steps take 102 s instead of 564 s (46 s instead
-    # of 39 s when idle); see oreal/training/threads.py.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    limit_openmp_spin()  # before torch loads OpenMP
     args = build_parser().parse_args(argv)
     if args.command != "verify":  # the verifier loads no model: keep it free of transformers
         from transformers.utils import logging as hf_logging
