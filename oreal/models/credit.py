@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 HEAD_FILE = "credit_head.json"
+CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
 
 
 def token_scores(rm: nn.Module, input_ids, attention_mask, targets) -> torch.Tensor:
@@ -54,7 +55,7 @@ class LogProbCredit(nn.Module):
         return self.log_scale.exp()
 
     def calibration(self) -> list[nn.Parameter]:
-        return [self.log_scale, self.offset]
+        return [getattr(self, k) for k in CALIBRATION]
 
     def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
         """[N, L-1] scores aligned with the shifted targets: position t scores token t + 1. (The
@@ -71,11 +72,12 @@ class LogProbCredit(nn.Module):
         `state_dict`: this module's full state (FSDP2 gathers it first), else its own."""
         from .loading import save_model
 
-        state = state_dict if state_dict is not None else self.state_dict()
-        lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
-        save_model(self.lm, tokenizer, path, lm_state if state_dict is not None else None)
-        head = {k: state[k].item().hex() for k in ("log_scale", "offset")}
-        (Path(path) / HEAD_FILE).write_text(json.dumps(head))
+        lm_state = None  # the LM saves its own parameters
+        if state_dict is not None:
+            lm_state = {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")}
+        save_model(self.lm, tokenizer, path, lm_state)
+        calib = state_dict if state_dict is not None else dict(zip(CALIBRATION, self.calibration()))
+        (Path(path) / HEAD_FILE).write_text(json.dumps({k: calib[k].item().hex() for k in CALIBRATION}))
 
     @staticmethod
     def read(path: str | Path) -> dict:
@@ -84,7 +86,7 @@ class LogProbCredit(nn.Module):
 
         state = {f"lm.{k}": v for k, v in read_safetensors(path).items()}
         head = json.loads((Path(path) / HEAD_FILE).read_text())
-        state.update({k: torch.tensor([float.fromhex(head[k])]) for k in ("log_scale", "offset")})
+        state.update({k: torch.tensor([float.fromhex(head[k])]) for k in CALIBRATION})
         return state
 
     def load(self, path: str | Path) -> None:
@@ -93,5 +95,5 @@ class LogProbCredit(nn.Module):
         load_weights(self.lm, path)
         head = json.loads((Path(path) / HEAD_FILE).read_text())
         with torch.no_grad():
-            self.log_scale.fill_(float.fromhex(head["log_scale"]))
-            self.offset.fill_(float.fromhex(head["offset"]))
+            for k, p in zip(CALIBRATION, self.calibration()):
+                p.fill_(float.fromhex(head[k]))
