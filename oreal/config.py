@@ -18,6 +18,58 @@ from .errors import ConfigError
 T = TypeVar("T")
 
 
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING):
+    """A dataclass field with its help text, which `oreal config show` and `--help` print."""
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, help) of every field of a config dataclass, nested sections included."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += describe(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, f.metadata.get("help", "")))
+    return out
+
+
+def _scalar(v) -> str:
+    """A value as YAML that reads back as itself: plain where YAML keeps it, else JSON (also YAML)."""
+    import json
+
+    if isinstance(v, str):
+        try:
+            plain = "\n" not in v and " #" not in v and yaml.safe_load(v) == v
+        except yaml.YAMLError:
+            plain = False
+        return v if plain else json.dumps(v)
+    return json.dumps(v)
+
+
+def show_config(cfg, indent: str = "") -> str:
+    """The config as YAML, every key with its help as a comment (`oreal config show`)."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        v, help_ = getattr(cfg, f.name), f.metadata.get("help", "")
+        if dataclasses.is_dataclass(v):
+            lines.append(f"{indent}{f.name}:  # {help_}" if help_ else f"{indent}{f.name}:")
+            lines.append(show_config(v, indent + "  "))
+        else:
+            lines.append(f"{indent}{f.name}: {_scalar(v)}" + (f"  # {help_}" if help_ else ""))
+    return "\n".join(lines)
+
+
+def as_config(cls: type[T], value, key: str) -> T:
+    """The section `key` given in Python as a mapping (or already built): `algo={"name": "grpo"}`."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, dict):
+        return _build(cls, value, prefix=key + ".")
+    raise ConfigError(f"{key}: expected a {cls.__name__} or a mapping, got {type(value).__name__} {value!r}")
 
 
 def _coerce(key: str, value: Any, tp) -> Any:

@@ -2,13 +2,13 @@
 
 `AlgoConfig.validate` iterates `OPTIONS`, the same registries the pure functions dispatch on, so
 an allowed value is listed once. A preset in `ALGORITHMS` fills several fields at once; the keys a
-user set explicitly win over it (`resolve_algo`).
+user set win over it: the fields a preset may set default to None, filled on construction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..config import ConfigError
+from ..config import ConfigError, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .selection import SELECTIONS
@@ -41,30 +41,52 @@ OPTIONS = {
 }
 
 
+# What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
+PRESET_DEFAULTS = dict(advantage="rloo", positive_loss="bc", pos_mult_adv=True, token_weights="threshold",
+                       select="pair", filter=True, loss_norm="tokens", actor_freeze_steps=10)
+_FROM_PRESET = " (unset: the preset's)"
+
+
 @dataclass
 class AlgoConfig:
-    name: str = "oreal"  # a preset from ALGORITHMS fills the fields below; explicit keys win
-    advantage: str = "rloo"  # rloo | grpo | drgrpo | none
-    positive_loss: str = "bc"  # bc: behaviour cloning on positives; pg: the same PG term as negatives
-    pos_mult_adv: bool = True
-    lambda_pos: float = 1.0
-    lambda_neg: float = 0.5
-    token_weights: str = "threshold"  # none | threshold | topk (needs the token RM)
-    credit: str = "rm"  # the token RM behind the token weights: rm (the paper's) | logprob | surprise
-    credit_calib_lr: float = 0.05  # logprob / surprise: learning rate of the calibration a, b
-    credit_init: list[float] = field(default_factory=lambda: [1.0, 0.0])  # logprob / surprise: a, b at start
-    tau: float = 0.5
-    token_weights_on: str = "both"  # both (the paper) | negatives: positives are cloned with weight 1
-    # token weights from the token RM after its step on this batch's outcomes (hindsight) instead of
-    # before it, as the reference does; measured in docs/benchmarks.md (credit), off in the demo
-    weights_after_rm_step: bool = False
-    topk_ratio: float = 0.2
-    select: str = "pair"  # pair | all
-    filter: bool = True  # drop questions with pass rate 0 or 1
-    kl_coef: float = 0.01
-    kl_kind: str = "k3"  # k1 | k3 | mse
-    loss_norm: str = "tokens"  # tokens: global token counts; constant: sequences x max_new_tokens
-    actor_freeze_steps: int = 10
+    """OREAL's settings. `name` picks a preset (ALGORITHMS) that fills every field left unset
+    (None); a field you set wins over the preset. Validated on construction, however built."""
+    name: str = setting("oreal", "preset: " + " | ".join(["oreal", "reinforce", "rloo", "grpo", "drgrpo",
+                                                           "ladder_shaping", "ladder_bc", "ladder_token"]))
+    advantage: str | None = setting(None, "group advantage: rloo | grpo | drgrpo | none" + _FROM_PRESET)
+    positive_loss: str | None = setting(None, "bc: behaviour cloning on positives; pg: the negatives' policy "
+                                              "gradient on positives too" + _FROM_PRESET)
+    pos_mult_adv: bool | None = setting(None, "multiply the positives' BC term by the advantage" + _FROM_PRESET)
+    lambda_pos: float = setting(1.0, "weight of the positives' term (lambda+)")
+    lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
+    token_weights: str | None = setting(None, "token importance weights: threshold | topk | none (none loads no "
+                                              "token RM)" + _FROM_PRESET)
+    credit: str = setting("rm", "the token RM behind the weights: rm (token head, the paper's) | logprob | surprise")
+    credit_calib_lr: float = setting(0.05, "logprob / surprise: learning rate of the calibration a, b")
+    credit_init: list[float] = setting(help="logprob / surprise: a, b of w_t = a log pi(y_t) + b at the start",
+                                       factory=lambda: [1.0, 0.0])
+    tau: float = setting(0.5, "threshold of the token weights on the running correctness c_t")
+    token_weights_on: str = setting("both", "both (the paper) | negatives: positives are cloned with weight 1")
+    weights_after_rm_step: bool = setting(False, "token weights from the token RM after its step on this batch "
+                                                 "(hindsight) instead of before it, as the reference does")
+    topk_ratio: float = setting(0.2, "topk: share of tokens kept")
+    select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
+                                 + _FROM_PRESET)
+    filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
+    kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
+    kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
+    loss_norm: str | None = setting(None, "pg losses: tokens (global token counts) | constant (sequences x "
+                                          "max_new_tokens, Dr. GRPO)" + _FROM_PRESET)
+    actor_freeze_steps: int | None = setting(None, "steps at the start where only the token RM learns"
+                                             + _FROM_PRESET)
+
+    def __post_init__(self):
+        if self.name not in ALGORITHMS:
+            raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
+        for key, value in {**PRESET_DEFAULTS, **ALGORITHMS[self.name]}.items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        self.validate()
 
     @property
     def uses_token_rm(self) -> bool:
@@ -76,6 +98,11 @@ class AlgoConfig:
                 raise ConfigError(f"algo.{key}: {getattr(self, key)!r} is not one of {sorted(allowed)}")
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
+        if self.positive_loss == "bc" and self.loss_norm != "tokens":
+            raise ConfigError(f"algo.loss_norm: {self.loss_norm!r} applies to positive_loss=pg only; behaviour "
+                              f"cloning divides by the positives' and negatives' token counts")
+        if self.actor_freeze_steps < 0:
+            raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 
 
 _PG_ALL = dict(positive_loss="pg", token_weights="none", select="all", pos_mult_adv=False)
@@ -94,6 +121,7 @@ ALGORITHMS: dict[str, dict] = {
 
 
 def resolve_algo(cfg: AlgoConfig, explicit: set[str]) -> AlgoConfig:
-    """Apply the preset named by `cfg.name`, keeping the keys the user set explicitly."""
-    preset = {k: v for k, v in ALGORITHMS[cfg.name].items() if k not in explicit}
+    """`cfg` with the preset named by `cfg.name` applied again over every key not in `explicit`
+    (a config whose name changed after it was built)."""
+    preset = {k: v for k, v in {**PRESET_DEFAULTS, **ALGORITHMS[cfg.name]}.items() if k not in explicit}
     return replace(cfg, **preset)

@@ -21,6 +21,26 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class KeysHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's lines as written (the list of config keys)."""
+
+
+def with_config_keys(parser: argparse.ArgumentParser, epilog: str) -> None:
+    """`--help` ends with every training config key and its help, built only when help is printed
+    (the config imports torch; building the parser must not)."""
+    import textwrap
+
+    def format_help():
+        from ..config import describe
+        from ..training.config import TrainConfig
+
+        keys = "\n".join(f"  {k:<32} {h}" for k, h in describe(TrainConfig))
+        parser.epilog = f"{textwrap.fill(epilog, 100)}\n\nconfig keys (key=value):\n{keys}"
+        return argparse.ArgumentParser.format_help(parser)
+
+    parser.format_help = format_help
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Building the parser imports no torch/transformers: `oreal --help` and `oreal verify` stay fast.
     from . import config, data, demo, evaluate, report, sft, train, verify

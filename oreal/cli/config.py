@@ -9,7 +9,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("config", help="show the training config keys and their values",
                        formatter_class=HelpFormatter)
     csub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
-    s = csub.add_parser("show", help="print the resolved config as YAML", formatter_class=HelpFormatter)
+    s = csub.add_parser("show", help="print the resolved config as YAML, each key with its help",
+                        formatter_class=HelpFormatter)
     s.add_argument("config", nargs="?", default=None,
                    help="YAML config to start from (none: the built-in defaults; 'demo': the demo's)")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algo.name=grpo steps=10")
@@ -17,9 +18,7 @@ def add_parser(sub) -> None:
 
 
 def show(args) -> int:
-    import yaml
-
-    from ..config import to_dict
+    from ..config import show_config
     from ..training.config import build_config
 
     path = args.config
@@ -27,5 +26,5 @@ def show(args) -> int:
         from ..recipes.demo import demo_config_path
 
         path = demo_config_path()
-    print(yaml.safe_dump(to_dict(build_config(path, args.overrides)), sort_keys=False), end="")
+    print(show_config(build_config(path, args.overrides)))
     return 0

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import signal
 
-from . import HelpFormatter
+from . import KeysHelpFormatter, with_config_keys
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a policy with OREAL (or a baseline) from a YAML config",
-                       formatter_class=HelpFormatter,
-                       epilog="Every config key and its default: `oreal config show [CONFIG]`. Lists take "
-                              "commas: trackers=tensorboard,wandb. Exit codes: 0 done, 1 failed (data, "
-                              "model, disk), 2 bad usage or config, 130/143 stopped by SIGINT/SIGTERM "
-                              "after writing a checkpoint.")
+                       formatter_class=KeysHelpFormatter)
+    with_config_keys(p, "Every config key with the value a run would use: `oreal config show [CONFIG]`. "
+                        "Lists take commas: trackers=tensorboard,wandb. Exit codes: 0 done, 1 failed (data, "
+                        "model, disk), 2 bad usage or config, 130/143 stopped by SIGINT/SIGTERM after "
+                        "writing a checkpoint.")
     p.add_argument("config", help="YAML config (e.g. oreal/configs/demo.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. algo.name=grpo steps=10")
     p.set_defaults(func=run)
@@ -25,8 +25,9 @@ def run(args) -> int:
 
     cfg = build_config(args.config, args.overrides)
     with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
-        trainer, _ = train(cfg, v)
-    if trainer.interrupted:
-        return 128 + getattr(signal, trainer.interrupted)
+        result = train(cfg, v)
+        result.trainer.close()
+    if result.interrupted:
+        return 128 + getattr(signal, result.interrupted)
     print(f"done: {cfg.out}/final/policy")
     return 0

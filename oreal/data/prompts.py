@@ -3,15 +3,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..config import setting
+
 # The reference run's instruction (Qwen2.5-Math style): reason step by step, box the answer.
 DEFAULT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
 @dataclass
 class PromptConfig:
-    system: str | None = DEFAULT_SYSTEM
-    use_chat_template: bool = True  # when the tokenizer has one
-    plain_template: str = "Question: {question}\nAnswer: "  # for models without a chat template
+    system: str | None = setting(DEFAULT_SYSTEM, "system prompt of the chat template (unset: none)")
+    use_chat_template: bool = setting(True, "use the tokenizer's chat template when it has one")
+    plain_template: str = setting("Question: {question}\nAnswer: ", "prompt for models without a chat template")
 
 
 def render(question: str, tokenizer=None, cfg: PromptConfig | None = None) -> str:

@@ -5,10 +5,10 @@ for the embedded model. The algorithm's own settings (`AlgoConfig`) live in `ore
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..algo import AlgoConfig, resolve_algo
-from ..config import ConfigError, from_values, read_values
+from ..algo import AlgoConfig
+from ..config import ConfigError, as_config, from_values, read_values, setting
 from ..data import PromptConfig
 from ..rollout import AUTO, ENGINES, SamplingConfig
 from ..tracking import TRACKERS
@@ -17,15 +17,15 @@ from .skills import SkillConfig
 
 @dataclass
 class OptimConfig:
-    lr: float = 5e-7
-    min_lr: float = 1e-7
-    rm_lr: float = 2e-6
-    rm_min_lr: float = 4e-7
-    warmup: int = 10
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    eps: float = 1e-8  # AdamW epsilon
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas (the reference's)
+    lr: float = setting(5e-7, "policy learning rate at the peak")
+    min_lr: float = setting(1e-7, "policy learning rate at the end of the cosine")
+    rm_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
+    rm_min_lr: float = setting(4e-7, "token RM learning rate at the end of the cosine")
+    warmup: int = setting(10, "linear warm-up steps of both schedules")
+    weight_decay: float = setting(0.01, "AdamW weight decay (none on biases and norms)")
+    grad_clip: float = setting(1.0, "clip each model's gradient norm at this")
+    eps: float = setting(1e-8, "AdamW epsilon")
+    betas: list[float] = setting(help="AdamW betas (the reference's)", factory=lambda: [0.9, 0.999])
 
     def validate(self):
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -34,61 +34,77 @@ class OptimConfig:
 
 @dataclass
 class LoraSettings:
-    enabled: bool = False  # train a PEFT LoRA adapter; the reference is the base with it disabled
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                               "gate_proj", "up_proj", "down_proj"])
+    enabled: bool = setting(False, "train a PEFT LoRA adapter; the reference is the base with it disabled")
+    r: int = setting(16, "LoRA rank")
+    alpha: int = setting(32, "LoRA alpha")
+    dropout: float = setting(0.0, "LoRA dropout")
+    target_modules: list[str] = setting(help="modules that get an adapter", factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+_SECTIONS = {"algo": AlgoConfig, "optim": OptimConfig, "sampling": SamplingConfig, "prompt": PromptConfig,
+             "skills": SkillConfig, "lora": LoraSettings}
 
 
 @dataclass
 class TrainConfig:
-    out: str = "runs/oreal"
-    policy: str = "default"  # HF causal LM directory, or 'default' (the embedded model)
-    token_rm: str | None = None  # None: initialise from the policy
-    dtype: str = "float32"
-    device: str = "cpu"
-    data: str = "curriculum_train"  # registry name or path
-    data_preset: str | None = None
-    data_dir: str | None = None
-    data_balance: bool = False  # repeat questions by pass-rate band as the reference run does (needs pass_rate)
-    eval_data: str | None = "curriculum_test"
-    eval_limit: int = 200
-    eval_every: int = 0  # 0: only before/after where the caller asks
-    eval_k: int = 1
-    steps: int = 90
-    batch_questions: int = 64  # B
-    samples: int = 16  # K
-    micro_batch: int = 64  # sequences per forward/backward
-    micro_batch_tokens: int = 0  # also cap each micro-batch at this many padded tokens (0: off)
-    fsdp: bool = False  # shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)
-    mixed_precision: bool = False  # FSDP2: bf16 compute, fp32 master weights and reductions
-    cpu_offload: bool = False  # FSDP2: keep sharded parameters and optimiser state in CPU memory
-    activation_checkpointing: bool = False  # recompute activations in backward to save memory
-    engine: str = "auto"  # auto: hf_sampler on CPU, hf_device on GPU; or hf_sampler, hf_device, hf_generate
-    seed: int = 0
-    threads: int = 0  # torch threads on CPU (0: the cores free at the start, see oreal.training.threads)
-    max_seconds: float = 0.0  # stop after this long (0 = no limit)
-    verifier_workers: int = 2
-    verifier_timeout: float = 10.0
-    log_every: int = 1
-    save_every: int = 0  # checkpoint every N steps (0: only at the end); also on SIGINT/SIGTERM
-    keep_last: int = 2  # checkpoints kept besides the best by evaluation
-    resume: str | None = None  # 'auto': newest good checkpoint under out/checkpoints; or a path
-    overwrite: bool = False  # a fresh start may delete the checkpoints of an earlier run in `out`
-    max_nonfinite: int = 3  # stop after this many steps in a row with a non-finite loss/gradient
-    trackers: list[str] = field(default_factory=list)  # tensorboard, wandb
-    wandb_project: str = "oreal"
-    dump_per_step: int = 8  # responses per step written to trajectories.jsonl (0: none)
-    dump_max_mb: float = 20.0  # stop dumping trajectories past this size
-    algo: AlgoConfig = field(default_factory=AlgoConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
+    """Everything a run needs, validated on construction (from YAML, overrides or Python alike).
+    In Python a section may be a mapping and `algo` a preset's name: `TrainConfig(algo="grpo")`."""
+    out: str = setting("runs/oreal", "run directory: config, metrics, checkpoints, final weights")
+    policy: str = setting("default", "HF causal LM directory, or 'default' (the embedded model)")
+    token_rm: str | None = setting(None, "token RM / credit model to start from (unset: the policy)")
+    dtype: str = setting("float32", "weights' dtype: float32 | bfloat16 | float16")
+    device: str = setting("cpu", "cpu | cuda")
+    data: str = setting("curriculum_train", "training questions: registry name or path (JSONL, JSON, CSV, "
+                                            "Parquet, saved HF dataset)")
+    data_preset: str | None = setting(None, "field preset of the data (unset: from the name)")
+    data_dir: str | None = setting(None, "where registry benchmarks live (or $OREAL_DATA_DIR)")
+    data_balance: bool = setting(False, "repeat questions by pass-rate band as the reference run does "
+                                        "(needs pass_rate)")
+    eval_data: str | None = setting("curriculum_test", "held-out questions for evaluations")
+    eval_limit: int = setting(200, "evaluate on the first N held-out questions")
+    eval_every: int = setting(0, "evaluate every N steps (0: only where the caller asks)")
+    eval_k: int = setting(1, "samples per held-out question")
+    steps: int = setting(90, "training steps")
+    batch_questions: int = setting(64, "questions per step (B)")
+    samples: int = setting(16, "samples per question (K)")
+    micro_batch: int = setting(64, "sequences per forward/backward")
+    micro_batch_tokens: int = setting(0, "also cap each micro-batch at this many padded tokens (0: off)")
+    fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
+    mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
+    cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
+    activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
+    engine: str = setting("auto", "rollout engine: auto (hf_sampler on CPU, hf_device on GPU) | hf_sampler | "
+                                  "hf_device | hf_generate")
+    seed: int = setting(0, "seed of the run")
+    threads: int = setting(0, "torch threads on CPU (0: the cores free at the start)")
+    max_seconds: float = setting(0.0, "stop after this long, with a checkpoint (0: no limit)")
+    verifier_workers: int = setting(2, "verifier worker processes")
+    verifier_timeout: float = setting(10.0, "seconds per graded answer before its worker is killed")
+    log_every: int = setting(1, "print a step line every N steps (0: never)")
+    save_every: int = setting(0, "checkpoint every N steps (0: only at the end); also on SIGINT/SIGTERM")
+    keep_last: int = setting(2, "checkpoints kept besides the best by evaluation")
+    resume: str | None = setting(None, "'auto': newest good checkpoint under out/checkpoints; or a path")
+    overwrite: bool = setting(False, "a fresh start may replace an earlier run in `out`")
+    max_nonfinite: int = setting(3, "stop after this many steps in a row with a non-finite loss or gradient")
+    trackers: list[str] = setting(help="tensorboard, wandb", factory=list)
+    wandb_project: str = setting("oreal", "Weights & Biases project")
+    dump_per_step: int = setting(8, "responses per step written to trajectories.jsonl (0: none)")
+    dump_max_mb: float = setting(20.0, "stop dumping trajectories past this size")
+    algo: AlgoConfig = setting(help="the algorithm", factory=AlgoConfig)
+    optim: OptimConfig = setting(help="optimisers and schedules", factory=OptimConfig)
+    sampling: SamplingConfig = setting(help="rollout sampling", factory=lambda: SamplingConfig(
         temperature=1.0, top_p=0.9, max_new_tokens=1024))
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    skills: SkillConfig = field(default_factory=SkillConfig)  # skill-based enhancement (off by default)
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    prompt: PromptConfig = setting(help="prompt rendering", factory=PromptConfig)
+    skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
+    lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
+
+    def __post_init__(self):
+        if isinstance(self.algo, str):  # a preset's name: TrainConfig(algo="grpo")
+            self.algo = AlgoConfig(name=self.algo)
+        for key, cls in _SECTIONS.items():
+            setattr(self, key, as_config(cls, getattr(self, key), key))
+        self.validate()
 
     def validate(self):
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
@@ -106,10 +122,5 @@ class TrainConfig:
 
 
 def build_config(path: str | None, overrides: list[str] | dict | None) -> TrainConfig:
-    """Load a TrainConfig, then apply the algorithm preset under the user's explicit keys."""
-    values = read_values(path, overrides)  # read once: the preset must not override explicit keys
-    explicit = set((values.get("algo") or {}).keys()) - {"name"}
-    cfg = from_values(TrainConfig, values)
-    cfg.algo = resolve_algo(cfg.algo, explicit)
-    cfg.validate()
-    return cfg
+    """A TrainConfig from a YAML file and overrides; the algorithm preset fills what neither set."""
+    return from_values(TrainConfig, read_values(path, overrides))

@@ -15,21 +15,22 @@ from typing import Callable
 
 import torch
 
+from ..config import setting
 from ..data.records import Problem
 
 
 @dataclass
 class SkillConfig:
-    enabled: bool = False
-    threshold: float = 0.25  # a question is hard while its pass rate stays under this...
-    min_visits: int = 1  # ...over at least this many visits (K samples each)
-    share: float = 0.25  # at most this share of each batch is drawn from boosted skills
-    mine_every: int = 5  # re-mine the hard questions every N steps
-    top_skills: int = 2  # boost the skills with the highest share of hard questions
-    min_support: int = 3  # ...among skills seen on at least this many tracked questions
-    source: str = "tags"  # tags | embedding
-    neighbours: int = 16  # embedding: questions per hard question that share its "skill"
-    pool: str | None = None  # optional extra question pool (path/registry name) to draw boosted questions from
+    enabled: bool = setting(False, "skill-based enhancement: boost questions of the skills the policy keeps failing")
+    threshold: float = setting(0.25, "a question is hard while its pass rate stays under this...")
+    min_visits: int = setting(1, "...over at least this many visits (K samples each)")
+    share: float = setting(0.25, "at most this share of each batch is drawn from boosted skills")
+    mine_every: int = setting(5, "re-mine the hard questions every N steps")
+    top_skills: int = setting(2, "boost the skills with the highest share of hard questions")
+    min_support: int = setting(3, "...among skills seen on at least this many tracked questions")
+    source: str = setting("tags", "where skills come from: tags | embedding")
+    neighbours: int = setting(16, "embedding: questions per hard question that share its skill")
+    pool: str | None = setting(None, "extra question pool (path or registry name) for boosted questions")
 
 
 class PassRateTracker:
