@@ -104,9 +104,9 @@ def barrier() -> None:
         dist.barrier()
 
 
-def fsdp_wrap(model: torch.nn.Module, bf16: bool = False, cpu_offload: bool = False) -> torch.nn.Module:
-    """FSDP2: shard each decoder layer, then the root; gradients are summed, not averaged, because
-    the trainer's losses are already divided by global token counts."""
+def fsdp_wrap(model: torch.nn.Module, layers: list, bf16: bool = False, cpu_offload: bool = False) -> torch.nn.Module:
+    """FSDP2: shard each of `layers` (the decoder layers), then the root; gradients are summed, not
+    averaged, because the trainer's losses are already divided by global token counts."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     kw = {}
@@ -114,9 +114,7 @@ def fsdp_wrap(model: torch.nn.Module, bf16: bool = False, cpu_offload: bool = Fa
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
         kw["offload_policy"] = CPUOffloadPolicy()
-    inner = getattr(model, "lm", model)  # a log-prob credit model wraps an LM (oreal.models.credit)
-    layers = getattr(getattr(inner, "model", inner), "layers", None)
-    for layer in layers or []:
+    for layer in layers:
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
     from torch.distributed.fsdp import FSDPModule
@@ -179,22 +177,10 @@ def load_optimizer_state(model, opt, state: dict | None) -> None:
         return
     if not is_fsdp(model):
         opt.load_state_dict(state)
-        _reshape_like_params(opt)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
-
-
-def _reshape_like_params(opt) -> None:
-    """Give each per-parameter state tensor its parameter's shape where only the shape differs: a
-    log-prob credit's calibration a, b were 0-d before FSDP2 support made them [1], and AdamW's
-    in-place update cannot broadcast a 0-d moment to [1]."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for k, v in opt.state.get(p, {}).items():
-                if torch.is_tensor(v) and k != "step" and v.shape != p.shape and v.numel() == p.numel():
-                    opt.state[p][k] = v.reshape(p.shape)
 
 
 def max_int(n: int) -> int:

@@ -20,18 +20,24 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model, lr: float, weight_decay: float, warmup: int, total: int, min_lr: float,
-                   eps: float = 1e-8, own_lr: dict | None = None, betas: tuple[float, float] = (0.9, 0.95)):
-    """AdamW (no weight decay on biases and norms) with warm-up + cosine. `own_lr` maps
-    parameters to a learning rate of their own (no weight decay); the schedule scales every group."""
+def param_groups(model, weight_decay: float, own_lr: dict | None = None) -> list[dict]:
+    """AdamW groups of a model's trainable parameters: weight decay on matrices only (none on
+    biases and norms); `own_lr` maps parameters to a learning rate of their own (no weight decay)."""
     own_lr = own_lr or {}
     special = {id(p) for p in own_lr}
     decay, no_decay = [], []
-    for n, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad and id(p) not in special:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups += [{"params": [p], "weight_decay": 0.0, "lr": g} for p, g in own_lr.items() if p.requires_grad]
+    return groups + [{"params": [p], "weight_decay": 0.0, "lr": g} for p, g in own_lr.items() if p.requires_grad]
+
+
+def make_optimizer(params, lr: float, weight_decay: float, warmup: int, total: int, min_lr: float,
+                   eps: float = 1e-8, betas: tuple[float, float] = (0.9, 0.999)):
+    """AdamW with warm-up + cosine over a model (grouped by `param_groups`) or over groups given;
+    the schedule scales every group."""
+    groups = param_groups(params, weight_decay) if isinstance(params, torch.nn.Module) else params
     opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     ratio = min_lr / lr if lr > 0 else 0.0
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, ratio))

@@ -9,7 +9,8 @@ ROOT = Path(oreal.__file__).parent
 # (and from inside its own package). Leaf utilities at 0; the command line on top.
 LAYERS = {
     "errors": 0, "faults": 0, "extract": 0,
-    "config": 1, "verify": 1, "models": 1, "optim": 1, "distributed": 1, "tracking": 1, "plots": 1,
+    "optim": 0, "distributed": 0,
+    "config": 1, "verify": 1, "models": 1, "tracking": 1, "plots": 1,
     "checkpoint": 1,
     "data": 2, "algo": 2, "rollout": 2,
     "evaluation": 3,

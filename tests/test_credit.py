@@ -5,7 +5,7 @@ import copy
 import torch
 
 from oreal import algo
-from oreal.models import LogProbCredit, load_policy, load_token_rm, token_scores
+from oreal.models import LogProbCredit, TokenHeadCredit, load_credit_model, load_policy, load_token_rm
 from oreal.optim import make_optimizer
 from oreal.training.batch import batch_tensors
 
@@ -31,16 +31,16 @@ def _marker_batch(g, n, vocab, marker, length=12):
 def test_token_rm_learns_a_planted_marker(tiny):
     path, _, tok, _ = tiny
     torch.manual_seed(0)
-    rm = load_token_rm(path)
+    rm = TokenHeadCredit(load_token_rm(path))
     vocab, marker = len(tok), 42
     # lr 1e-3 for 60 steps: ranking 0.94, AUC 0.96 with 1 and with 2 torch threads. At 3e-3 the
     # ranking saturates early and the AUC then swings (0.84 with 1 thread, 0.91 with 2, at step 60).
-    opt, sched = make_optimizer(rm, 1e-3, 0.0, 0, 60, 1e-3)
+    opt, sched = make_optimizer(rm, 1e-3, 0.0, 0, 60, 1e-3, betas=(0.9, 0.95))  # the betas it was tuned with
     g = torch.Generator().manual_seed(0)
     for _ in range(60):
         seqs, r, _ = _marker_batch(g, 32, vocab, marker)
         ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
-        w = token_scores(rm, ids, attn, targets)
+        w = rm.scores(ids, attn, targets)
         loss = algo.token_rm_sequence_loss(w, mask, r) / len(seqs)
         opt.zero_grad()
         loss.backward()
@@ -49,7 +49,7 @@ def test_token_rm_learns_a_planted_marker(tiny):
     seqs, r, where = _marker_batch(torch.Generator().manual_seed(99), 64, vocab, marker)
     ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
     with torch.no_grad():
-        w = token_scores(rm, ids, attn, targets)
+        w = rm.scores(ids, attn, targets)
     seq = algo.masked_mean(w, mask)
     wins, pairs = algo.pair_ranking(seq.tolist(), (r > 0.5).tolist(), [i // 2 for i in range(64)])
     assert wins / pairs > 0.9
@@ -87,32 +87,58 @@ def test_logprob_credit_scores_saves_and_loads(tiny, tmp_path):
     # the full-state form FSDP2 uses: read() gives back this module's state dict, to the bit, and
     # saving from a given state dict (as FSDP2 gathers it) writes the same directory
     full = credit.state_dict()
-    back = LogProbCredit.read(tmp_path / "rm")
+    back = credit.read(tmp_path / "rm")
     assert set(back) <= set(full) and set(full) - set(back) <= {"lm.lm_head.weight"}  # tied to the embedding
     assert {"log_scale", "offset"} <= set(back) and all(torch.equal(back[k], full[k]) for k in back)
     credit.save(tmp_path / "rm2", tok, {k: v.clone() for k, v in full.items()})
-    again = LogProbCredit.read(tmp_path / "rm2")
+    again = credit.read(tmp_path / "rm2")
     assert set(back) <= set(again) <= set(full) and all(torch.equal(again[k], full[k]) for k in again)
 
 
-def test_optimiser_state_of_0d_calibration_loads_into_the_1_element_one():
-    """Checkpoints from before FSDP2 support hold AdamW moments of 0-d a, b; they load into the
-    [1]-shaped parameters and step exactly as the 0-d ones would."""
+def test_optimiser_state_of_0d_calibration_loads_into_the_1_element_one(tiny):
+    """Checkpoints from before FSDP2 support hold AdamW moments of 0-d a, b; the log-prob credit
+    reshapes them on load into its [1]-shaped parameters, which then step exactly as the 0-d ones
+    would."""
     from oreal.distributed import load_optimizer_state
 
     def adam(p):
         return torch.optim.AdamW([p], lr=0.1)
 
-    old = torch.nn.Parameter(torch.tensor(2.0))
+    credit = LogProbCredit(load_policy(tiny[0]), train_lm=False, scale=2.0)
+    old = torch.nn.Parameter(credit.offset.detach().reshape(()).clone())
     opt_old = adam(old)
     for g in (0.5, -0.25):
         old.grad = torch.tensor(g)
         opt_old.step()
-    new = torch.nn.Parameter(old.detach().reshape(1).clone())
-    opt_new = adam(new)
-    load_optimizer_state(new, opt_new, copy.deepcopy(opt_old.state_dict()))
-    assert opt_new.state[new]["exp_avg"].shape == (1,)
-    old.grad, new.grad = torch.tensor(0.75), torch.tensor([0.75])
+    with torch.no_grad():
+        credit.offset.copy_(old.detach().reshape(1))
+    opt_new = adam(credit.offset)
+    load_optimizer_state(credit, opt_new, copy.deepcopy(opt_old.state_dict()))
+    credit.after_optimizer_load(opt_new)
+    assert opt_new.state[credit.offset]["exp_avg"].shape == (1,)
+    old.grad, credit.offset.grad = torch.tensor(0.75), torch.tensor([0.75])
     opt_old.step()
     opt_new.step()
-    assert new.item() == old.item()
+    assert credit.offset.item() == old.item()
+
+
+def test_credit_models_by_name_behind_one_interface(tiny, tmp_path):
+    """`algo.credit` names a model in CREDIT_MODELS; each scores [N, L-1], saves an HF directory
+    and loads it back to the bit through the same methods."""
+    path, _, tok, _ = tiny
+    seqs = [([5, 6, 7], [20, 21, 22]), ([5, 6], [30, 31])]
+    ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
+    for kind in ("rm", "logprob", "surprise"):
+        torch.manual_seed(0)
+        credit = load_credit_model(kind, path, init=(3.0, 0.25))
+        with torch.no_grad():
+            w = credit.scores(ids, attn, targets)
+        assert w.shape == targets.shape
+        credit.save(tmp_path / kind, tok)
+        torch.manual_seed(1)  # a different new head: the load must replace it
+        back = load_credit_model(kind, path)
+        back.load(tmp_path / kind)
+        with torch.no_grad():
+            assert torch.equal(back.scores(ids, attn, targets), w), kind
+        lrs = sorted(g.get("lr", -1.0) for g in credit.param_groups(0.01, 0.05))
+        assert (0.05 in lrs) == (kind != "rm"), (kind, lrs)  # the calibration's own learning rate

@@ -1,14 +1,16 @@
-"""Token reward models whose token score is a calibrated log-prob: w_t = a * log pi(y_t) + b.
+"""Credit models: what scores each response token for OREAL's token weights, behind one interface.
 
-The paper's token RM (a token head on the policy's backbone, `load_token_rm`) stays at chance
-on the curriculum at the demo's scale (`benchmarks/credit.py`): a tiny backbone cannot compute
-from scratch which number in a chain is wrong. The policy's own log-prob of each sampled token
-already marks it (the wrong number is the surprising token), so these models start from it:
+`CreditModel` is what the trainer needs of one (scores, optimiser groups, save/load, FSDP2
+sharding); `CREDIT_MODELS` names them for `algo.credit`:
 
-- `logprob`: pi_phi is a trainable copy of the policy, trained on outcomes with the same BCE of
-  sigmoid(mean_t w_t) against r as the paper's RM: credit learned from outcomes only.
-- `surprise`: pi is a frozen copy of the policy; only a and b learn (the no-learning baseline).
+- `rm`: the paper's token RM, the policy's backbone with a one-logit-per-token head.
+- `logprob`: w_t = a * log pi_phi(y_t) + b, pi_phi a trainable copy of the policy, trained on
+  outcomes with the same BCE of sigmoid(mean_t w_t) against r: credit learned from outcomes only.
+- `surprise`: the same with pi frozen; only a and b learn (the no-learning baseline).
 
+The paper's token RM stays at chance on the curriculum at the demo's scale (`benchmarks/credit.py`):
+a tiny backbone cannot compute from scratch which number in a chain is wrong. The policy's own
+log-prob of each sampled token already marks it (the wrong number is the surprising token).
 a and b calibrate c_t = sigmoid(mean w) for the token weights' threshold tau: with a large a and
 b > 0, tokens before a surprising token keep c_t high and the surprising one pulls it down. a is
 stored as log a; both train with their own learning rate (`algo.credit_calib_lr`), since two
@@ -23,25 +25,88 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed as dist_utils
+from ..optim import param_groups
+from .loading import decoder_layers, load_policy, load_token_rm, load_weights, read_safetensors, save_model
+
 HEAD_FILE = "credit_head.json"
 CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
 
 
-def token_scores(rm: nn.Module, input_ids, attention_mask, targets) -> torch.Tensor:
-    """[N, L-1] token scores w_t of any credit model, aligned with the shifted targets (position t
-    scores token t + 1).
+class CreditModel(nn.Module):
+    """A token reward model: `forward(ids, attn, targets)` gives [N, L-1] token scores w_t aligned
+    with the shifted targets (position t scores token t + 1). It is the forward, so that FSDP2
+    gathers the sharded parameters around it. Saved as a plain HF directory of its `inner` model."""
 
-    The paper's token RM is read as the reference reads it (`rm_logits[-n-1:-1]` in
-    `train_oreal.py`): the head at position t, which has seen the tokens up to t, scores token
-    t + 1, so a token's score is the RM's view of the prefix before it. A log-prob credit's score
-    of token t + 1 is its log-probability there (it does see the token: that is the surprise).
-    """
-    if isinstance(rm, LogProbCredit):
-        return rm(input_ids, attention_mask, targets)
-    return rm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0]
+    inner_name: str  # the attribute holding the HF model inside (what `save` writes as an HF directory)
+
+    @property
+    def inner(self) -> nn.Module:
+        return getattr(self, self.inner_name)
+
+    def scores(self, input_ids, attention_mask, targets) -> torch.Tensor:
+        return self(input_ids, attention_mask, targets)
+
+    def param_groups(self, weight_decay: float, calib_lr: float) -> list[dict]:
+        """AdamW groups (`oreal.optim.param_groups`); extra parameters take `calib_lr`."""
+        return param_groups(self, weight_decay)
+
+    def shard(self, bf16: bool = False, cpu_offload: bool = False) -> None:
+        """FSDP2: each decoder layer of the inner model, then this module."""
+        dist_utils.fsdp_wrap(self, decoder_layers(self.inner), bf16, cpu_offload)
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.inner.gradient_checkpointing_enable()
+
+    def save(self, path: str | Path, tokenizer, state_dict: dict | None = None) -> None:
+        """An HF directory of the inner model. `state_dict`: this module's full state (FSDP2
+        gathers it first), else its own."""
+        save_model(self.inner, tokenizer, path, _inner_state(state_dict, self.inner_name))
+
+    def read(self, path: str | Path) -> dict:
+        """The full state dict (this module's keys) of a directory `save` wrote."""
+        return {f"{self.inner_name}.{k}": v for k, v in read_safetensors(path).items()}
+
+    def load(self, path: str | Path) -> None:
+        """Load a directory `save` wrote, exactly; under FSDP2 into the shards."""
+        if dist_utils.is_fsdp(self):
+            dist_utils.load_full_state_dict(self, self.read(path))
+        else:
+            load_weights(self.inner, path)
+
+    def after_optimizer_load(self, opt: torch.optim.Optimizer) -> None:
+        """Adapt optimiser state loaded from an older checkpoint (nothing to do by default)."""
 
 
-class LogProbCredit(nn.Module):
+def _inner_state(state_dict: dict | None, prefix: str) -> dict | None:
+    if state_dict is None:
+        return None
+    return {k.removeprefix(prefix + "."): v for k, v in state_dict.items() if k.startswith(prefix + ".")}
+
+
+class TokenHeadCredit(CreditModel):
+    """The paper's token RM: the policy's backbone with a one-logit-per-token head.
+
+    Read as the reference reads it (`rm_logits[-n-1:-1]` in `train_oreal.py`): the head at
+    position t, which has seen the tokens up to t, scores token t + 1, so a token's score is the
+    RM's view of the prefix before it."""
+
+    inner_name = "model"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0]
+
+
+class LogProbCredit(CreditModel):
+    """w_t = a * log pi(y_t) + b. A log-prob credit's score of token t + 1 is its log-probability
+    there (it does see the token: that is the surprise)."""
+
+    inner_name = "lm"
+
     def __init__(self, lm: nn.Module, train_lm: bool = True, scale: float = 1.0, offset: float = 0.0):
         super().__init__()
         self.lm = lm.requires_grad_(train_lm)
@@ -58,42 +123,64 @@ class LogProbCredit(nn.Module):
         return [getattr(self, k) for k in CALIBRATION]
 
     def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
-        """[N, L-1] scores aligned with the shifted targets: position t scores token t + 1. (The
-        forward, so that FSDP2 gathers the sharded parameters around it.)"""
         logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
         lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return self.scale * lp + self.offset
 
-    def gradient_checkpointing_enable(self) -> None:
-        self.lm.gradient_checkpointing_enable()
+    def param_groups(self, weight_decay: float, calib_lr: float) -> list[dict]:
+        return param_groups(self, weight_decay, {p: calib_lr for p in self.calibration()})
 
     def save(self, path: str | Path, tokenizer, state_dict: dict | None = None) -> None:
-        """An HF directory of the LM plus the calibration in credit_head.json (exact, as hex).
-        `state_dict`: this module's full state (FSDP2 gathers it first), else its own."""
-        from .loading import save_model
-
-        lm_state = None  # the LM saves its own parameters
-        if state_dict is not None:
-            lm_state = {k.removeprefix("lm."): v for k, v in state_dict.items() if k.startswith("lm.")}
-        save_model(self.lm, tokenizer, path, lm_state)
+        """The LM's HF directory plus the calibration in credit_head.json (exact, as hex)."""
+        super().save(path, tokenizer, state_dict)
         calib = state_dict if state_dict is not None else dict(zip(CALIBRATION, self.calibration()))
         (Path(path) / HEAD_FILE).write_text(json.dumps({k: calib[k].item().hex() for k in CALIBRATION}))
 
-    @staticmethod
-    def read(path: str | Path) -> dict:
-        """The full state dict (this module's keys) of a directory `save` wrote."""
-        from .loading import read_safetensors
-
-        state = {f"lm.{k}": v for k, v in read_safetensors(path).items()}
+    def read(self, path: str | Path) -> dict:
+        state = super().read(path)
         head = json.loads((Path(path) / HEAD_FILE).read_text())
         state.update({k: torch.tensor([float.fromhex(head[k])]) for k in CALIBRATION})
         return state
 
     def load(self, path: str | Path) -> None:
-        from .loading import load_weights
-
+        if dist_utils.is_fsdp(self):
+            dist_utils.load_full_state_dict(self, self.read(path))
+            return
         load_weights(self.lm, path)
         head = json.loads((Path(path) / HEAD_FILE).read_text())
         with torch.no_grad():
             for k, p in zip(CALIBRATION, self.calibration()):
                 p.fill_(float.fromhex(head[k]))
+
+    def after_optimizer_load(self, opt: torch.optim.Optimizer) -> None:
+        """AdamW moments of the calibration from checkpoints made before FSDP2 support, when a and
+        b were 0-d: AdamW's in-place update cannot broadcast a 0-d moment to [1]."""
+        for p in self.calibration():
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and k != "step" and v.shape != p.shape and v.numel() == p.numel():
+                    opt.state[p][k] = v.reshape(p.shape)
+
+
+def _token_head(src: str, dtype: str, device, init) -> CreditModel:
+    return TokenHeadCredit(load_token_rm(src, dtype, device))
+
+
+def _logprob(src: str, dtype: str, device, init, train_lm: bool = True) -> CreditModel:
+    scale, offset = init
+    return LogProbCredit(load_policy(src, dtype, device), train_lm, scale, offset)
+
+
+CREDIT_MODELS = {
+    "rm": _token_head,
+    "logprob": _logprob,
+    "surprise": lambda src, dtype, device, init: _logprob(src, dtype, device, init, train_lm=False),
+}
+
+
+def load_credit_model(kind: str, src: str, dtype: str = "float32", device="cpu",
+                      init: tuple[float, float] = (1.0, 0.0)) -> CreditModel:
+    """The credit model `algo.credit` names, from a policy directory (a new head or a copy of the
+    policy) or from a directory an earlier run saved. `init`: a, b of a log-prob credit."""
+    if kind not in CREDIT_MODELS:
+        raise ValueError(f"unknown credit model {kind!r}; choose from {sorted(CREDIT_MODELS)}")
+    return CREDIT_MODELS[kind](src, dtype, device, init)

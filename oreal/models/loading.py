@@ -76,6 +76,11 @@ def load_token_rm(name_or_path: str, dtype: str = "float32", device: str = "cpu"
     return model.to(device)
 
 
+def decoder_layers(model) -> list:
+    """The decoder layers of an HF model (`model.model.layers`), the units FSDP2 shards one by one."""
+    return list(getattr(getattr(model, "model", model), "layers", None) or [])
+
+
 def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:
     """A standard HF directory; `state_dict` overrides the model's own (FSDP2 gathers it first)."""
     path = Path(path)

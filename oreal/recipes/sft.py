@@ -38,6 +38,7 @@ class SFTConfig:
     min_lr: float = 3e-4
     warmup: int = 50
     weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # the embedded policy was trained with these
     grad_clip: float = 1.0
     seed: int = 0
     threads: int = 0  # torch threads (0 = leave as is)
@@ -87,7 +88,7 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"sft: {n_params / 1e6:.2f}M parameters, {len(train)} training problems")
     encoded = [encode_example(tok, render(p.question, tok, cfg.prompt), p.solution) for p in train]
-    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps, cfg.min_lr)
+    opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps, cfg.min_lr, betas=cfg.betas)
     engine = HFSampler(model, tok)
     history = []
     t0 = time.time()
