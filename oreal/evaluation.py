@@ -57,7 +57,7 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
         verdicts: list[list] = [[] for _ in chunk]
         for mode, idx in by_extract.items():
             flat = verifier.verify_batch([(chunk[i].gold, r.text, r.finished) for i in idx for r in groups[i]],
-                                         extract=mode)
+                                         extract=mode, questions=[chunk[i].question for i in idx for _ in groups[i]])
             for n, i in enumerate(idx):
                 verdicts[i] = flat[n * k:(n + 1) * k]
         timings["sample"] = timings.get("sample", 0.0) + t1 - t0

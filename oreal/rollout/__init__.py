@@ -1,7 +1,7 @@
-"""Rollout engines behind one interface (`sample(prompts, k, cfg, seed)`), and the choice of
-engine per device (`engine=auto`)."""
-from .engine import (CacheMismatchError, HFGenerateEngine, HFSampler, Rollout, RolloutEngine, SamplingConfig,
-                     filter_logits)
+"""Rollout engines behind one interface (`sample(prompts, k, cfg, seed)`, `sync_weights(model)`,
+`close()`), and the choice of engine per device (`engine=auto`)."""
+from .engine import (CacheMismatchError, HFEngine, HFGenerateEngine, HFSampler, Rollout, RolloutEngine,
+                     SamplingConfig, eval_mode, filter_logits)
 from .on_device import OnDeviceSampler
 
 ENGINES = {"hf_sampler": HFSampler, "hf_device": OnDeviceSampler, "hf_generate": HFGenerateEngine}
@@ -16,9 +16,11 @@ def resolve_engine(name: str, device) -> str:
     return name
 
 
-def make_engine(name: str, model, tokenizer) -> RolloutEngine:
+def make_engine(name: str, model, tokenizer, model_dir: str | None = None) -> RolloutEngine:
+    """The engine `name` over `model`. `model_dir`: the policy's directory, for engines that load
+    their own copy of the weights (the HF engines sample from `model` itself)."""
     return ENGINES[resolve_engine(name, next(model.parameters()).device)](model, tokenizer)
 
 
-__all__ = ["AUTO", "CacheMismatchError", "ENGINES", "HFGenerateEngine", "HFSampler", "OnDeviceSampler", "Rollout",
+__all__ = ["AUTO", "CacheMismatchError", "ENGINES", "HFEngine", "HFGenerateEngine", "eval_mode", "HFSampler", "OnDeviceSampler", "Rollout",
            "RolloutEngine", "SamplingConfig", "filter_logits", "make_engine", "resolve_engine"]

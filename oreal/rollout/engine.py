@@ -3,24 +3,29 @@
 `RolloutEngine` is the interface the trainer uses. `HFSampler` is a lean sampling loop over
 a Hugging Face causal LM with a KV cache (it drops finished rows from the batch as it goes);
 `HFGenerateEngine` wraps `model.generate` for comparison and for models whose forward the
-lean loop does not cover. A vLLM engine would implement the same `sample` method.
+lean loop does not cover. Both sample from the live training model (`HFEngine`), so
+`sync_weights` has nothing to copy; an engine that holds its own weights (vLLM) copies them there.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from .. import distributed as dist_utils
+from ..config import setting
+
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 means off
-    max_new_tokens: int = 64
-    stop_strings: list[str] = field(default_factory=list)
-    return_logprobs: bool = True
+    temperature: float = setting(1.0, "sampling temperature (0: greedy)")
+    top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this much mass")
+    top_k: int = setting(0, "keep the k most likely tokens (0: off)")
+    max_new_tokens: int = setting(64, "response tokens at most; a response cut here is unfinished")
+    stop_strings: list[str] = setting(help="strings that end a response besides the stop token", factory=list)
+    return_logprobs: bool = setting(True, "keep each sampled token's log-prob")
 
 
 @dataclass
@@ -35,11 +40,57 @@ class Rollout:
 
 
 class RolloutEngine(Protocol):
+    name: str
+
     def sample(self, prompts: list[str], k: int, cfg: SamplingConfig,
                seed: int | list[int] | None = None) -> list[list[Rollout]]:
         """K rollouts for each prompt, grouped by prompt, in prompt order. A list of seeds (one
         per prompt) makes each prompt's rollouts independent of what else is in the batch, so
         data-parallel ranks that split a batch sample exactly what one process would."""
+
+    def sync_weights(self, model) -> None:
+        """Sample from `model`'s current weights from now on (after every optimiser step and a
+        resume)."""
+
+    def close(self) -> None:
+        """Free what the engine holds."""
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the block, then back in the mode it had, whatever happens."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+class HFEngine:
+    """An engine over the live HF model the trainer updates: nothing to copy on a sync. Each call
+    runs without gradients, in eval mode, and under FSDP2 on gathered full weights (one
+    all-gather per module up front, none inside the token-by-token forwards)."""
+
+    name = "hf"
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def sample(self, prompts, k, cfg, seed=None):
+        with torch.no_grad(), dist_utils.gathered(self.model), eval_mode(self.model):
+            return self._sample(prompts, k, cfg, seed)
+
+    def _sample(self, prompts, k, cfg, seed):
+        raise NotImplementedError
+
+    def sync_weights(self, model) -> None:
+        if model is not self.model:  # a new model object: sample from it, never from the old one
+            self.model = model
+
+    def close(self) -> None:
+        pass
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -104,20 +155,23 @@ def to_rollouts(tokenizer, prompt_ids: list[list[int]], tokens: torch.Tensor, lo
     return out
 
 
-class HFSampler:
+class HFSampler(HFEngine):
     """The lean loop: prefill once, then one cached forward per new token for live rows only."""
 
     name = "hf_sampler"
 
     def __init__(self, model, tokenizer, max_batch: int = 1024):
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.max_batch = max_batch
         self.cache_kw = cache_argument(model)
         self.checked = False  # cached decoding is compared with a full forward on the first call
 
-    @torch.no_grad()
-    def sample(self, prompts, k, cfg, seed=None):
+    def sync_weights(self, model) -> None:
+        if model is not self.model:
+            super().sync_weights(model)
+            self.cache_kw, self.checked = cache_argument(model), False
+
+    def _sample(self, prompts, k, cfg, seed):
         seed = self._prepare(prompts, seed)
         # generators live on the model's device: a CPU generator cannot drive CUDA sampling.
         # A seed gives the same rollouts on the same device, not across CPU and GPU.
@@ -170,8 +224,23 @@ class HFSampler:
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
         prompts = (list(prompts) + ["1+1=", "The answer is"])[:2]
-        was_training = model.training
-        model.eval()
+        with eval_mode(model):
+            gap, exact = self._cache_gap(prompts, steps)
+        tol = 1e-3 if exact else 0.5  # a cache the model ignores gives gaps of several nats
+        if gap > tol:
+            import transformers
+
+            raise CacheMismatchError(
+                f"cached decoding disagrees with a full forward pass (log-prob gap {gap:.3g} > {tol}) with "
+                f"transformers {transformers.__version__} and {type(_base_model(model)).__name__}: sampling "
+                f"would be garbage. Use engine=hf_generate, or a transformers version oreal supports.")
+        self.checked = True
+        return gap
+
+    def _cache_gap(self, prompts: list[str], steps: int) -> tuple[float, bool]:
+        """The largest log-prob gap, and whether the full forward ran in float32."""
+        model, tok = self.model, self.tokenizer
+        device = next(model.parameters()).device
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
@@ -194,24 +263,12 @@ class HFSampler:
             logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
                                           cache=cache)
             next_pos = next_pos + 1
-        model.train(was_training)
-        tol = 1e-3 if exact else 0.5  # a cache the model ignores gives gaps of several nats
-        if gap > tol:
-            import transformers
-
-            raise CacheMismatchError(
-                f"cached decoding disagrees with a full forward pass (log-prob gap {gap:.3g} > {tol}) with "
-                f"transformers {transformers.__version__} and {type(_base_model(model)).__name__}: sampling "
-                f"would be garbage. Use engine=hf_generate, or a transformers version oreal supports.")
-        self.checked = True
-        return gap
+        return gap, exact
 
     def _sample_chunk(self, texts, cfg: SamplingConfig, gen) -> list[Rollout]:
         """`gen`: one generator for the chunk, or one per row (rows of a prompt share one)."""
         model, tok = self.model, self.tokenizer
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids = enc["input_ids"].to(device)
         mask = enc["attention_mask"].to(device)
@@ -262,29 +319,21 @@ class HFSampler:
             logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask,
                                           position_ids=next_pos, cache=cache)
             next_pos = next_pos + 1
-        model.train(was_training)
         return to_rollouts(tok, prompt_ids, tokens, logps, lengths, finished, cfg.return_logprobs)
 
 
-class HFGenerateEngine:
+class HFGenerateEngine(HFEngine):
     """`model.generate` with the same interface (the baseline the lean loop is measured against)."""
 
     name = "hf_generate"
 
-    def __init__(self, model, tokenizer):
-        self.model = model
-        self.tokenizer = tokenizer
-
-    @torch.no_grad()
-    def sample(self, prompts, k, cfg, seed=None):
-        if isinstance(seed, (list, tuple)):  # per-prompt seeds: one generate call per prompt
-            return [self._sample(prompts[i:i + 1], k, cfg, int(seed[i]))[0] for i in range(len(prompts))]
-        return self._sample(prompts, k, cfg, seed)
-
     def _sample(self, prompts, k, cfg, seed):
+        if isinstance(seed, (list, tuple)):  # per-prompt seeds: one generate call per prompt
+            return [self._generate(prompts[i:i + 1], k, cfg, int(seed[i]))[0] for i in range(len(prompts))]
+        return self._generate(prompts, k, cfg, seed)
+
+    def _generate(self, prompts, k, cfg, seed):
         model, tok = self.model, self.tokenizer
-        was_training = model.training
-        model.eval()
         # each prompt repeated k times in a row (greedy decoding rejects num_return_sequences)
         enc = tok([p for p in prompts for _ in range(k)], return_tensors="pt", padding=True,
                   add_special_tokens=False)
@@ -305,7 +354,6 @@ class HFGenerateEngine:
                 torch.manual_seed(seed)
             res = model.generate(input_ids=enc["input_ids"].to(dev),
                                  attention_mask=enc["attention_mask"].to(dev), **kwargs)
-        model.train(was_training)
         gen_ids = res.sequences[:, enc["input_ids"].size(1):]
         logits = torch.stack(res.logits, 1).float() if cfg.return_logprobs else None
         out = []

@@ -72,10 +72,9 @@ class OnDeviceSampler(HFSampler):
         super().__init__(model, tokenizer, max_batch)
         self.check_every = check_every
 
-    @torch.no_grad()
-    def sample(self, prompts, k, cfg, seed=None):
+    def _sample(self, prompts, k, cfg, seed):
         if cfg.stop_strings:
-            return super().sample(prompts, k, cfg, seed)
+            return super()._sample(prompts, k, cfg, seed)
         seed = self._prepare(prompts, seed)
         # one key per (question, sample); one seed for the call gives question i the seed + i
         seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
@@ -85,8 +84,6 @@ class OnDeviceSampler(HFSampler):
     def _decode(self, texts: list[str], cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
         model, tok = self.model, self.tokenizer
         device = keys.device
-        was_training = model.training
-        model.eval()
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         B, T = ids.size(0), cfg.max_new_tokens
@@ -113,6 +110,5 @@ class OnDeviceSampler(HFSampler):
             logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
                                           cache=cache)
             next_pos = next_pos + 1
-        model.train(was_training)
         prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
         return to_rollouts(tok, prompt_ids, tokens, logps, lengths, finished, cfg.return_logprobs)
