@@ -13,12 +13,16 @@ scores every response token (higher = better) and is measured on held-out questi
   tokens of located wrong responses, ranked by -score (do low scores mark the error?);
 - hit: how often the lowest-scoring token of a located wrong response lies on the wrong number.
 
-Sources: `untrained` (a fresh token RM head), `rm` (the paper's token RM: policy backbone +
-token head, BCE of sigmoid(mean_t w_t) against the outcome), `surprise` (log pi_ref(y_t), no
-training), `implicit` (w_t = beta * log pi_phi(y_t)/pi_ref(y_t) with phi a copy of the policy,
-PRIME, trained with the same outcome BCE on the mean) and `logprob` (w_t = log pi_phi(y_t) + b,
-phi a copy of the policy trained with that BCE: `algo.credit=logprob`). Learned sources train on one pair per
-training question, 32 pairs a step for --steps steps: the demo's RM sees about as many pairs.
+Sources: the production credit models of `oreal.models.load_credit_model`, trained with the
+outcome BCE of sigmoid(mean_t w_t) and the optimiser groups the trainer gives them:
+`untrained` (a fresh token RM head), `rm` (`algo.credit=rm`, the paper's token RM: policy
+backbone + token head), `surprise` (`algo.credit=surprise`: a log pi_ref(y_t) + b with pi_ref
+frozen) and `logprob` (`algo.credit=logprob`: a log pi_phi(y_t) + b, phi a trainable copy of the
+policy, with the demo's a, b at the start and its learning rates); and `implicit` (PRIME's
+w_t = beta * log pi_phi(y_t)/pi_ref(y_t), a comparison this benchmark alone holds). Learned
+sources train on one pair per training question, 32 pairs a step for --steps steps: the demo's
+RM sees about as many pairs. Every measure is a ranking, so the affine a, b change it only
+through training.
 """
 from __future__ import annotations
 
@@ -41,7 +45,8 @@ import torch  # noqa: E402
 from oreal import algo  # noqa: E402
 from oreal.data import curriculum, load_list  # noqa: E402
 from oreal.evaluation import sample_and_grade  # noqa: E402
-from oreal.models import load_policy, load_token_rm, load_tokenizer, token_scores  # noqa: E402
+from oreal.data.curriculum import token_spans  # noqa: E402
+from oreal.models import load_credit_model, load_policy, load_tokenizer  # noqa: E402
 from oreal.optim import make_optimizer  # noqa: E402
 from oreal.recipes.demo import demo_config_path  # noqa: E402
 from oreal.rollout import make_engine  # noqa: E402
@@ -68,16 +73,6 @@ def pairs(rows, rng):
     for p, r, ok in rows:
         by_q.setdefault(p.id, ([], []))[0 if ok else 1].append(r)
     return [(rng.choice(c), rng.choice(w)) for c, w in by_q.values() if c and w]
-
-
-def token_spans(response_ids: list[int], tok) -> list[tuple[int, int]]:
-    """The [start, end) characters of each response token in the decoded response text."""
-    spans, pos = [], 0
-    for t in response_ids:
-        piece = tok.decode([t], skip_special_tokens=True)
-        spans.append((pos, pos + len(piece)))
-        pos += len(piece)
-    return spans
 
 
 def located(rows, tok):
@@ -109,35 +104,23 @@ def _per_response(scores, starts, rollouts):
     return [scores[i, s:s + len(r.response_ids)] for i, (s, r) in enumerate(zip(starts, rollouts))]
 
 
-class Surprise:
-    name = "surprise"
+class Credit:
+    """A production credit model, trained on the outcome BCE with the groups the trainer uses
+    (the calibration a, b at `calib_lr`)."""
 
-    def __init__(self, policy, tok):
-        self.ref, self.tok = policy, tok
-
-    def fit(self, train_pairs, steps):
-        pass
-
-    @torch.no_grad()
-    def score(self, rollouts):
-        ids, attn, targets, mask, starts = _tensors(rollouts, self.tok.pad_token_id)
-        lp = algo.token_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
-        return _per_response(lp, starts, rollouts)
-
-
-class TokenRM:
-    """The paper's token RM: w_t from the policy backbone with a token head, BCE on mean w."""
-    name = "rm"
-
-    def __init__(self, policy_dir, tok, lr=1e-3, seed=0):
-        torch.manual_seed(seed)
-        self.model, self.tok, self.lr = load_token_rm(policy_dir), tok, lr
+    def __init__(self, kind, tok, lr, seed=0, init=(1.0, 0.0), calib_lr=0.05, name=None):
+        torch.manual_seed(seed)  # a new token head draws from the global RNG
+        self.name, self.tok, self.lr, self.calib_lr = name or kind, tok, lr, calib_lr
+        self.model = load_credit_model(kind, "default", init=init)
 
     def logits_for(self, ids, attn, targets):
-        return token_scores(self.model, ids, attn, targets)
+        return self.model.scores(ids, attn, targets)
+
+    def groups(self):
+        return self.model.param_groups(0.01, self.calib_lr)
 
     def fit(self, train_pairs, steps, batch=32, seed=0):
-        opt, sched = make_optimizer(self.model, self.lr, 0.01, 10, steps, self.lr / 5)
+        opt, sched = make_optimizer(self.groups(), self.lr, 0.01, 10, steps, self.lr / 5, betas=DEMO.optim.betas)
         rng = random.Random(seed)
         self.model.train()
         for _ in range(steps):
@@ -159,39 +142,25 @@ class TokenRM:
         return _per_response(self.logits_for(ids, attn, targets), starts, rollouts)
 
 
-class Untrained(TokenRM):
-    name = "untrained"
-
+class Untrained(Credit):
     def fit(self, train_pairs, steps):
         self.model.eval()
 
 
-class Implicit(TokenRM):
+class Implicit(Credit):
     """PRIME's implicit PRM: w_t = beta * (log pi_phi(y_t) - log pi_ref(y_t)), phi from the policy."""
-    name = "implicit"
 
     def __init__(self, policy, tok, lr=3e-4, beta=1.0):
-        self.model, self.ref, self.tok, self.lr, self.beta = copy.deepcopy(policy), policy, tok, lr, beta
+        self.name, self.model, self.ref, self.tok, self.lr, self.beta = "implicit", copy.deepcopy(policy), policy, tok, lr, beta
+
+    def groups(self):
+        return self.model
 
     def logits_for(self, ids, attn, targets):
         lp = algo.token_logprobs(self.model(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
         with torch.no_grad():
             ref = algo.token_logprobs(self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
         return self.beta * (lp - ref)
-
-
-class LearnedSurprise(TokenRM):
-    """w_t = log pi_phi(y_t) + b: the policy's own token log-prob (phi a copy of it) as the token
-    score, trained on outcomes with the same BCE on the mean; b is a learned offset."""
-    name = "logprob"
-
-    def __init__(self, policy, tok, lr=3e-4):
-        self.model, self.tok, self.lr = copy.deepcopy(policy), tok, lr
-        self.model.register_parameter("credit_offset", torch.nn.Parameter(torch.zeros(())))
-
-    def logits_for(self, ids, attn, targets):
-        lp = algo.token_logprobs(self.model(input_ids=ids, attention_mask=attn).logits[:, :-1], targets)
-        return lp + self.model.credit_offset
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -247,11 +216,12 @@ def main() -> None:
           f"depart from the solution); sampling {time.time() - t0:.0f}s")
     print("| source | held-out ranking | AUC (wrong number) | AUC (wrong step) | hit | wall time (s) |")
     print("|---|---|---|---|---|---|")
-    makers = {"untrained": lambda: Untrained("default", tok, seed=args.seed),
-              "rm": lambda: TokenRM("default", tok, seed=args.seed),
-              "surprise": lambda: Surprise(policy, tok),
+    demo = dict(lr=DEMO.optim.rm_lr, init=tuple(DEMO.algo.credit_init), calib_lr=DEMO.algo.credit_calib_lr)
+    makers = {"untrained": lambda: Untrained("rm", tok, 1e-3, seed=args.seed, name="untrained"),
+              "rm": lambda: Credit("rm", tok, 1e-3, seed=args.seed),
+              "surprise": lambda: Credit("surprise", tok, seed=args.seed, **demo),
               "implicit": lambda: Implicit(policy, tok),
-              "logprob": lambda: LearnedSurprise(policy, tok)}
+              "logprob": lambda: Credit("logprob", tok, seed=args.seed, **demo)}
     for name in args.sources.split(","):
         t1 = time.time()
         src = makers[name]()

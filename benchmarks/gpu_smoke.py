@@ -70,7 +70,7 @@ def main() -> None:
         for _ in range(steps):
             sync()
             t0 = time.time()
-            m = tr.step()
+            m = tr.step().metrics
             sync()
             m["wall"] = time.time() - t0
             rows.append(m)

@@ -68,7 +68,7 @@ def main() -> None:
                 test = load_list(cfg.eval_data)[: cfg.eval_limit]
                 if before is None:  # the same start for every algorithm of this seed
                     before = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
-                _, hist = train(cfg, v, log=lambda *a: None, trainer=tr)
+                hist = train(cfg, v, log=lambda *a: None, trainer=tr).history
                 after = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
                 row = {"algo": name, "seed": seed, "before": before, "after": after,
                        "delta": after - before, "steps": len(hist), "seconds": time.time() - t0,

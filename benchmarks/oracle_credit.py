@@ -23,22 +23,13 @@ import time
 
 import torch
 
-from oreal.data import curriculum, load_list
+from oreal.data import load_list
+from oreal.data.curriculum import first_error_token
 from oreal.recipes.demo import demo_config_path
 from oreal.recipes.train import Trainer, train
+from oreal.training.callbacks import Callback
 from oreal.training.config import build_config
 from oreal.verify import Verifier
-
-from credit import token_spans  # noqa: E402  (benchmarks/credit.py, beside this script)
-
-
-def first_error_token(response_ids: list[int], text: str, solution: str, tok) -> int | None:
-    """Index of the response token holding the first character that departs from the solution."""
-    err = curriculum.first_error(text, solution)
-    if err is None:
-        return None
-    char = err[0][0]
-    return next((t for t, (_, end) in enumerate(token_spans(response_ids, tok)) if end > char), None)
 
 
 def oracle_weights(batch, roll, tok) -> torch.Tensor:
@@ -54,22 +45,21 @@ def oracle_weights(batch, roll, tok) -> torch.Tensor:
     return w.to(batch.mask.device)
 
 
-class OracleTrainer(Trainer):
-    side = "both"
+class OracleWeights(Callback):
+    """The token weights' hook: the oracle's weights instead of the credit model's, on one side
+    or both."""
 
-    def _rollout(self, questions):
-        self._roll = super()._rollout(questions)
-        return self._roll
+    def __init__(self, side: str = "both"):
+        self.side = side
 
-    def _rm_phase(self, batch, slices, n_micro, micro, counts):
-        weights, metrics = super()._rm_phase(batch, slices, n_micro, micro, counts)
-        oracle = oracle_weights(batch, self._roll, self.tok)
+    def on_token_weights(self, trainer, batch, rollouts, weights):
+        oracle = oracle_weights(batch, rollouts, trainer.tok)
         positive = batch.positive.view(-1, 1)
         if self.side == "pos":
-            oracle = torch.where(positive, oracle, weights)
-        elif self.side == "neg":
-            oracle = torch.where(positive, weights, oracle)
-        return oracle, metrics
+            return torch.where(positive, oracle, weights)
+        if self.side == "neg":
+            return torch.where(positive, weights, oracle)
+        return oracle
 
 
 def main() -> None:
@@ -85,13 +75,12 @@ def main() -> None:
                                             "overwrite=true", "log_every=0"])
     if not cfg.algo.uses_token_rm:
         raise SystemExit("the oracle replaces token weights: algo.token_weights must not be none")
-    OracleTrainer.side = args.side
     with Verifier(workers=cfg.verifier_workers) as v:
         t0 = time.time()
-        tr = OracleTrainer(cfg, v, log=lambda *a: None)
+        tr = Trainer(cfg, v, log=lambda *a: None, callbacks=[OracleWeights(args.side)])
         test = load_list(cfg.eval_data)[: cfg.eval_limit]
         before = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
-        _, hist = train(cfg, v, log=lambda *a: None, trainer=tr)
+        hist = train(cfg, v, log=lambda *a: None, trainer=tr).history
         after = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
     print(f"oracle credit ({args.side}), seed {args.seed}, {len(hist)} steps: pass@1 {before:.3f} -> {after:.3f} "
           f"({after - before:+.3f}) in {time.time() - t0:.0f} s")

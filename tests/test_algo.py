@@ -8,6 +8,7 @@ from oreal.algo import (ALGORITHMS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, 
                         kl_penalty, masked_mean, negative_pg_loss, normalise, pass_rate_filter, pg_loss,
                         policy_loss, positive_bc_loss, resolve_algo, rm_correct_count, running_correctness,
                         select_pairs, token_importance_weights, token_rm_sequence_loss)
+from oreal.algo import select as algo_select
 from oreal.config import ConfigError
 
 
@@ -192,16 +193,29 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
 
 
 def _preset_batch(cfg, seed):
-    """Rewards -> filter -> selection -> advantages exactly as the trainer composes them."""
+    """Rewards -> filter -> selection -> advantages through `algo.select`, as the trainer calls it."""
     g = torch.Generator().manual_seed(seed)
     rewards = (torch.rand(4, 4, generator=g) > 0.5).float()
     rewards[0] = torch.tensor([1.0, 0, 0, 1])  # at least one question with signal
-    keep = pass_rate_filter(rewards) if cfg.filter else torch.ones(4, dtype=torch.bool)
-    sel = select_pairs(rewards, keep, cfg.select, g)
-    idx = sel.nonzero()
-    adv = group_advantages(rewards, cfg.advantage)[idx[:, 0], idx[:, 1]]
-    r = rewards[idx[:, 0], idx[:, 1]]
-    return r == 1, adv
+    sel = algo_select(rewards, cfg, g)
+    b, k = torch.tensor([b for b, _ in sel.rows]), torch.tensor([k for _, k in sel.rows])
+    return rewards[b, k] == 1, sel.adv[b, k]
+
+
+def test_select_composes_filter_selection_and_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 0, 0, 1], [1.0, 1, 1, 1], [0.0, 0, 0, 0], [0.0, 1, 0, 0]])
+    sel = algo_select(rewards, AlgoConfig(name="grpo"))  # the filter, then every response of the kept
+    assert sel.keep.tolist() == [True, False, False, True]
+    assert sel.rows == [(0, 0), (0, 1), (0, 2), (0, 3), (3, 0), (3, 1), (3, 2), (3, 3)]
+    assert sel.positives == 3
+    assert torch.equal(sel.adv, group_advantages(rewards, "grpo"))
+    pair = algo_select(rewards, AlgoConfig(), torch.Generator().manual_seed(0))  # oreal: one pair, RLOO
+    assert len(pair.rows) == 4 and pair.positives == 2 and {b for b, _ in pair.rows} == {0, 3}
+    for q in (0, 3):  # one right and one wrong response of each kept question
+        assert sorted(rewards[b, k].item() for b, k in pair.rows if b == q) == [0.0, 1.0]
+    assert pair.adv[0].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])  # r - mean of the other 3
+    everything = algo_select(rewards, AlgoConfig(name="reinforce"))  # no filter: every response
+    assert everything.keep.all() and len(everything.rows) == 16
 
 
 @pytest.mark.parametrize("kl_kind", ["k1", "k3", "mse"])
@@ -254,10 +268,11 @@ def test_policy_loss_kl_sum_and_parts_by_hand():
 
 def test_algo_config_validation_iterates_the_registries():
     for key, allowed in OPTIONS.items():
+        base = {"positive_loss": "pg"} if key == "loss_norm" else {}  # loss_norm is the pg losses' option
         for value in allowed:
-            AlgoConfig(**{key: value}).validate()
+            AlgoConfig(**base, **{key: value}).validate()
         with pytest.raises(ConfigError, match=f"algo.{key}"):
-            AlgoConfig(**{key: "bogus"}).validate()
+            AlgoConfig(**base, **{key: "bogus"}).validate()
     with pytest.raises(ConfigError, match="algo.name"):
         AlgoConfig(name="ppo").validate()
     # the pure functions reject what the registries do not hold, naming the choices

@@ -60,7 +60,8 @@ def test_three_steps_of_every_preset_on_cuda(data, tmp_path, verifier, preset, m
 
     extra = {"plain": [], "fsdp2": ["fsdp=true"], "fsdp2_bf16": ["fsdp=true", "mixed_precision=true"]}[mode]
     cfg = _cfg(data, tmp_path / "run", f"algo.name={preset}", *extra)
-    tr, history = train(cfg, verifier, log=lambda *a: None)
+    result = train(cfg, verifier, log=lambda *a: None)
+    tr, history = result.trainer, result.history
     assert len(history) == 3 and tr.device.type == "cuda"
     assert next(tr.policy.parameters()).device.type == "cuda"
     assert any(h["actor_updated"] for h in history)
@@ -78,14 +79,15 @@ def test_save_and_resume_on_cuda_and_on_cpu(data, tmp_path, verifier, fsdp):
     cfg = _cfg(data, tmp_path / "run", *extra, "steps=2")
     train(cfg, verifier, log=lambda *a: None)
     more = _cfg(data, tmp_path / "run", *extra, "steps=3", "resume=auto")
-    tr, history = train(more, verifier, log=lambda *a: None)
-    assert tr.step_no == 3 and len(history) == 3
+    result = train(more, verifier, log=lambda *a: None)
+    tr, history = result.trainer, result.history
+    assert tr.state.step == 3 and len(history) == 3
     if fsdp:
         return  # the CPU resume below is of an unsharded run's checkpoint
     cpu = _cfg(data, tmp_path / "run", "device=cpu", "steps=3")
     tr_cpu = Trainer(cpu, verifier, log=lambda *a: None)
     tr_cpu.load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000003")
-    assert tr_cpu.step_no == 3
+    assert tr_cpu.state.step == 3
     for k, v in tr_cpu.policy.state_dict().items():
         assert torch.equal(v, tr.policy.state_dict()[k].cpu()), k
     tr_cpu.step()  # and it trains on from there on the CPU
@@ -95,7 +97,8 @@ def test_lora_on_cuda(data, tmp_path, verifier):
     from oreal.recipes.train import train
 
     cfg = _cfg(data, tmp_path / "run", "lora.enabled=true", "lora.r=4", "lora.alpha=8")
-    tr, history = train(cfg, verifier, log=lambda *a: None)
+    result = train(cfg, verifier, log=lambda *a: None)
+    tr, history = result.trainer, result.history
     assert len(history) == 3 and tr.ref is None
     assert (tmp_path / "run" / "final" / "policy" / "adapter_model.safetensors").exists()
 

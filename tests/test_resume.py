@@ -192,9 +192,9 @@ def test_nonfinite_loss_skips_the_update_then_stops_the_run(data, verifier, tmp_
     before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
     real = objective.negative_pg_loss
     monkeypatch.setattr(objective, "negative_pg_loss", lambda *a, **k: real(*a, **k) * float("nan"))
-    m = tr.step()
+    m = tr.step().metrics
     while m["skipped"]:  # a step with nothing selected never reaches the loss
-        m = tr.step()
+        m = tr.step().metrics
     assert m["nonfinite"] is True and m["actor_updated"] is False and m["loss"] is None
     assert all(torch.equal(v, before[k]) for k, v in tr.policy.state_dict().items())
     assert all(p.grad is None for p in tr.policy.parameters())
@@ -210,7 +210,8 @@ def test_a_step_where_every_question_is_filtered_is_skipped_and_logged(data, ver
     logs = []
     cfg = _cfg(data, tmp_path / "run", f"data={tmp_path / 'impossible.jsonl'}", "steps=2",
                "algo.actor_freeze_steps=0")
-    tr, history = train(cfg, verifier, log=logs.append)
+    result = train(cfg, verifier, log=logs.append)
+    tr, history = result.trainer, result.history
     assert all(h["skipped"] and not h["actor_updated"] for h in history)
     assert any("all 4 questions filtered out" in x for x in logs)
     assert sum("SKIPPED (all filtered)" in x for x in logs) == 2
@@ -254,10 +255,11 @@ def test_keeps_the_last_k_and_the_best_by_evaluation(data, verifier, tmp_path):
     save_problems(curriculum.generate(12, "test", seed=0), tmp_path / "test.jsonl")
     cfg = _cfg(data, tmp_path / "run", f"eval_data={tmp_path / 'test.jsonl'}", "eval_every=1", "eval_limit=12",
                "save_every=1", "keep_last=1", "steps=4")
-    tr, history = train(cfg, verifier, log=lambda *a: None)
+    result = train(cfg, verifier, log=lambda *a: None)
+    tr, history = result.trainer, result.history
     evals = [h["eval_pass@1"] for h in history]
     best_step = max(range(4), key=lambda i: (evals[i], -i)) + 1
-    assert tr.best == {"step": best_step, "eval_pass@1": evals[best_step - 1]}
+    assert tr.state.best == {"step": best_step, "eval_pass@1": evals[best_step - 1]}
     kept = [s for s, _ in ckpt.list_checkpoints(tmp_path / "run" / "checkpoints")]
     assert kept == sorted({best_step, 4})
 
@@ -312,13 +314,13 @@ def test_report_writes_curves_and_token_coloured_html(reference, tmp_path):
 def test_logprob_credit_resumes_to_the_same_bits(data, verifier, tmp_path):
     """algo.credit=logprob keeps its LM and its calibration (a, b) in the checkpoint exactly."""
     cfg = _cfg(data, tmp_path / "ref", "algo.credit=logprob", "steps=3", "save_every=1", "keep_last=3")
-    ref, _ = train(cfg, verifier, log=lambda *a: None)
+    ref = train(cfg, verifier, log=lambda *a: None).trainer
     step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
     more = _cfg(data, tmp_path / "run", "algo.credit=logprob", "steps=3", f"resume={step2}")
-    run, _ = train(more, verifier, log=lambda *a: None)
-    assert run.rm.offset.item() == ref.rm.offset.item() and run.rm.scale.item() == ref.rm.scale.item()
-    assert ref.rm.offset.item() != 0.0  # the calibration did train
-    for name in ("policy", "rm"):
+    run = train(more, verifier, log=lambda *a: None).trainer
+    assert run.credit.offset.item() == ref.credit.offset.item() and run.credit.scale.item() == ref.credit.scale.item()
+    assert ref.credit.offset.item() != 0.0  # the calibration did train
+    for name in ("policy", "credit"):
         a, b = getattr(ref, name).state_dict(), getattr(run, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
@@ -326,7 +328,7 @@ def test_logprob_credit_resumes_to_the_same_bits(data, verifier, tmp_path):
 def test_a_resume_keeps_the_runs_thread_count(data, verifier, tmp_path):
     """The thread count can change the last bits, so `threads=0` on resume reuses the run's."""
     out = tmp_path / "run"
-    tr, _ = train(_cfg(data, out, "steps=2", "save_every=1"), verifier, log=lambda *a: None)  # 1 thread
+    tr = train(_cfg(data, out, "steps=2", "save_every=1"), verifier, log=lambda *a: None).trainer  # 1 thread
     torch.set_num_threads(2)
     said = []
     tr = Trainer(_cfg(data, out, "steps=3", "threads=0", "resume=auto"), verifier, log=said.append)

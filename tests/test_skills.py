@@ -98,7 +98,7 @@ def test_training_with_enhancement_boosts_and_resumes(verifier, tmp_path):
         "skills.enabled=true", "skills.threshold=1.01", "skills.min_visits=1", "skills.mine_every=1",
         "skills.share=0.5"])
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    m1, m2 = tr.step(), tr.step()
+    m1, m2 = tr.step().metrics, tr.step().metrics
     assert m1["boosted"] == 0 and m2["boosted"] == 4
     path = tr.save_checkpoint(tmp_path / "run" / "checkpoints", keep_last=2)
     tr2 = Trainer(cfg, verifier, log=lambda *a: None)

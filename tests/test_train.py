@@ -9,6 +9,7 @@ from oreal.config import ConfigError
 from oreal.data import curriculum, save_problems
 from oreal.algo import ALGORITHMS
 from oreal.recipes.train import METRIC_FIELDS, Trainer, train
+from oreal.training.callbacks import Callback
 from oreal.training.config import build_config
 
 
@@ -34,13 +35,13 @@ def test_oreal_steps_change_policy_and_token_rm_and_log_every_field(tiny_run, ve
     cfg = _cfg(tiny_run, tmp_path / "run")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     p0 = {k: v.clone() for k, v in tr.policy.state_dict().items()}
-    r0 = {k: v.clone() for k, v in tr.rm.state_dict().items()}
-    _, history = train(cfg, verifier, log=lambda *a: None, trainer=tr)
+    r0 = {k: v.clone() for k, v in tr.credit.state_dict().items()}
+    history = train(cfg, verifier, log=lambda *a: None, trainer=tr).history
     assert len(history) == 3
     assert history[0]["actor_updated"] is False and history[1]["actor_updated"] is True
     changed = [k for k, v in tr.policy.state_dict().items() if not torch.equal(v, p0[k])]
     assert changed, "the policy did not change"
-    assert any(not torch.equal(v, r0[k]) for k, v in tr.rm.state_dict().items())
+    assert any(not torch.equal(v, r0[k]) for k, v in tr.credit.state_dict().items())
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
@@ -63,7 +64,7 @@ def test_reference_stays_frozen(tiny_run, verifier, tmp_path):
 def test_every_algorithm_preset_runs(tiny_run, verifier, tmp_path, name):
     cfg = _cfg(tiny_run, tmp_path / name, f"algo.name={name}", "steps=2", "algo.actor_freeze_steps=0",
                "batch_questions=8")
-    _, history = train(cfg, verifier, log=lambda *a: None)
+    history = train(cfg, verifier, log=lambda *a: None).history
     assert len(history) == 2
     # a step where every question is all-right or all-wrong is skipped; the rest update the actor
     assert all(h["actor_updated"] or h["skipped"] for h in history)
@@ -84,8 +85,8 @@ def _one_update_grads(tiny_run, verifier, tmp_path, micro):
         return hook
 
     tr.opt.register_step_pre_hook(capture(tr.policy, "policy"))
-    tr.rm_opt.register_step_pre_hook(capture(tr.rm, "rm"))
-    m = tr.step()
+    tr.rm_opt.register_step_pre_hook(capture(tr.credit, "rm"))
+    m = tr.step().metrics
     assert m["selected"] > 3  # the comparison needs several micro-batches
     return grads
 
@@ -132,7 +133,7 @@ def test_lora_trains_only_the_adapter_and_saves_a_peft_adapter(tiny_run, verifie
                "steps=2", "batch_questions=8", "algo.name=ladder_bc")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
-    _, history = train(cfg, verifier, log=lambda *a: None, trainer=tr)
+    history = train(cfg, verifier, log=lambda *a: None, trainer=tr).history
     assert any(h["actor_updated"] for h in history)
     after = tr.policy.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
@@ -196,16 +197,22 @@ def test_auto_threads_take_the_free_cores(monkeypatch):
 
 
 
-def _capture_token_weights(tr):
-    """Hooks on a trainer: a copy of the token RM as it was before its step, and the token weights
-    each policy micro-batch received."""
-    import copy
+class _CaptureTokenWeights(Callback):
+    """A copy of the credit model as it was before its step (an optimiser hook), and the batch and
+    the token weights the policy loss was handed (the public `on_token_weights` hook)."""
 
-    before, used = {}, []
-    tr.rm_opt.register_step_pre_hook(lambda *a: before.update(rm=copy.deepcopy(tr.rm)) and None)
-    policy_backward = tr._policy_backward
-    tr._policy_backward = lambda mb, w, counts, sums: (used.append((mb, w.clone())), policy_backward(mb, w, counts, sums))
-    return before, used
+    def __init__(self):
+        self.before, self.used = {}, []
+
+    def attach(self, tr):
+        import copy
+
+        tr.rm_opt.register_step_pre_hook(lambda *a: self.before.update(rm=copy.deepcopy(tr.credit)) and None)
+        tr.callbacks.append(self)
+        return self.before, self.used
+
+    def on_token_weights(self, trainer, batch, rollouts, weights):
+        self.used.append((batch, weights.clone()))
 
 
 @pytest.mark.parametrize("after", [False, True])
@@ -213,21 +220,20 @@ def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verif
     """The reference weights the policy loss with the token RM's scores from before its step on
     the batch; `algo.weights_after_rm_step` uses a fresh forward after it (hindsight)."""
     from oreal import algo
-    from oreal.models import token_scores
 
     cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
                "algo.credit=logprob", "algo.credit_init=[10,1]", f"algo.weights_after_rm_step={str(after).lower()}")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    before, used = _capture_token_weights(tr)
-    m = tr.step()
+    before, used = _CaptureTokenWeights().attach(tr)
+    m = tr.step().metrics
     assert m["actor_updated"] and used
     for mb, w in used:
-        rm = tr.rm if after else before["rm"]
+        rm = tr.credit if after else before["rm"]
         with torch.no_grad():
-            expect = algo.token_importance_weights(token_scores(rm, mb.ids, mb.attn, mb.targets), mb.mask,
+            expect = algo.token_importance_weights(rm.scores(mb.ids, mb.attn, mb.targets), mb.mask,
                                                    mb.positive, cfg.algo.tau)
-            other = algo.token_importance_weights(token_scores(before["rm"] if after else tr.rm, mb.ids, mb.attn,
-                                                               mb.targets), mb.mask, mb.positive, cfg.algo.tau)
+            other = algo.token_importance_weights((before["rm"] if after else tr.credit).scores(
+                mb.ids, mb.attn, mb.targets), mb.mask, mb.positive, cfg.algo.tau)
         assert torch.allclose(w, expect, atol=1e-6)
         assert not torch.allclose(w, other, atol=1e-4)  # the RM's step did change the weights
 
@@ -236,16 +242,15 @@ def test_token_weights_on_negatives_leave_every_positive_token_at_one(tiny_run, 
     """`algo.token_weights_on=negatives`: the policy loss gets weight 1 on every token of a
     positive and the RM's thresholded weights on the negatives (the demo's setting)."""
     from oreal import algo
-    from oreal.models import token_scores
 
     cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
                "algo.credit=logprob", "algo.credit_init=[10,1]", "algo.token_weights_on=negatives")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
-    before, used = _capture_token_weights(tr)
-    assert tr.step()["actor_updated"] and used
+    before, used = _CaptureTokenWeights().attach(tr)
+    assert tr.step().metrics["actor_updated"] and used
     for mb, w in used:
         with torch.no_grad():
-            both = algo.token_importance_weights(token_scores(before["rm"], mb.ids, mb.attn, mb.targets), mb.mask,
+            both = algo.token_importance_weights(before["rm"].scores(mb.ids, mb.attn, mb.targets), mb.mask,
                                                  mb.positive, cfg.algo.tau)
         pos = mb.positive.bool()
         assert pos.any() and (~pos).any()

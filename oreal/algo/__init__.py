@@ -9,7 +9,7 @@ from .config import ALGORITHMS, CREDIT_SOURCES, LOSS_NORMS, OPTIONS, POSITIVE_LO
 from .losses import (KL_ESTIMATORS, kl_penalty, negative_pg_loss, normalise, pg_loss, positive_bc_loss,
                      token_entropy, token_logprobs)
 from .objective import PolicyLoss, TokenCounts, policy_loss
-from .selection import SELECTIONS, pass_rate_filter, select_pairs
+from .selection import SELECTIONS, Selection, pass_rate_filter, select, select_pairs
 from .token_rm import (TOKEN_WEIGHTS, masked_mean, pair_ranking, rm_correct_count, running_correctness,
                        token_importance_weights, token_rm_sequence_loss)
 
@@ -17,5 +17,5 @@ __all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "CREDIT_SOURCES", "KL_ESTIMATOR
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
            "adv_none", "adv_rloo", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss",
            "normalise", "pair_ranking", "pass_rate_filter", "pg_loss", "policy_loss", "positive_bc_loss", "resolve_algo",
-           "rm_correct_count", "running_correctness", "select_pairs", "token_entropy",
+           "rm_correct_count", "running_correctness", "select", "select_pairs", "Selection", "token_entropy",
            "token_importance_weights", "token_logprobs", "token_rm_sequence_loss"]

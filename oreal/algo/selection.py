@@ -1,7 +1,12 @@
-"""Which responses enter the loss: the pass-rate filter and pair selection."""
+"""Which responses enter the loss: the pass-rate filter, pair selection, and `select`, which
+composes them with the group advantages as a training step does."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from .advantages import group_advantages
 
 
 def pass_rate_filter(rewards: torch.Tensor, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
@@ -41,3 +46,23 @@ def select_pairs(rewards: torch.Tensor, keep: torch.Tensor, mode: str = "pair",
     if mode not in SELECTIONS:
         raise ValueError(f"unknown selection mode {mode!r}; choose from {sorted(SELECTIONS)}")
     return SELECTIONS[mode](rewards, keep, generator)
+
+
+@dataclass
+class Selection:
+    """What enters the loss, decided on the whole batch (the same on every rank)."""
+    keep: torch.Tensor  # [B] questions whose pass rate is neither 0 nor 1 (all, without the filter)
+    rows: list[tuple[int, int]]  # (question, sample) of every selected response, in order
+    adv: torch.Tensor  # [B, K] advantages
+    positives: int  # selected correct responses
+
+
+def select(rewards: torch.Tensor, cfg, generator: torch.Generator | None = None) -> Selection:
+    """OREAL.md steps 3-5 on the [B, K] rewards: the pass-rate filter (`cfg.filter`), the responses
+    kept (`cfg.select`) and the advantages (`cfg.advantage`); `cfg` is an AlgoConfig."""
+    keep = pass_rate_filter(rewards) if cfg.filter else torch.ones(len(rewards), dtype=torch.bool)
+    chosen = select_pairs(rewards, keep, cfg.select, generator)
+    adv = group_advantages(rewards, cfg.advantage)
+    rows = [(b, k) for b, k in chosen.nonzero().tolist()]
+    positives = int(sum(rewards[b, k].item() > 0.5 for b, k in rows))
+    return Selection(keep, rows, adv, positives)

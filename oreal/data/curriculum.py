@@ -139,3 +139,24 @@ def first_error(response: str, solution: str) -> tuple[tuple[int, int], tuple[in
     ends = [i for i in (response.find(",", m), response.find(".", m)) if i >= 0]
     s_hi = min(ends) if ends else len(response)
     return (lo, hi), (s_lo, max(s_hi, hi))
+
+
+def token_spans(response_ids: list[int], tok) -> list[tuple[int, int]]:
+    """The [start, end) characters of each response token in the decoded response text (the
+    tokenizer decodes one token at a time; the curriculum's tokens decode to their own text)."""
+    spans, pos = [], 0
+    for t in response_ids:
+        piece = tok.decode([t], skip_special_tokens=True)
+        spans.append((pos, pos + len(piece)))
+        pos += len(piece)
+    return spans
+
+
+def first_error_token(response_ids: list[int], text: str, solution: str, tok) -> int | None:
+    """Index of the response token holding the first character that departs from the solution
+    (None: the response never departs from it)."""
+    err = first_error(text, solution)
+    if err is None:
+        return None
+    char = err[0][0]
+    return next((t for t, (_, end) in enumerate(token_spans(response_ids, tok)) if end > char), None)

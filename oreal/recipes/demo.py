@@ -37,11 +37,13 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
         before = trainer.evaluate(test, k=cfg.eval_k)
         log(f"before: pass@1 {before['pass@1']:.3f}")
         t_train = time.time()
-        _, history = train(cfg, v, log=log, trainer=trainer)
-        train_seconds = time.time() - t_train
-        if trainer.interrupted:
-            return {"interrupted": trainer.interrupted, "steps": len(history)}
+        result = train(cfg, v, log=log, trainer=trainer)
+        history, train_seconds = result.history, time.time() - t_train
+        if result.interrupted:
+            trainer.close()
+            return {"interrupted": result.interrupted, "steps": len(history)}
         after = trainer.evaluate(test, k=cfg.eval_k, keep_samples=8)
+        trainer.close()
     seconds = time.time() - t0
     summary = {
         "before": {k: before[k] for k in ("pass@1", "pass@k", "maj@k", "n", "k", "unfinished", "no_answer")},

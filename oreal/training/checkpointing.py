@@ -3,28 +3,30 @@ atomic, hashed checkpoint (`oreal.checkpoint`). Without FSDP2 the models are pla
 directories; under FSDP2 every rank writes its own shards with torch.distributed.checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
-from ..models import LogProbCredit, load_lora_adapter, load_weights, read_safetensors, save_model
+from ..models import load_lora_adapter, load_weights, read_safetensors, save_model
+from .state import RunState
 
 
 class Checkpointing:
-    """Mixed into `oreal.recipes.train.Trainer`: reads its models, optimisers, schedules, sampler
-    and counters, and writes them back on resume."""
+    """Mixed into `oreal.recipes.train.Trainer`: what a resume needs to continue to the bit, read
+    from the trainer's parts (policy, credit model, their optimisers and schedules, the question
+    sampler, the selection generator, the skill booster) and its `RunState`, and written back."""
 
     def _models(self) -> dict:
-        return {"policy": self.policy, **({"token_rm": self.rm} if self.rm is not None else {})}
+        return {"policy": self.policy, **({"token_rm": self.credit} if self.credit is not None else {})}
 
     def state_dict(self) -> dict:
         """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
         optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
-        st = {"step": self.step_no, "actor_steps": self.actor_steps, "nonfinite_streak": self.nonfinite_streak,
-              "best": self.best, "sched": self.sched.state_dict(),
-              "rm_sched": self.rm_sched.state_dict() if self.rm is not None else None,
+        st = {**dataclasses.asdict(self.state), "sched": self.sched.state_dict(),
+              "rm_sched": self.rm_sched.state_dict() if self.credit is not None else None,
               "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
               "booster": self.booster.state_dict() if self.booster else None,
               "rng": ckpt.rng_state(), "models": sorted(self._models()),
@@ -33,20 +35,22 @@ class Checkpointing:
             st["sharded_optim"] = sorted(self._stepped_optimizers())
         else:
             st["opt"] = self.opt.state_dict()
-            st["rm_opt"] = self.rm_opt.state_dict() if self.rm is not None else None
+            st["rm_opt"] = self.rm_opt.state_dict() if self.credit is not None else None
         return st
 
     def _stepped_optimizers(self) -> dict:
         """The optimisers that hold state (a frozen actor's has none yet), by model name."""
-        opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
-        return {name: opt for name, opt in opts.items() if opt.state}
+        return {name: opt for name, opt in self._optimizers().items() if opt.state}
+
+    def _optimizers(self) -> dict:
+        return {"policy": self.opt, **({"token_rm": self.rm_opt} if self.credit is not None else {})}
 
     def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
         """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
         models are plain HF directories; under FSDP2 every rank writes its own shards of weights and
         optimiser states with torch.distributed.checkpoint, so no process holds the full state."""
-        state = self.state_dict()
-        meta, keep = {"best": self.best}, ({self.best["step"]} if self.best else set())
+        state, best = self.state_dict(), self.state.best
+        meta, keep = {"best": best}, ({best["step"]} if best else set())
 
         def write(d: Path):
             if not self.fsdp:
@@ -55,36 +59,39 @@ class Checkpointing:
 
         if self.fsdp:  # rank 0 stages the directory, every rank writes its shards into it
             if self.rank == 0:
-                ckpt.stage(root, self.step_no)
+                ckpt.stage(root, self.state.step)
             dist_utils.barrier()
-            dist_utils.save_sharded(ckpt.staging_dir(root, self.step_no) / "sharded", self._models(),
+            dist_utils.save_sharded(ckpt.staging_dir(root, self.state.step) / "sharded", self._models(),
                                     self._stepped_optimizers())
         path = None
         if self.rank == 0:
-            path = ckpt.save_checkpoint(root, self.step_no, write, meta, keep_last, keep, staged=self.fsdp)
+            path = ckpt.save_checkpoint(root, self.state.step, write, meta, keep_last, keep, staged=self.fsdp)
         dist_utils.barrier()
         return path
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
-        if self.rm is not None and "token_rm" not in st.get("models", ["token_rm"]):
+        if self.credit is not None and "token_rm" not in st.get("models", ["token_rm"]):
             raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
         if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
-            opts = {"policy": self.opt, **({"token_rm": self.rm_opt} if self.rm is not None else {})}
+            opts = self._optimizers()
             dist_utils.load_sharded(path / "sharded", self._models(),
                                     {n: opts[n] for n in st["sharded_optim"] if n in opts})
         else:
             if self.cfg.lora.enabled:
                 load_lora_adapter(self.policy, path / "policy")
+            elif self.fsdp:
+                dist_utils.load_full_state_dict(self.policy, read_safetensors(path / "policy"))
             else:
-                self._load_model(self.policy, path / "policy")
+                load_weights(self.policy, path / "policy")
             dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
-            if self.rm is not None:
+            if self.credit is not None:
                 if not (path / "token_rm").is_dir():
                     raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-                self._load_model(self.rm, path / "token_rm")
-                dist_utils.load_optimizer_state(self.rm, self.rm_opt, st["rm_opt"])
-        if self.rm is not None:
+                self.credit.load(path / "token_rm")
+                dist_utils.load_optimizer_state(self.credit, self.rm_opt, st["rm_opt"])
+                self.credit.after_optimizer_load(self.rm_opt)
+        if self.credit is not None:
             self.rm_sched.load_state_dict(st["rm_sched"])
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
@@ -96,37 +103,20 @@ class Checkpointing:
             # the thread count can change a result's last bits: a resume keeps the run's own
             torch.set_num_threads(st["threads"])
             self.log(f"torch threads: {st['threads']}, as the run had (threads=N sets another)")
-        self.step_no, self.actor_steps = st["step"], st["actor_steps"]
-        self.nonfinite_streak, self.best = st["nonfinite_streak"], st["best"]
-
-    def _load_model(self, model, path: Path) -> None:
-        if isinstance(model, LogProbCredit):  # an LM directory plus its calibration
-            if self.fsdp:
-                dist_utils.load_full_state_dict(model, LogProbCredit.read(path))
-            else:
-                model.load(path)
-        elif self.fsdp:
-            dist_utils.load_full_state_dict(model, read_safetensors(path))
-        else:
-            load_weights(model, path)
+        self.state = RunState(**{f.name: st[f.name] for f in dataclasses.fields(RunState)})
+        self.engine.sync_weights(self.policy)  # an engine with its own weights samples the resumed ones
 
     def _full_weights(self) -> dict:
         """Unsharded weights under FSDP2 (a collective); without FSDP2 an empty dict: the models
         save their own state."""
         if not self.fsdp:
             return {}
-        out = {"policy": dist_utils.full_state_dict(self.policy)}
-        if self.rm is not None:
-            out["token_rm"] = dist_utils.full_state_dict(self.rm)
-        return out
+        return {name: dist_utils.full_state_dict(m) for name, m in self._models().items()}
 
     def _write_models(self, path: Path, weights: dict) -> None:
         save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
-        if self.rm is not None:
-            if isinstance(self.rm, LogProbCredit):
-                self.rm.save(path / "token_rm", self.tok, weights.get("token_rm"))
-            else:
-                save_model(self.rm, self.tok, path / "token_rm", weights.get("token_rm"))
+        if self.credit is not None:
+            self.credit.save(path / "token_rm", self.tok, weights.get("token_rm"))
 
     def save(self, path: Path) -> None:
         """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""

@@ -1,0 +1,70 @@
+"""The small records a training step passes between its phases, and the run's own state.
+
+`RunState` is what a checkpoint saves of the loop itself (beside models, optimisers, schedules,
+sampler and RNGs); `CreditStats` and `PolicyStats` are what the two update phases return.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RunState:
+    step: int = 0  # steps done
+    actor_steps: int = 0  # policy optimiser steps taken (none while frozen or skipped)
+    nonfinite_streak: int = 0  # steps in a row whose loss or gradient was not finite
+    best: dict | None = None  # {"step", "eval_pass@1"} of the best evaluation so far
+
+
+@dataclass
+class CreditStats:
+    """The credit model's phase of one step: its BCE on the outcomes and its optimiser step."""
+    stepped: bool = False  # False without a credit model, or when its loss or gradient was not finite
+    finite: bool = True
+    loss: float | None = None  # mean BCE over the selected responses
+    acc: float | None = None  # share whose sequence score is on the right side of 0.5
+    pair_rank: float | None = None  # share of (right, wrong) pairs of a question ranked right
+    lr: float | None = None  # the learning rate of this step
+    seconds: float = 0.0
+
+    def metrics(self) -> dict:
+        out = {"rm_lr": self.lr, "rm_seconds": self.seconds}
+        if self.stepped:
+            out.update(rm_loss=self.loss, rm_acc=self.acc, rm_pair_rank=self.pair_rank)
+        return out
+
+
+@dataclass
+class PolicyStats:
+    """The policy's phase of one step: its gradients and its optimiser step."""
+    updated: bool = False  # False while frozen, or when its loss or gradient was not finite
+    finite: bool = True
+    sums: dict = field(default_factory=dict)  # loss_pos, loss_neg, loss_kl, kl, entropy over all ranks
+    tokens: float = 1.0  # response tokens of the batch (the KL and entropy normaliser)
+    seconds: float = 0.0  # forwards and backwards
+    optim_seconds: float = 0.0
+
+    def metrics(self) -> dict:
+        out = {"actor_updated": self.updated, "policy_seconds": self.seconds, "optim_seconds": self.optim_seconds}
+        if self.updated:
+            s = self.sums
+            out.update(loss_pos=s["loss_pos"], loss_neg=s["loss_neg"], loss_kl=s["loss_kl"],
+                       loss=s["loss_pos"] + s["loss_neg"] + s["loss_kl"], kl=s["kl"] / self.tokens,
+                       entropy=s["entropy"] / self.tokens)
+        return out
+
+
+@dataclass
+class StepResult:
+    """What `Trainer.step()` returns: the step's metrics (every key of METRIC_FIELDS) and the
+    responses to dump (`dump_per_step` of them, with reward, advantage and token weights)."""
+    metrics: dict
+    trajectories: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class StepControl:
+    """What the step-end callbacks decided, voted across ranks where it matters."""
+    save: bool = False  # write a checkpoint now (a new best evaluation, the period, a stop)
+    stop: str | None = None  # the signal's name when a run must stop after this step
+    out_of_time: bool = False  # max_seconds passed: save and leave the loop
