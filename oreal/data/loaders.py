@@ -167,7 +167,8 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
                   fields: dict[str, str] | None = None, split: str | None = None,
                   skip_bad: bool = False, source_name: str | None = None,
                   extract: str | None = None) -> LoadResult:
-    """Load problems from a file or a Hugging Face dataset (saved directory or hub name).
+    """Load problems from a file, a Hugging Face dataset (saved directory or hub name), or rows
+    already in memory (a `datasets.Dataset` or a list of dicts).
 
     `fields` overrides the preset's field names: keys `question`, `answer`, `id`, or any
     record field (`level`, `subject`, `pass_rate`, `skills`, `solution`).
@@ -181,8 +182,13 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
     a_key = fields.pop("answer", preset.answer)
     id_key = fields.pop("id", preset.id)
     extra = dict(preset.extra, **fields)
-    path = Path(source)
-    if path.is_file():
+    if not isinstance(source, (str, Path)):  # rows in memory: a datasets.Dataset, or a list of dicts
+        if not hasattr(source, "__iter__"):
+            raise DataError(f"expected a path, a datasets.Dataset or a list of dicts, got {type(source).__name__}")
+        where = source_name = source_name or type(source).__name__
+        rows = ((f"row {n}", row) for n, row in enumerate(source))
+        path = Path(where)
+    elif (path := Path(source)).is_file():
         rows, where = _rows(path), str(path)
     elif path.is_dir() or not path.suffix:
         rows, where = _hf_rows(str(source), split), str(source)
