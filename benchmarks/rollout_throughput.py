@@ -17,6 +17,7 @@ import torch
 
 from oreal.data import PromptConfig, load_list, render
 from oreal.models import load_policy, load_tokenizer
+from oreal.models import resolve_model_path
 from oreal.rollout import ENGINES, SamplingConfig, make_engine
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--engines", default=",".join(ENGINES), help="vllm needs vLLM installed (README, vLLM)")
     args = ap.parse_args()
     tok, model = load_tokenizer(args.model), load_policy(args.model, args.dtype, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -37,7 +38,8 @@ def main() -> None:
     prompts = [render(p.question, None, pc) for p in load_list("curriculum_test")[: args.prompts]]
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens)
     names = args.engines.split(",")
-    engines = {n: make_engine(n, model, tok) for n in names}
+    engines = {n: make_engine(n, model, tok, resolve_model_path(args.model), dtype=args.dtype, log=lambda *a: None)
+               for n in names}
     for eng in engines.values():  # warm-up (and the sampler's one-off cache check)
         eng.sample(prompts[:2], 2, cfg, seed=123)
     rates: dict[str, list[float]] = {n: [] for n in names}

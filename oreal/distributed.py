@@ -183,6 +183,14 @@ def load_optimizer_state(model, opt, state: dict | None) -> None:
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
+def max_float(x: float) -> float:
+    if not active():
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def max_int(n: int) -> int:
     if not active():
         return n

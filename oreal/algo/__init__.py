@@ -6,7 +6,7 @@ Shapes: B questions, K samples each; N selected responses, T response tokens (ri
 """
 from .advantages import ADVANTAGE_ESTIMATORS, adv_drgrpo, adv_grpo, adv_none, adv_rloo, group_advantages
 from .config import ALGORITHMS, CREDIT_SOURCES, LOSS_NORMS, OPTIONS, POSITIVE_LOSSES, AlgoConfig, resolve_algo
-from .losses import (KL_ESTIMATORS, kl_penalty, negative_pg_loss, normalise, pg_loss, positive_bc_loss,
+from .losses import (KL_ESTIMATORS, engine_ratio, kl_penalty, truncated_is_weights, negative_pg_loss, normalise, pg_loss, positive_bc_loss,
                      token_entropy, token_logprobs)
 from .objective import PolicyLoss, TokenCounts, policy_loss
 from .selection import SELECTIONS, Selection, pass_rate_filter, select, select_pairs
@@ -15,7 +15,7 @@ from .token_rm import (TOKEN_WEIGHTS, masked_mean, pair_ranking, rm_correct_coun
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "CREDIT_SOURCES", "KL_ESTIMATORS", "LOSS_NORMS", "OPTIONS", "POSITIVE_LOSSES",
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
-           "adv_none", "adv_rloo", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss",
+           "adv_none", "adv_rloo", "engine_ratio", "truncated_is_weights", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss",
            "normalise", "pair_ranking", "pass_rate_filter", "pg_loss", "policy_loss", "positive_bc_loss", "resolve_algo",
            "rm_correct_count", "running_correctness", "select", "select_pairs", "Selection", "token_entropy",
            "token_importance_weights", "token_logprobs", "token_rm_sequence_loss"]

@@ -79,6 +79,8 @@ class AlgoConfig:
                                           "max_new_tokens, Dr. GRPO)" + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the token RM learns"
                                              + _FROM_PRESET)
+    tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
+                                  "pi_engine, cap) (0: off)")
 
     def __post_init__(self):
         if self.name not in ALGORITHMS:
@@ -101,6 +103,8 @@ class AlgoConfig:
         if self.positive_loss == "bc" and self.loss_norm != "tokens":
             raise ConfigError(f"algo.loss_norm: {self.loss_norm!r} applies to positive_loss=pg only; behaviour "
                               f"cloning divides by the positives' and negatives' token counts")
+        if self.tis_cap < 0:
+            raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 

@@ -74,3 +74,17 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
 def normalise(total: torch.Tensor, count: int | float) -> torch.Tensor:
     """Divide a token sum by a *global* token count (never by a micro-batch's own count)."""
     return total / max(float(count), 1.0)
+
+
+def engine_ratio(logp: torch.Tensor, engine_logp: torch.Tensor) -> torch.Tensor:
+    """[N, T] pi_trainer(y_t) / pi_engine(y_t) of each sampled token (detached): 1 when the engine
+    that sampled holds the trainer's weights; apart by the kernels' round-off otherwise."""
+    return torch.exp(logp.detach().float() - engine_logp.float())
+
+
+def truncated_is_weights(logp: torch.Tensor, engine_logp: torch.Tensor, mask: torch.Tensor,
+                         cap: float) -> torch.Tensor:
+    """[N, T] truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"): each token's loss times min(pi_trainer / pi_engine, cap),
+    correcting for an engine whose distribution differs from the trainer's; 0 off the mask."""
+    return engine_ratio(logp, engine_logp).clamp(max=cap) * mask

@@ -12,7 +12,7 @@ import sys
 
 from . import HelpFormatter, non_negative_float, positive_int, unit_float
 
-ENGINE_CHOICES = ("auto", "hf_sampler", "hf_device", "hf_generate")  # checked against the registry in a test
+ENGINE_CHOICES = ("auto", "hf_sampler", "hf_device", "hf_generate", "vllm")  # checked against the registry in a test
 
 
 def add_parser(sub) -> None:
@@ -89,6 +89,13 @@ def _plan(args) -> dict:
         raise ConfigError("give --run RUN_DIR, or --model and --data")
     if "{question}" not in plan["prompt"].plain_template:
         raise ConfigError("--prompt-template must contain {question}")
+    if plan["engine"] == "vllm":
+        import importlib.util
+
+        from ..rollout.vllm_engine import INSTALL
+
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(f"--engine vllm: vLLM is not installed; install it with: {INSTALL}")
     return plan
 
 
@@ -112,7 +119,7 @@ def run(args) -> int:
         _check_writable(args.out)
     from ..data import load_list
     from ..evaluation import evaluate
-    from ..models import load_policy, load_tokenizer
+    from ..models import load_policy, load_tokenizer, resolve_model_path
     from ..rollout import SamplingConfig, make_engine
     from ..verify import Verifier
 
@@ -127,8 +134,12 @@ def run(args) -> int:
     sampling = SamplingConfig(temperature=plan["temperature"], top_p=plan["top_p"],
                               max_new_tokens=plan["max_new_tokens"])
     with Verifier(workers=2) as v:
-        res = evaluate(make_engine(plan["engine"], model, tok), tok, problems, v, k=plan["k"],
-                       sampling=sampling, prompt=plan["prompt"], seed=plan["seed"], progress=True, keep_samples=5)
+        engine = make_engine(plan["engine"], model, tok, resolve_model_path(plan["model"]), dtype=plan["dtype"])
+        try:
+            res = evaluate(engine, tok, problems, v, k=plan["k"], sampling=sampling, prompt=plan["prompt"],
+                           seed=plan["seed"], progress=True, keep_samples=5)
+        finally:
+            engine.close()
     res.update(model=plan["model"], data=plan["data"], seed=plan["seed"], max_new_tokens=plan["max_new_tokens"])
     if args.out:
         with open(args.out, "w") as f:

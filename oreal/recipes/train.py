@@ -22,11 +22,13 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, torch_dtype
+from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
+                      torch_dtype)
 from ..optim import guarded_step, make_optimizer
-from ..rollout import SamplingConfig, make_engine
+from ..rollout import VLLM, SamplingConfig, make_engine
+from ..rollout.vllm_engine import check_architecture
 from ..tracking import Trackers
-from ..training.batch import RolloutBatch, SelectedBatch
+from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig
@@ -45,19 +47,11 @@ METRIC_FIELDS = [
     # where the step's time went (each phase bracketed by a device synchronize on CUDA)
     "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
     "seconds", "elapsed", "eta", "threads",
+    # pi_trainer / pi_engine of the sampled tokens in the loss (1 when the engine holds the trainer's weights)
+    "engine_ratio_mean", "engine_ratio_max", "engine_ratio_outside",
 ]
-_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy")
+_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens")
 _RM_SUMS = ("rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
-
-
-@dataclass
-class MicroBatch:
-    rows: slice | None  # its rows in the step's batch; None for an all-padding one
-    batch: SelectedBatch
-
-    @property
-    def real(self) -> bool:
-        return self.rows is not None
 
 
 class Trainer(Checkpointing):
@@ -86,8 +80,12 @@ class Trainer(Checkpointing):
         self._setup_models(policy, tokenizer)
         self._setup_optimizers()
         self._setup_data(problems)
-        self.engine = self._exit.enter_context(_closing(make_engine(cfg.engine, self.policy, self.tok,
-                                                                    self.policy_dir)))
+        self.engine = make_engine(cfg.engine, self.policy, self.tok, self.policy_dir, options=cfg.vllm, dtype=cfg.dtype,
+                                  seed=cfg.seed, compute_dtype=torch.bfloat16 if cfg.mixed_precision else None,
+                                  log=self.log)
+        self._exit.callback(self.engine.close)
+        if cfg.engine == VLLM:
+            self._check_prompt_lengths()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
@@ -96,7 +94,9 @@ class Trainer(Checkpointing):
         model; the order is fixed because a new token head draws from the seeded global RNG."""
         cfg = self.cfg
         self.device = torch.device(dist_utils.local_device(cfg.device))  # where inputs go (FSDP2 offload too)
-        self.policy_dir = cfg.policy
+        self.policy_dir = resolve_model_path(cfg.policy) if policy is None else None
+        if cfg.engine == VLLM and policy is None:  # before any weights load
+            check_architecture(self.policy_dir)
         if policy is not None:  # a built model: the copies load from a snapshot of it
             if next(policy.parameters()).dtype != torch_dtype(cfg.dtype):
                 raise ConfigError(f"dtype: the model given is {next(policy.parameters()).dtype}, the config says "
@@ -132,6 +132,17 @@ class Trainer(Checkpointing):
                     dist_utils.fsdp_wrap(m, decoder_layers(m), cfg.mixed_precision, cfg.cpu_offload)
             if self.credit is not None:
                 self.credit.shard(cfg.mixed_precision, cfg.cpu_offload)
+
+    def _check_prompt_lengths(self) -> None:
+        """engine=vllm: the longest training prompt + max_new_tokens must fit the engine."""
+        from ..data import render
+
+        longest = max(len(self.tok(render(p.question, self.tok, self.cfg.prompt), add_special_tokens=False)["input_ids"])
+                      for p in self.problems)
+        if longest + self.cfg.sampling.max_new_tokens > self.engine.max_model_len:
+            raise ConfigError(f"engine=vllm: the longest training prompt ({longest} tokens) + sampling.max_new_tokens "
+                              f"({self.cfg.sampling.max_new_tokens}) exceeds vllm.max_model_len "
+                              f"({self.engine.max_model_len})")
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
@@ -321,6 +332,7 @@ class Trainer(Checkpointing):
         skips the step. The engine samples from the new weights afterwards."""
         stats = PolicyStats(tokens=counts.all)
         sums = dict.fromkeys(_POLICY_SUMS, 0.0)
+        self._ratio_max = 0.0
         if update:
             t0 = self._clock()
             self.opt.zero_grad(set_to_none=True)
@@ -331,6 +343,7 @@ class Trainer(Checkpointing):
                 dist_utils.all_reduce_grads(self.policy)
             stats.seconds = self._clock() - t0
         stats.sums = dict(zip(_POLICY_SUMS, dist_utils.sum_floats([sums[k] for k in _POLICY_SUMS])))
+        stats.ratio_max = dist_utils.max_float(self._ratio_max)
         t0 = self._clock()
         if update:
             total = stats.sums["loss_pos"] + stats.sums["loss_neg"] + stats.sums["loss_kl"]
@@ -350,6 +363,17 @@ class Trainer(Checkpointing):
         with torch.no_grad():
             ref_logp = algo.token_logprobs(self._ref_logits(mb.ids, mb.attn), mb.targets)
         sums["entropy"] += (algo.token_entropy(logits) * mb.mask).sum().item()
+        if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
+            ratio = algo.engine_ratio(logp, mb.engine_logp)[mb.mask.bool()]
+            sums["ratio_sum"] += ratio.sum().item()
+            sums["ratio_outside"] += ((ratio < 0.8) | (ratio > 1.25)).sum().item()
+            sums["ratio_tokens"] += ratio.numel()
+            self._ratio_max = max(self._ratio_max, ratio.max().item() if ratio.numel() else 0.0)
+            if a.tis_cap:
+                weights = weights * algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
+        elif a.tis_cap:
+            raise TrainingError("algo.tis_cap needs the engine's log-probs of the sampled tokens "
+                                "(sampling.return_logprobs=true)")
         out = algo.policy_loss(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, a)
         out.loss.backward()
         sums["loss_pos"] += out.pos.item()
@@ -385,19 +409,6 @@ class Trainer(Checkpointing):
         """Under FSDP2 every rank must call this (the engine gathers the weights); the results agree."""
         return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
                                    sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
-
-
-class _closing:
-    """An engine as a context: closed with the trainer."""
-
-    def __init__(self, engine):
-        self.engine = engine
-
-    def __enter__(self):
-        return self.engine
-
-    def __exit__(self, *exc):
-        self.engine.close()
 
 
 def _same_shape(new, old: torch.Tensor) -> torch.Tensor:

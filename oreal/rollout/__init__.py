@@ -4,7 +4,8 @@ from .engine import (CacheMismatchError, HFEngine, HFGenerateEngine, HFSampler, 
                      SamplingConfig, eval_mode, filter_logits)
 from .on_device import OnDeviceSampler
 
-ENGINES = {"hf_sampler": HFSampler, "hf_device": OnDeviceSampler, "hf_generate": HFGenerateEngine}
+VLLM = "vllm"  # imported on first use: vLLM is optional (oreal.rollout.vllm_engine)
+ENGINES = {"hf_sampler": HFSampler, "hf_device": OnDeviceSampler, "hf_generate": HFGenerateEngine, VLLM: None}
 AUTO = "auto"  # hf_sampler on CPU (fastest there), hf_device on an accelerator (no host sync per token)
 
 
@@ -16,11 +17,19 @@ def resolve_engine(name: str, device) -> str:
     return name
 
 
-def make_engine(name: str, model, tokenizer, model_dir: str | None = None) -> RolloutEngine:
-    """The engine `name` over `model`. `model_dir`: the policy's directory, for engines that load
-    their own copy of the weights (the HF engines sample from `model` itself)."""
-    return ENGINES[resolve_engine(name, next(model.parameters()).device)](model, tokenizer)
+def make_engine(name: str, model, tokenizer, model_dir: str | None = None, **options) -> RolloutEngine:
+    """The engine `name` over `model`. `model_dir` and `options` (VLLMEngine's: `options`, `dtype`,
+    `seed`, `compute_dtype`, `log`) are for engines that hold their own copy of the weights; the HF
+    engines sample from `model` itself."""
+    name = resolve_engine(name, next(model.parameters()).device)
+    if name == VLLM:
+        from .vllm_engine import VLLMEngine
+
+        if model_dir is None:
+            raise ValueError("engine=vllm needs the policy's directory (model_dir)")
+        return VLLMEngine(model, tokenizer, model_dir, **options)
+    return ENGINES[name](model, tokenizer)
 
 
-__all__ = ["AUTO", "CacheMismatchError", "ENGINES", "HFEngine", "HFGenerateEngine", "eval_mode", "HFSampler", "OnDeviceSampler", "Rollout",
+__all__ = ["VLLM", "AUTO", "CacheMismatchError", "ENGINES", "HFEngine", "HFGenerateEngine", "eval_mode", "HFSampler", "OnDeviceSampler", "Rollout",
            "RolloutEngine", "SamplingConfig", "filter_logits", "make_engine", "resolve_engine"]

@@ -45,6 +45,7 @@ class SelectedBatch:
     reward: torch.Tensor  # [N]
     adv: torch.Tensor  # [N]
     lengths: list[int]  # prompt + response tokens of each row
+    engine_logp: torch.Tensor | None = None  # [N, L - 1] the engine's log-probs of the sampled tokens (0 elsewhere)
 
     @property
     def positive(self) -> torch.Tensor:
@@ -59,8 +60,16 @@ class SelectedBatch:
         ids, attn, targets, mask = batch_tensors(seqs, pad_id)
         reward = torch.tensor([roll.rewards[b, k].item() for b, k in rows])
         advs = torch.tensor([adv[b, k].item() for b, k in rows])
+        engine_logp = None
+        if all(roll.rollout(b, k).logprobs is not None for b, k in rows):
+            engine_logp = torch.zeros_like(mask)
+            for i, (b, k) in enumerate(rows):
+                r = roll.rollout(b, k)
+                start = len(r.prompt_ids) - 1  # position p - 1 predicts token p
+                engine_logp[i, start:start + len(r.response_ids)] = torch.tensor(r.logprobs)
+            engine_logp = engine_logp.to(device)
         return cls(rows, ids.to(device), attn.to(device), targets.to(device), mask.to(device),
-                   reward.to(device), advs.to(device), [len(p) + len(r) for p, r in seqs])
+                   reward.to(device), advs.to(device), [len(p) + len(r) for p, r in seqs], engine_logp)
 
     @classmethod
     def padding(cls, pad_id: int, device: torch.device | str = "cpu") -> "SelectedBatch":
@@ -69,11 +78,12 @@ class SelectedBatch:
         ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
         return cls([], ids, torch.ones((1, 2), dtype=torch.long, device=device), ids[:, 1:],
                    torch.zeros((1, 1), device=device), torch.zeros(1, device=device),
-                   torch.zeros(1, device=device), [])
+                   torch.zeros(1, device=device), [], torch.zeros((1, 1), device=device))
 
     def __getitem__(self, sl: slice) -> "SelectedBatch":
         return replace(self, rows=self.rows[sl], ids=self.ids[sl], attn=self.attn[sl], targets=self.targets[sl],
-                       mask=self.mask[sl], reward=self.reward[sl], adv=self.adv[sl], lengths=self.lengths[sl])
+                       mask=self.mask[sl], reward=self.reward[sl], adv=self.adv[sl], lengths=self.lengths[sl],
+                       engine_logp=None if self.engine_logp is None else self.engine_logp[sl])
 
     def token_counts(self) -> tuple[float, float]:
         """(positive, negative) response tokens on this rank."""
@@ -82,6 +92,17 @@ class SelectedBatch:
 
     def micro_batches(self, max_seqs: int, max_tokens: int = 0) -> list[slice]:
         return micro_batches(self.lengths, max_seqs, max_tokens)
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward's share of a SelectedBatch."""
+    rows: slice | None  # its rows in the step's batch; None for an all-padding one (FSDP2 keeps ranks in step)
+    batch: SelectedBatch
+
+    @property
+    def real(self) -> bool:
+        return self.rows is not None
 
 
 def micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0) -> list[slice]:

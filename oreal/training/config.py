@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, from_values, read_values, setting
 from ..data import PromptConfig
-from ..rollout import AUTO, ENGINES, SamplingConfig
+from ..rollout import AUTO, ENGINES, VLLM, SamplingConfig
+from ..rollout.vllm_engine import INSTALL as VLLM_INSTALL
+from ..rollout.vllm_engine import VLLMConfig
 from ..tracking import TRACKERS
 from .skills import SkillConfig
 
@@ -43,7 +45,7 @@ class LoraSettings:
 
 
 _SECTIONS = {"algo": AlgoConfig, "optim": OptimConfig, "sampling": SamplingConfig, "prompt": PromptConfig,
-             "skills": SkillConfig, "lora": LoraSettings}
+             "skills": SkillConfig, "lora": LoraSettings, "vllm": VLLMConfig}
 
 
 @dataclass
@@ -75,7 +77,7 @@ class TrainConfig:
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
     activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
     engine: str = setting("auto", "rollout engine: auto (hf_sampler on CPU, hf_device on GPU) | hf_sampler | "
-                                  "hf_device | hf_generate")
+                                  "hf_device | hf_generate | vllm (its settings: vllm.*)")
     seed: int = setting(0, "seed of the run")
     threads: int = setting(0, "torch threads on CPU (0: the cores free at the start)")
     max_seconds: float = setting(0.0, "stop after this long, with a checkpoint (0: no limit)")
@@ -98,6 +100,7 @@ class TrainConfig:
     prompt: PromptConfig = setting(help="prompt rendering", factory=PromptConfig)
     skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
     lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
+    vllm: VLLMConfig = setting(help="the vLLM engine (engine=vllm)", factory=VLLMConfig)
 
     def __post_init__(self):
         if isinstance(self.algo, str):  # a preset's name: TrainConfig(algo="grpo")
@@ -112,6 +115,11 @@ class TrainConfig:
                 raise ConfigError(f"{k}: must be at least 1")
         if self.engine != AUTO and self.engine not in ENGINES:
             raise ConfigError(f"engine: {self.engine!r} is not one of {sorted(ENGINES) + [AUTO]}")
+        if self.engine == VLLM:
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError(f"engine=vllm: vLLM is not installed; install it with: {VLLM_INSTALL}")
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":

@@ -43,9 +43,14 @@ class PolicyStats:
     tokens: float = 1.0  # response tokens of the batch (the KL and entropy normaliser)
     seconds: float = 0.0  # forwards and backwards
     optim_seconds: float = 0.0
+    ratio_max: float = 0.0  # the largest pi_trainer / pi_engine of a sampled token in the loss
 
     def metrics(self) -> dict:
         out = {"actor_updated": self.updated, "policy_seconds": self.seconds, "optim_seconds": self.optim_seconds}
+        n = self.sums.get("ratio_tokens", 0.0)
+        if n:
+            out.update(engine_ratio_mean=self.sums["ratio_sum"] / n, engine_ratio_max=self.ratio_max,
+                       engine_ratio_outside=self.sums["ratio_outside"] / n)
         if self.updated:
             s = self.sums
             out.update(loss_pos=s["loss_pos"], loss_neg=s["loss_neg"], loss_kl=s["loss_kl"],

