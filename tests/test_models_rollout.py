@@ -207,4 +207,4 @@ def test_auto_engine_is_the_lean_loop_on_cpu(tiny):
     assert isinstance(make_engine("auto", model, tok), HFSampler) and make_engine("auto", model, tok).name == "hf_sampler"
     assert resolve_engine("auto", "cuda:0") == "hf_device"
     with pytest.raises(ValueError, match="hf_device"):
-        resolve_engine("vllm", "cpu")
+        resolve_engine("ppo", "cpu")  # unknown names are refused (vllm is registered now)
