@@ -183,20 +183,20 @@ def load_optimizer_state(model, opt, state: dict | None) -> None:
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
-def max_float(x: float) -> float:
+def _all_max(x, dtype: torch.dtype):
     if not active():
         return x
-    t = torch.tensor([x], dtype=torch.float64, device=comm_device())
+    t = torch.tensor([x], dtype=dtype, device=comm_device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return t.item()
+
+
+def max_float(x: float) -> float:
+    return float(_all_max(x, torch.float64))
 
 
 def max_int(n: int) -> int:
-    if not active():
-        return n
-    t = torch.tensor([n], dtype=torch.long, device=comm_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    return int(_all_max(n, torch.long))
 
 
 def save_sharded(path, models: dict, optimizers: dict) -> None:

@@ -332,18 +332,18 @@ class Trainer(Checkpointing):
         skips the step. The engine samples from the new weights afterwards."""
         stats = PolicyStats(tokens=counts.all)
         sums = dict.fromkeys(_POLICY_SUMS, 0.0)
-        self._ratio_max = 0.0
+        ratio_max = 0.0
         if update:
             t0 = self._clock()
             self.opt.zero_grad(set_to_none=True)
             for mb in micro:
                 w = weights[mb.rows] if mb.real else torch.ones_like(mb.batch.mask)
-                self._policy_backward(mb.batch, w, counts, sums)
+                ratio_max = max(ratio_max, self._policy_backward(mb.batch, w, counts, sums))
             if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
                 dist_utils.all_reduce_grads(self.policy)
             stats.seconds = self._clock() - t0
         stats.sums = dict(zip(_POLICY_SUMS, dist_utils.sum_floats([sums[k] for k in _POLICY_SUMS])))
-        stats.ratio_max = dist_utils.max_float(self._ratio_max)
+        stats.ratio_max = dist_utils.max_float(ratio_max)
         t0 = self._clock()
         if update:
             total = stats.sums["loss_pos"] + stats.sums["loss_neg"] + stats.sums["loss_kl"]
@@ -356,19 +356,22 @@ class Trainer(Checkpointing):
         return stats
 
     def _policy_backward(self, mb: SelectedBatch, weights: torch.Tensor, counts: algo.TokenCounts,
-                         sums: dict) -> None:
+                         sums: dict) -> float:
+        """One micro-batch's policy gradients, its loss sums added to `sums`; returns the largest
+        pi_trainer / pi_engine of its sampled tokens (0 without the engine's log-probs)."""
         a = self.cfg.algo
         logits = self.policy(input_ids=mb.ids, attention_mask=mb.attn).logits[:, :-1]
         logp = algo.token_logprobs(logits, mb.targets)
         with torch.no_grad():
             ref_logp = algo.token_logprobs(self._ref_logits(mb.ids, mb.attn), mb.targets)
         sums["entropy"] += (algo.token_entropy(logits) * mb.mask).sum().item()
+        ratio_max = 0.0
         if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
             ratio = algo.engine_ratio(logp, mb.engine_logp)[mb.mask.bool()]
             sums["ratio_sum"] += ratio.sum().item()
             sums["ratio_outside"] += ((ratio < 0.8) | (ratio > 1.25)).sum().item()
             sums["ratio_tokens"] += ratio.numel()
-            self._ratio_max = max(self._ratio_max, ratio.max().item() if ratio.numel() else 0.0)
+            ratio_max = ratio.max().item() if ratio.numel() else 0.0
             if a.tis_cap:
                 weights = weights * algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
         elif a.tis_cap:
@@ -380,6 +383,7 @@ class Trainer(Checkpointing):
         sums["loss_neg"] += out.neg.item()
         sums["loss_kl"] += a.kl_coef * out.kl.item()
         sums["kl"] += out.kl_sum.item()
+        return ratio_max
 
     def _ref_logits(self, ids, attn):
         if self.ref is not None:

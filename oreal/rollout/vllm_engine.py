@@ -168,7 +168,7 @@ class VLLMEngine:
             torch.set_num_threads(threads)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.stop = sorted(_stop_ids(tokenizer, model))
-        self.asleep, self._check_next, self.last_gap = False, o.check_rows > 0, None
+        self.asleep, self._check_next = False, o.check_rows > 0
         self.can_sleep = o.sleep and self.device.type != "cpu"
         if o.sleep and self.device.type == "cpu":
             log("vllm.sleep: vLLM's CPU build cannot sleep; the engine keeps its memory between rollouts")
@@ -196,7 +196,7 @@ class VLLMEngine:
         groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
                   for i, o in enumerate(outs)]
         if self._check_next:
-            self.last_gap = self.check_logprobs([r for g in groups for r in g][: self.options.check_rows])
+            self.check_logprobs([r for g in groups for r in g][: self.options.check_rows])
             self._check_next = False
         if self.can_sleep:
             self.llm.sleep(level=1)
