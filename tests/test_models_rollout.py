@@ -85,7 +85,7 @@ def test_stop_handling_and_finished_flags(tiny):
     # Make eos likely, so that some responses stop early and others run to the limit.
     eos = tok.eos_token_id
     hook = model.lm_head.register_forward_hook(
-        lambda m, i, o: o + torch.where(torch.arange(o.size(-1)) == eos, 2.0, 0.0))
+        lambda m, i, o: o + torch.where(torch.arange(o.size(-1)) == eos, 4.0, 0.0))
     try:
         out = HFSampler(model, tok).sample(_prompts(probs, 4), 4, SamplingConfig(max_new_tokens=6), seed=0)
     finally:
@@ -142,7 +142,7 @@ def test_embedded_default_model_is_shipped_small_and_loads():
 
 
 def test_counter_uniforms_are_uniform_and_keyed():
-    from oreal.rollout.on_device import counter_uniform, row_keys
+    from oreal.rollout.sampling import counter_uniform, row_keys
 
     keys = row_keys(list(range(2000)), 4, "cpu")
     assert keys.unique().numel() == 8000
@@ -155,7 +155,7 @@ def test_counter_uniforms_are_uniform_and_keyed():
 
 
 def test_inverse_cdf_sampling_follows_the_filtered_distribution():
-    from oreal.rollout.on_device import counter_uniform, row_keys, sample_from_logits
+    from oreal.rollout.sampling import counter_uniform, row_keys, sample_from_logits
 
     logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0]))
     u = counter_uniform(row_keys(list(range(20000)), 1, "cpu"), 0)
@@ -208,3 +208,81 @@ def test_auto_engine_is_the_lean_loop_on_cpu(tiny):
     assert resolve_engine("auto", "cuda:0") == "hf_device"
     with pytest.raises(ValueError, match="hf_device"):
         resolve_engine("ppo", "cpu")  # unknown names are refused (vllm is registered now)
+
+
+def test_preallocated_cache_matches_dynamic_cache_through_a_row_drop():
+    from transformers.cache_utils import DynamicLayer
+
+    from oreal.rollout.kv_cache import PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    pre, dyn = PreallocatedLayer(capacity=9), DynamicLayer()
+    for n in (5, 1, 1):  # a prefill, then two decode steps
+        k, v = torch.randn(4, 2, n, 3, generator=g), torch.randn(4, 2, n, 3, generator=g)
+        got, want = pre.update(k, v), dyn.update(k, v)
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    keep = torch.tensor([0, 2, 3])
+    pre.reorder_cache(keep), dyn.reorder_cache(keep)
+    assert pre.get_seq_length() == dyn.get_seq_length() == 7
+    k, v = torch.randn(3, 2, 1, 3, generator=g), torch.randn(3, 2, 1, 3, generator=g)
+    assert all(torch.equal(a, b) for a, b in zip(pre.update(k, v), dyn.update(k, v)))
+    pre.update(k, v)
+    with pytest.raises(RuntimeError, match="capacity"):
+        pre.update(k, v)
+
+
+def test_decode_attention_equals_sdpa_for_one_query_with_padding_and_groups():
+    import torch.nn.functional as F
+
+    from oreal.rollout.kv_cache import decode_attention
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(3, 4, 1, 8, generator=g), torch.randn(3, 2, 6, 8, generator=g), torch.randn(3, 2, 6, 8, generator=g)
+    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
+    mask[0, ..., :2] = False  # left padding of row 0
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=mask)
+    got, _ = decode_attention(None, q, k, v, mask, scaling=8 ** -0.5)
+    assert got.shape == (3, 1, 4, 8)
+    assert torch.allclose(got.transpose(1, 2), want, atol=1e-6)
+    got_nomask, _ = decode_attention(None, q, k, v, None)
+    want_nomask = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    assert torch.allclose(got_nomask.transpose(1, 2), want_nomask, atol=1e-6)
+
+
+def test_sampling_attention_is_restored_even_after_an_error(tiny):
+    from oreal.rollout.kv_cache import DECODE_ATTENTION, sampling_attention
+
+    _, model, _, _ = tiny
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(KeyError):
+        with sampling_attention(model):
+            assert model.config._attn_implementation == DECODE_ATTENTION
+            raise KeyError("boom")
+    assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("compact_at", [0.0, 1.0])
+def test_sampler_rows_are_independent_of_batch_and_of_when_finished_rows_leave(tiny, compact_at):
+    """Dropping finished rows at every token (0.0) or never (1.0): every log-prob is still that
+    of a separate full forward, and a question's rollouts do not depend on the other questions."""
+    _, model, tok, probs = tiny
+    eos = tok.eos_token_id
+    hook = model.lm_head.register_forward_hook(  # responses of many lengths
+        lambda m, i, o: o + torch.where(torch.arange(o.size(-1)) == eos, 3.0, 0.0))
+    try:
+        eng, cfg = HFSampler(model, tok, compact_at=compact_at), SamplingConfig(max_new_tokens=10)
+        prompts = _prompts(probs, 4)
+        a = eng.sample(prompts, 3, cfg, seed=[5, 6, 7, 8])
+        b = eng.sample(prompts[2:], 3, cfg, seed=[7, 8])
+        model.eval()
+        assert len({len(r.response_ids) for g in a for r in g}) > 2
+        for g in a:
+            for r in g:
+                ids = torch.tensor([r.prompt_ids + r.response_ids])
+                with torch.no_grad():
+                    lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
+                ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
+                assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+    finally:
+        hook.remove()
+    assert [[r.response_ids for r in g] for g in a[2:]] == [[r.response_ids for r in g] for g in b]

@@ -1,7 +1,8 @@
 """Rollout engines behind one interface (`sample(prompts, k, cfg, seed)`, `sync_weights(model)`,
 `close()`), and the choice of engine per device (`engine=auto`)."""
 from .engine import (CacheMismatchError, HFEngine, HFGenerateEngine, HFSampler, Rollout, RolloutEngine,
-                     SamplingConfig, eval_mode, filter_logits)
+                     SamplingConfig, eval_mode)
+from .sampling import filter_logits
 from .on_device import OnDeviceSampler
 
 VLLM = "vllm"  # imported on first use: vLLM is optional (oreal.rollout.vllm_engine)

@@ -1,14 +1,14 @@
 """Rollout engines: K sampled responses per prompt.
 
 `RolloutEngine` is the interface the trainer uses. `HFSampler` is a lean sampling loop over
-a Hugging Face causal LM with a KV cache (it drops finished rows from the batch as it goes);
+a Hugging Face causal LM with a preallocated KV cache (it drops finished rows as it goes);
 `HFGenerateEngine` wraps `model.generate` for comparison and for models whose forward the
 lean loop does not cover. Both sample from the live training model (`HFEngine`), so
 `sync_weights` has nothing to copy; an engine that holds its own weights (vLLM) copies them there.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,8 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import setting
+from .kv_cache import preallocated_cache, sampling_attention
+from .sampling import counter_uniform, row_keys, sample_from_logits
 
 
 @dataclass
@@ -93,22 +95,6 @@ class HFEngine:
         pass
 
 
-def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) on a [B, V] tensor of logits."""
-    logits = logits / max(temperature, 1e-8)
-    if top_k and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (the first always stays)
-        drop = probs.cumsum(-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
-    return logits
-
-
 class CacheMismatchError(RuntimeError):
     """Cached decoding does not reproduce a full forward pass: sampling would be garbage."""
 
@@ -156,13 +142,19 @@ def to_rollouts(tokenizer, prompt_ids: list[list[int]], tokens: torch.Tensor, lo
 
 
 class HFSampler(HFEngine):
-    """The lean loop: prefill once, then one cached forward per new token for live rows only."""
+    """The lean loop: prefill once, then one cached forward per new token. Keys and values go
+    into a preallocated cache with a single-query attention (`oreal.rollout.kv_cache`); each row
+    draws from its own counter-based uniforms (`oreal.rollout.sampling`), all rows in one op;
+    finished rows leave the batch once `compact_at` of it has finished (until then they ride
+    along and their tokens are ignored), so the cache is copied a few times per call, not at
+    every token."""
 
     name = "hf_sampler"
+    single_query_attention = True  # kv_cache.decode_attention for decode steps (SDPA's CPU flash kernel is slow there)
 
-    def __init__(self, model, tokenizer, max_batch: int = 1024):
+    def __init__(self, model, tokenizer, max_batch: int = 1024, compact_at: float = 0.25):
         super().__init__(model, tokenizer)
-        self.max_batch = max_batch
+        self.max_batch, self.compact_at = max_batch, compact_at
         self.cache_kw = cache_argument(model)
         self.checked = False  # cached decoding is compared with a full forward on the first call
 
@@ -173,15 +165,10 @@ class HFSampler(HFEngine):
 
     def _sample(self, prompts, k, cfg, seed):
         seed = self._prepare(prompts, seed)
-        # generators live on the model's device: a CPU generator cannot drive CUDA sampling.
-        # A seed gives the same rollouts on the same device, not across CPU and GPU.
-        device = next(self.model.parameters()).device
-        if isinstance(seed, (list, tuple)):  # one generator per prompt
-            gens = [torch.Generator(device=device).manual_seed(int(x)) for x in seed]
-            return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(
-                texts, cfg, [gens[i] for i, _ in chunk]))
-        gen = torch.Generator(device=device).manual_seed(seed)
-        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, gen))
+        # one key per (question, sample); one seed for the call gives question i the seed + i
+        seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
+        keys = row_keys(seeds, k, next(self.model.parameters()).device)
+        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, keys[s:s + len(chunk)]))
 
     def _prepare(self, prompts, seed):
         """The one-off cache check, and the call's seed: drawn from the global generator when None
@@ -216,15 +203,19 @@ class HFSampler(HFEngine):
             raise CacheMismatchError(f"{type(_base_model(self.model)).__name__} returned no KV cache")
         return res.logits[:, -1, :].float(), new_cache
 
+    def _new_cache(self, capacity: int):
+        config = _base_model(self.model).config.get_text_config(decoder=True)
+        return preallocated_cache(config.num_hidden_layers, capacity)
+
     @torch.no_grad()
     def check_cache(self, prompts: list[str], steps: int = 4) -> float:
-        """Decode a few greedy tokens with the cache (left padding, a row dropped from the cache
-        half-way, as sampling does) and compare every step's log-probs with a full forward of the
-        unpadded sequence. Raises CacheMismatchError when they disagree; returns the largest gap."""
-        model, tok = self.model, self.tokenizer
-        device = next(model.parameters()).device
+        """Decode a few greedy tokens the way sampling does (left padding, the preallocated cache
+        and its attention, a row dropped from the cache half-way) and compare every step's
+        log-probs with a full forward of the unpadded sequence. Raises CacheMismatchError when they
+        disagree; returns the largest gap."""
+        model = self.model
         prompts = (list(prompts) + ["1+1=", "The answer is"])[:2]
-        with eval_mode(model):
+        with eval_mode(model), self._attention():
             gap, exact = self._cache_gap(prompts, steps)
         tol = 1e-3 if exact else 0.5  # a cache the model ignores gives gaps of several nats
         if gap > tol:
@@ -245,7 +236,8 @@ class HFSampler(HFEngine):
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                      cache=self._new_cache(ids.size(1) + steps))
         live, next_pos, gap, exact = [0, 1], pos[:, -1:] + 1, 0.0, True
         for t in range(steps):
             for b, row in enumerate(live):
@@ -265,58 +257,67 @@ class HFSampler(HFEngine):
             next_pos = next_pos + 1
         return gap, exact
 
-    def _sample_chunk(self, texts, cfg: SamplingConfig, gen) -> list[Rollout]:
-        """`gen`: one generator for the chunk, or one per row (rows of a prompt share one)."""
+    def _sample_chunk(self, texts, cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
+        """`keys`: one counter-RNG key per row (`oreal.rollout.sampling.row_keys`)."""
+        with self._attention():
+            return self._lean_decode(texts, cfg, keys)
+
+    def _attention(self):
+        """The attention sampling runs with (and the cache check checks)."""
+        return sampling_attention(self.model) if self.single_query_attention else nullcontext()
+
+    def _lean_decode(self, texts, cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
         model, tok = self.model, self.tokenizer
-        device = next(model.parameters()).device
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids = enc["input_ids"].to(device)
-        mask = enc["attention_mask"].to(device)
-        B, T = ids.size(0), cfg.max_new_tokens
-        prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+        device = keys.device
+        # each distinct prompt is prefilled once (K samples share it), then its cache row repeated
+        distinct = list(dict.fromkeys(texts))
+        enc = tok(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
+        where = {text: i for i, text in enumerate(distinct)}
+        row_of = torch.tensor([where[text] for text in texts], device=device)
+        B, P, T = len(texts), enc["input_ids"].size(1), cfg.max_new_tokens
+        distinct_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
+        prompt_ids = [distinct_ids[where[text]] for text in texts]
         stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        live = torch.arange(B, device=device)  # original row of each live batch row
+        ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos,
+                                      cache=self._new_cache(P + T))
+        logits, pos = logits[row_of], pos[row_of]
+        cache.reorder_cache(row_of)
+        # the attention mask of the whole sequence up front: left padding, then every new token
+        mask = torch.ones((B, P + T), dtype=torch.long, device=device)
+        mask[:, :P] = attn[row_of]
+        live = torch.arange(B, device=device)  # original row of each batch row
+        active = torch.ones(B, dtype=torch.bool, device=device)  # batch rows still decoding
         tokens = torch.full((B, T), -1, dtype=torch.long, device=device)
         logps = torch.zeros((B, T), device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
-        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
         next_pos = pos[:, -1:] + 1
         for t in range(T):
-            if cfg.temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                probs = filter_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1)
-                if isinstance(gen, torch.Generator):
-                    nxt = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-                else:  # rows grouped by their generator, in a fixed order
-                    nxt = torch.empty(len(live), dtype=torch.long, device=device)
-                    groups: dict[int, list[int]] = {}
-                    for b, row in enumerate(live.tolist()):
-                        groups.setdefault(id(gen[row]), []).append(b)
-                    for rows in groups.values():
-                        g = gen[live[rows[0]].item()]
-                        nxt[rows] = torch.multinomial(probs[rows], 1, generator=g).squeeze(-1)
+            # a finished row's draws land past its length and are never read
+            nxt = sample_from_logits(logits, counter_uniform(keys[live], t), cfg)
             tokens[live, t] = nxt
             if cfg.return_logprobs:
                 logps[live, t] = logits.log_softmax(-1).gather(-1, nxt[:, None]).squeeze(-1)
-            lengths[live] = t + 1
-            done = torch.isin(nxt, stop)
+            lengths[live] += active.long()
+            done = active & torch.isin(nxt, stop)
             if cfg.stop_strings:
-                for b, row in enumerate(live.tolist()):
+                for b in active.nonzero().flatten().tolist():
+                    row = int(live[b])
                     tail = tok.decode(tokens[row, max(0, t - 15):t + 1].tolist(), skip_special_tokens=True)
                     if any(s in tail for s in cfg.stop_strings):
                         done[b] = True
             finished[live[done]] = True
-            if bool(done.all()) or t == T - 1:
+            active &= ~done
+            n_active = int(active.sum())
+            if n_active == 0 or t == T - 1:
                 break
-            if bool(done.any()):  # drop finished rows from the batch and the cache
-                keep = (~done).nonzero().flatten()
-                live, nxt, next_pos, mask = live[keep], nxt[keep], next_pos[keep], mask[keep]
+            if len(live) - n_active >= self.compact_at * len(live):  # drop finished rows from batch and cache
+                keep = active.nonzero().flatten()
+                live, nxt, next_pos, mask, active = live[keep], nxt[keep], next_pos[keep], mask[keep], active[keep]
                 cache.reorder_cache(keep)
-            mask = torch.cat([mask, mask.new_ones(mask.size(0), 1)], dim=1)
-            logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask,
+            logits, cache = self._forward(input_ids=nxt[:, None], attention_mask=mask[:, :P + t + 1],
                                           position_ids=next_pos, cache=cache)
             next_pos = next_pos + 1
         return to_rollouts(tok, prompt_ids, tokens, logps, lengths, finished, cfg.return_logprobs)

@@ -1,14 +1,9 @@
 """A sampler for accelerators: every random draw and every stop decision stays on the device.
 
-`HFSampler` (the CPU default) keeps a torch.Generator per question and drops finished rows as it
-goes; each costs a host sync per token, cheap on a CPU and ruinous on a GPU. Here instead:
-
-- Each row's random number at step t is a counter-based hash of (question seed, sample index, t)
-  (splitmix64 in int64 tensor ops), so one batched op draws for every row, on any device, and a
-  question's rollouts still do not depend on what else is in the batch.
-- Sampling is inverse-CDF on the filtered distribution (exact: one uniform per row and token).
-- The batch keeps its shape: finished rows emit padding, and the host asks whether all rows are
-  done only every `check_every` tokens.
+`HFSampler` (the CPU default) asks the host after every token which rows have finished and drops
+them from the batch now and then: cheap on a CPU, ruinous on a GPU. Here instead the batch keeps
+its shape (finished rows emit padding) and the host asks whether all rows are done only every
+`check_every` tokens. Both draw with the same counter-based uniforms (`oreal.rollout.sampling`).
 
 Log-probs are those of the untempered distribution, as in `HFSampler`. Stop strings need decoded
 text on the host, so a request with them falls back to `HFSampler`.
@@ -17,56 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, filter_logits, to_rollouts
-
-_M1, _M2 = -4658895280553007687, -7723592293110705685  # splitmix64 constants as signed int64
-_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
-
-
-def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def mix64(x: torch.Tensor) -> torch.Tensor:
-    """splitmix64's finaliser on an int64 tensor (multiplication wraps modulo 2**64)."""
-    x = (x ^ _srl(x, 30)) * _M1
-    x = (x ^ _srl(x, 27)) * _M2
-    return x ^ _srl(x, 31)
-
-
-def _int64(v: int) -> int:
-    """A Python int wrapped to the signed int64 range, as tensor arithmetic would wrap it."""
-    return (v + 2**63) % 2**64 - 2**63
-
-
-def row_keys(seeds: list[int], k: int, device) -> torch.Tensor:
-    """[len(seeds) * k] int64 keys, one per (question seed, sample index), prompt-major: a
-    Weyl-sequence step per sample index on top of the hashed seed, hashed again."""
-    s = torch.tensor([_int64(int(x)) for x in seeds], dtype=torch.long, device=device)
-    j = torch.tensor([_int64((i + 1) * _GOLDEN) for i in range(k)], dtype=torch.long, device=device)
-    return mix64(mix64(s)[:, None] + j[None, :]).flatten()
-
-
-def counter_uniform(keys: torch.Tensor, step: int) -> torch.Tensor:
-    """[B] uniforms in [0, 1) from each row's key and the step, in float64 (53 bits)."""
-    x = mix64(keys + _int64((step + 1) * _GOLDEN))
-    return _srl(x, 11).to(torch.float64) * 2.0 ** -53
-
-
-def sample_from_logits(logits: torch.Tensor, u: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
-    """[B] token ids: inverse CDF of the temperature/top-k/top-p distribution at the uniforms `u`
-    (greedy when temperature is 0). A token of probability 0 is never drawn."""
-    if cfg.temperature == 0:
-        return logits.argmax(-1)
-    probs = filter_logits(logits.float(), cfg.temperature, cfg.top_k, cfg.top_p).softmax(-1).double()
-    cdf = probs.cumsum(-1)
-    target = (u.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logits.size(-1) - 1)
+from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, to_rollouts
+from .sampling import counter_uniform, row_keys, sample_from_logits
 
 
 class OnDeviceSampler(HFSampler):
     name = "hf_device"
+    single_query_attention = False  # SDPA's fused kernels on an accelerator (not measured against it yet)
 
     def __init__(self, model, tokenizer, max_batch: int = 1024, check_every: int = 16):
         super().__init__(model, tokenizer, max_batch)
@@ -94,7 +46,8 @@ class OnDeviceSampler(HFSampler):
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos)
+        logits, cache = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                      cache=self._new_cache(ids.size(1) + T))
         next_pos = pos[:, -1:] + 1
         for t in range(T):
             nxt = sample_from_logits(logits, counter_uniform(keys, t), cfg)
