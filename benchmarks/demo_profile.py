@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--sort", default="tottime", help="cProfile order: tottime | cumulative")
     ap.add_argument("--json", default=None, help="write the figures here")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
@@ -67,7 +68,7 @@ def main() -> None:
           f"(of at most {cfg.sampling.max_new_tokens}); {med['response_tokens'] / med['sample_seconds']:.0f} tokens/s")
     print(f"held-out evaluation ({len(test)} q x {cfg.eval_k}): {eval_s:.1f} s")
     s = io.StringIO()
-    pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
+    pstats.Stats(prof, stream=s).sort_stats(args.sort).print_stats(args.top)
     print("\ncProfile of one step, by own time:\n" + "\n".join(s.getvalue().splitlines()[6:]))
     if args.json:
         with open(args.json, "w") as f:
