@@ -15,7 +15,6 @@ def _readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.slow
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     """The example as printed: the embedded model, 3 steps, a custom reward function."""
     monkeypatch.chdir(tmp_path)
