@@ -1,12 +1,8 @@
 """The command line end to end: data show, eval, demo (a short one), train with overrides."""
 import json
-import subprocess
-import sys
 
-
-
-def _oreal(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "oreal.cli", *args], capture_output=True, text=True, **kw)
+from cli_helpers import oreal as _oreal
+from cli_helpers import oreal_all as _oreal_all
 
 
 def test_data_show_json(bench_dir):
@@ -78,10 +74,9 @@ def test_short_demo_writes_summary_metrics_and_plot(tmp_path):
 def test_train_rejects_unknown_keys_with_the_key_named(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 1\nalgo:\n  name: grpo\n")
-    r = _oreal("train", str(cfg), "algo.bogus=1")
-    assert r.returncode == 2 and "algo.bogus" in r.stderr
-    r = _oreal("train", str(cfg), "samples=two")
-    assert r.returncode == 2 and "samples: expected an integer" in r.stderr
+    bogus, not_int = _oreal_all(("train", str(cfg), "algo.bogus=1"), ("train", str(cfg), "samples=two"))
+    assert bogus.returncode == 2 and "algo.bogus" in bogus.stderr
+    assert not_int.returncode == 2 and "samples: expected an integer" in not_int.stderr
 
 
 def test_passrate_writes_a_balanced_ready_copy(tmp_path):

@@ -9,13 +9,11 @@ import sys
 
 import pytest
 
+from cli_helpers import oreal as _oreal
+from cli_helpers import oreal_all as _oreal_all
 from oreal.cli import build_parser
 from oreal.cli.demo import choose_out
 from oreal.errors import RunDirError
-
-
-def _oreal(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "oreal.cli", *args], capture_output=True, text=True, **kw)
 
 
 def _one_line(r) -> str:
@@ -82,24 +80,25 @@ def test_bad_arguments_are_refused_before_any_work(args, needle):
 
 
 def test_eval_errors_are_one_line(tmp_path):
-    r = _oreal("eval", "--model", "/nope", "--data", "curriculum_test")
-    assert r.returncode == 1 and "model directory /nope not found" in _one_line(r)
-    r = _oreal("eval", "--model", "default", "--data", "someone/hub-dataset", "--limit", "2",
-               env=dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"))
-    assert r.returncode == 1 and "someone/hub-dataset" in _one_line(r)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        r = _oreal("eval", "--model", "default", "--data", "curriculum_test", "--out", str(locked / "r.json"))
-        if os.geteuid() != 0:  # root writes anywhere; the next check covers it
-            assert r.returncode == 2 and "cannot write there" in _one_line(r)
+        missing, hub, unwritable, no_dir, no_config = _oreal_all(
+            ("eval", "--model", "/nope", "--data", "curriculum_test"),
+            ("eval", "--model", "default", "--data", "someone/hub-dataset", "--limit", "2"),
+            ("eval", "--model", "default", "--data", "curriculum_test", "--out", str(locked / "r.json")),
+            ("eval", "--model", "default", "--data", "curriculum_test", "--out", str(tmp_path / "no" / "r.json")),
+            ("eval", "--run", str(tmp_path)),
+            env=dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"))
     finally:
         locked.chmod(0o700)
-    r = _oreal("eval", "--model", "default", "--data", "curriculum_test", "--out", str(tmp_path / "no" / "r.json"))
-    assert r.returncode == 2 and "cannot write there" in _one_line(r) and "eval" not in r.stdout
-    r = _oreal("eval", "--run", str(tmp_path))
-    assert r.returncode == 2 and "no config.yaml" in _one_line(r)
+    assert missing.returncode == 1 and "model directory /nope not found" in _one_line(missing)
+    assert hub.returncode == 1 and "someone/hub-dataset" in _one_line(hub)
+    if os.geteuid() != 0:  # root writes anywhere; the next check covers it
+        assert unwritable.returncode == 2 and "cannot write there" in _one_line(unwritable)
+    assert no_dir.returncode == 2 and "cannot write there" in _one_line(no_dir) and "eval" not in no_dir.stdout
+    assert no_config.returncode == 2 and "no config.yaml" in _one_line(no_config)
 
 
 def test_train_checks_everything_before_touching_the_run_directory(tmp_path):
@@ -108,18 +107,20 @@ def test_train_checks_everything_before_touching_the_run_directory(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("steps: 1\nbatch_questions: 2\nsamples: 2\n")
     out = tmp_path / "run"
-    for bad in ([f"data={tmp_path / 'missing.jsonl'}"], [f"policy={tmp_path / 'nope'}"],
-                [f"eval_data={tmp_path / 'missing.jsonl'}", "eval_every=1"]):
-        r = _oreal("train", str(cfg), f"out={out}", *bad)
-        assert r.returncode == 1, r.stderr
-        _one_line(r)
-        assert not out.exists()  # not even config.yaml
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    r = _oreal("train", str(cfg), f"out={out}", f"data={empty}")
-    assert r.returncode == 1 and "no records" in _one_line(r) and not out.exists()
-    r = _oreal("train", str(cfg), f"out={tmp_path / 'c.yaml' / 'run'}")
-    assert r.returncode == 2 and "is a file" in _one_line(r) and not (tmp_path / "c.yaml").is_dir()
+    *bad, no_records, a_file = _oreal_all(
+        *[("train", str(cfg), f"out={out}", *b) for b in (
+            [f"data={tmp_path / 'missing.jsonl'}"], [f"policy={tmp_path / 'nope'}"],
+            [f"eval_data={tmp_path / 'missing.jsonl'}", "eval_every=1"])],
+        ("train", str(cfg), f"out={out}", f"data={empty}"),
+        ("train", str(cfg), f"out={tmp_path / 'c.yaml' / 'run'}"))
+    for r in bad:
+        assert r.returncode == 1, r.stderr
+        _one_line(r)
+    assert no_records.returncode == 1 and "no records" in _one_line(no_records)
+    assert not out.exists()  # not even config.yaml
+    assert a_file.returncode == 2 and "is a file" in _one_line(a_file) and not (tmp_path / "c.yaml").is_dir()
     # a run directory with an earlier run: refused, every file as it was
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
