@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                               "Exit codes: 0 done, 1 failed, 2 bad usage, 130 stopped by Ctrl-C.")
     p.add_argument("--out", default=None, help=f"run directory [{DEFAULT_OUT}]")
     p.add_argument("--steps", type=positive_int, default=None, help="OREAL steps [200, from the demo config]")
-    p.add_argument("--seed", type=int, default=0, help="seed of the run (same seed, same numbers on CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the run (a rerun on the same machine gives the same numbers)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config, e.g. algo.name=grpo")
     p.set_defaults(func=run)

@@ -2,8 +2,10 @@
 
 Evaluates held-out pass@1 before and after with the same sampling settings, prints a table,
 and writes summary.json, metrics.jsonl and learning_curve.png into the run directory. The run is
-a fixed number of steps, so a seed gives the same numbers on any CPU; `max_seconds` is only a
-safety cap, and the table says so loudly when it fires.
+a fixed number of steps with a fixed thread count, so a seed gives the same numbers, bit for bit,
+on a rerun on the same machine; another CPU model rounds differently and can land a few points
+away (README, "The two commands"). `max_seconds` is only a safety cap, and the table says so
+loudly when it fires.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
         "steps": len(history), "steps_planned": cfg.steps, "seconds": seconds, "train_seconds": train_seconds,
         # the safety cap (max_seconds) fired: fewer steps than planned, numbers not comparable
         "time_capped": len(history) < cfg.steps, "max_seconds": cfg.max_seconds,
-        "seed": seed, "algo": cfg.algo.name,
+        "seed": seed, "algo": cfg.algo.name, "threads": history[-1]["threads"] if history else cfg.threads,
         "samples_after": after.get("samples", []),
     }
     out_dir = Path(cfg.out)
@@ -81,9 +83,11 @@ def format_table(s: dict) -> str:
             lines.append(f"  {g[8:]:<20}{b:>8.3f}{a:>8.3f}{a - b:>+9.3f}")
     lines.append(f"{s['steps']} OREAL steps in {s.get('train_seconds', s['seconds']):.0f}s, {s['seconds']:.0f}s in all "
                  f"with both evaluations")
+    lines.append(f"seed {s['seed']}, {s.get('threads', '?')} threads: a rerun here gives these numbers bit for bit; "
+                 f"another CPU model can land a few points away (README: the spread over seeds)")
     if s.get("time_capped"):
         lines += ["", f"!! STOPPED EARLY: the safety time cap max_seconds={s['max_seconds']:.0f} fired after "
                       f"{s['steps']} of {s['steps_planned']} steps. These are not the demo's numbers (a seed gives "
-                      f"the same numbers on every machine only when all steps run); rerun on a less busy "
+                      f"its numbers only when all steps run); rerun on a less busy "
                       f"machine or with max_seconds=0."]
     return "\n".join(lines)
