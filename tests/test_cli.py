@@ -1,6 +1,8 @@
 """The command line end to end: data show, eval, demo (a short one), train with overrides."""
 import json
 
+import pytest
+
 from cli_helpers import oreal as _oreal
 from cli_helpers import oreal_all as _oreal_all
 
@@ -47,6 +49,7 @@ def test_eval_on_curriculum_and_a_real_benchmark(tmp_path, bench_dir):
     assert d["n"] == 4 and d["pass@1"] <= 0.25  # the tiny model knows no GSM8K; the pipeline runs
 
 
+@pytest.mark.slow
 def test_short_demo_writes_summary_metrics_and_plot(tmp_path):
     out = tmp_path / "demo"
     r = _oreal("demo", "--out", str(out), "--steps", "2", "eval_limit=16", "eval_k=1", "batch_questions=4",

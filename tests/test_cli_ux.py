@@ -218,6 +218,7 @@ def test_verify_input_prints_a_summary_with_the_bad_lines(tmp_path):
     assert r.stdout.startswith("graded 2 of 4 lines: 1 correct, 1 not; 2 bad lines (first: line 3: not valid JSON")
 
 
+@pytest.mark.slow
 def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_path):
     import signal
 

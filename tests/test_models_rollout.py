@@ -67,17 +67,22 @@ def test_rollout_is_reproducible_and_grouped(tiny):
         assert [r.sample_index for r in g] == [0, 1, 2, 3]
 
 
-def test_logprobs_match_a_separate_forward_pass(tiny):
-    _, model, tok, probs = tiny
-    out = HFSampler(model, tok).sample(_prompts(probs, 4), 2, SamplingConfig(max_new_tokens=10), seed=1)
+def _assert_logprobs_match_a_full_forward(model, groups):
+    """Every sampled token's log-prob is that of a separate forward over prompt + response."""
     model.eval()
-    for g in out:
+    for g in groups:
         for r in g:
             ids = torch.tensor([r.prompt_ids + r.response_ids])
             with torch.no_grad():
                 lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
             ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
             assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+
+
+def test_logprobs_match_a_separate_forward_pass(tiny):
+    _, model, tok, probs = tiny
+    out = HFSampler(model, tok).sample(_prompts(probs, 4), 2, SamplingConfig(max_new_tokens=10), seed=1)
+    _assert_logprobs_match_a_full_forward(model, out)
 
 
 def test_stop_handling_and_finished_flags(tiny):
@@ -181,7 +186,6 @@ def test_on_device_sampler_logprobs_split_invariance_and_stops(tiny):
         [[r.response_ids for r in g] for g in eng.sample(prompts, 3, cfg, seed=[11, 12, 13])]
     b = eng.sample(prompts[1:], 3, cfg, seed=[12, 13])  # a question's rollouts ignore the others
     assert [[r.response_ids for r in g] for g in a[1:]] == [[r.response_ids for r in g] for g in b]
-    model.eval()
     stop = tok.eos_token_id
     for g in a:
         assert len({tuple(r.response_ids) for r in g}) > 1 or len(g[0].response_ids) <= 1
@@ -190,11 +194,7 @@ def test_on_device_sampler_logprobs_split_invariance_and_stops(tiny):
             assert r.finished == (stop in r.response_ids)
             if r.finished:
                 assert r.response_ids.index(stop) == len(r.response_ids) - 1  # nothing after the stop
-            ids = torch.tensor([r.prompt_ids + r.response_ids])
-            with torch.no_grad():
-                lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
-            ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
-            assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+    _assert_logprobs_match_a_full_forward(model, a)
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=12)
     assert [[r.response_ids for r in g] for g in eng.sample(prompts, 1, greedy, seed=0)] == \
         [[r.response_ids for r in g] for g in HFSampler(model, tok).sample(prompts, 1, greedy, seed=0)]
@@ -274,15 +274,8 @@ def test_sampler_rows_are_independent_of_batch_and_of_when_finished_rows_leave(t
         prompts = _prompts(probs, 4)
         a = eng.sample(prompts, 3, cfg, seed=[5, 6, 7, 8])
         b = eng.sample(prompts[2:], 3, cfg, seed=[7, 8])
-        model.eval()
         assert len({len(r.response_ids) for g in a for r in g}) > 2
-        for g in a:
-            for r in g:
-                ids = torch.tensor([r.prompt_ids + r.response_ids])
-                with torch.no_grad():
-                    lp = model(ids).logits[0, len(r.prompt_ids) - 1:-1].log_softmax(-1)
-                ref = lp.gather(-1, torch.tensor(r.response_ids)[:, None]).squeeze(-1)
-                assert torch.allclose(ref, torch.tensor(r.logprobs), atol=1e-4)
+        _assert_logprobs_match_a_full_forward(model, a)
     finally:
         hook.remove()
     assert [[r.response_ids for r in g] for g in a[2:]] == [[r.response_ids for r in g] for g in b]

@@ -137,6 +137,7 @@ def test_checkpoints_hold_plain_hf_directories_and_everything_to_resume(referenc
     assert set(st["rng"]) >= {"python", "numpy", "torch"} and st["step"] == STEPS
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits(data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "train", str(data / "cfg.yaml"), f"out={out}",
