@@ -55,8 +55,10 @@ def main() -> None:
         rows.append(trainer.step().metrics)
         prof.disable()
         trainer.close()
-    med = {k: statistics.median(r[k] or 0.0 for r in rows) for k in (*PHASES, "seconds", "response_tokens")}
-    med["other_seconds"] = med["seconds"] - sum(med[k] for k in PHASES)
+    for r in rows:  # per step: a difference of medians is not the median of the differences
+        r["other_seconds"] = r["seconds"] - sum(r[k] or 0.0 for k in PHASES)
+    med = {k: statistics.median(r[k] or 0.0 for r in rows)
+           for k in (*PHASES, "other_seconds", "seconds", "response_tokens")}
     print(f"oreal at {oreal.__file__}; torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"engine {cfg.engine}; median of {len(rows)} steps after {args.warmup} warm-up")
     print(f"| phase | seconds | share |\n|---|---|---|")

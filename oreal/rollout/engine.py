@@ -16,6 +16,7 @@ import torch
 
 from .. import distributed as dist_utils
 from ..config import setting
+from .kv_cache import base_model as _base_model
 from .kv_cache import preallocated_cache, sampling_attention
 from .sampling import counter_uniform, row_keys, sample_from_logits
 
@@ -99,11 +100,6 @@ class HFEngine:
 
 class CacheMismatchError(RuntimeError):
     """Cached decoding does not reproduce a full forward pass: sampling would be garbage."""
-
-
-def _base_model(model):
-    """The HF model under wrappers (PEFT) whose forward names the cache argument."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def cache_argument(model) -> str:
@@ -315,7 +311,8 @@ class HFSampler(HFEngine):
             n_active = int(active.sum())
             if n_active == 0 or t == T - 1:
                 break
-            if len(live) - n_active >= self.compact_at * len(live):  # drop finished rows from batch and cache
+            finished_rows = len(live) - n_active
+            if finished_rows and finished_rows >= self.compact_at * len(live):  # drop them from batch and cache
                 keep = active.nonzero().flatten()
                 live, nxt, next_pos, mask, active = live[keep], nxt[keep], next_pos[keep], mask[keep], active[keep]
                 cache.reorder_cache(keep)

@@ -101,20 +101,17 @@ AttentionInterface.register(DECODE_ATTENTION, decode_attention)
 AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
-def _base(model):
+def base_model(model):
+    """The HF model under wrappers (PEFT), whose config and forward are the model's own."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def uses_sdpa(model) -> bool:
-    return getattr(_base(model).config, "_attn_implementation", None) == "sdpa"
 
 
 @contextmanager
 def sampling_attention(model):
     """`decode_attention` for the block when the model runs SDPA (the default); any other
     implementation (eager, flash) is left alone. Restored afterwards whatever happens."""
-    base = _base(model)
-    if not uses_sdpa(base):
+    base = base_model(model)
+    if getattr(base.config, "_attn_implementation", None) != "sdpa":
         yield
         return
     base.set_attn_implementation(DECODE_ATTENTION)
