@@ -138,3 +138,67 @@ def test_built_model_list_of_dicts_and_reward_errors(tmp_path):
         OREALTrainer(model, rows, args, reward=lambda q, r, g: True, log=lambda *a: None)
     with pytest.raises(Exception, match="dtype"):
         OREALTrainer(model.to(torch.bfloat16), rows, args, reward=lambda q, r, g: True, tokenizer=tok)
+
+
+def test_a_model_and_a_config_that_name_different_policies_are_refused_and_args_are_not_changed(tmp_path):
+    """OREALTrainer(args=OREALConfig(policy=...)) trains args.policy; a `model` that names another
+    is a ConfigError (it trained the embedded model without a word); the caller's config is
+    never written to."""
+    from oreal import OREALConfig, OREALTrainer
+    from oreal.config import ConfigError
+    from oreal.models import default_model_dir, load_policy, load_tokenizer
+
+    other = tmp_path / "other"
+    load_policy("default").save_pretrained(other)
+    load_tokenizer("default").save_pretrained(other)
+    rows = [{"question": "What is 1 + 1?", "gold_answer": "2"}]
+    args = OREALConfig(out=str(tmp_path / "run"), policy=str(other), steps=1, threads=1,
+                       sampling={"max_new_tokens": 16})
+    with pytest.raises(ConfigError, match="name different policies"):
+        OREALTrainer("default", rows, args, reward=lambda q, r, g: True, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="built model was given"):
+        OREALTrainer(load_policy("default"), rows, args, reward=lambda q, r, g: True,
+                     tokenizer=load_tokenizer("default"), log=lambda *a: None)
+    with OREALTrainer(train_dataset=rows, args=args, reward=lambda q, r, g: True, log=lambda *a: None) as t:
+        assert t.args.policy == str(other) and t.trainer.policy_dir == str(other)
+    default = OREALConfig(out=str(tmp_path / "run2"), steps=1, threads=1, sampling={"max_new_tokens": 16})
+    with OREALTrainer(str(other), rows, default, reward=lambda q, r, g: True, log=lambda *a: None) as t:
+        assert t.args.policy == str(other) and t.args is not default
+    assert default.policy == "default"  # the caller's object is untouched
+    assert str(default_model_dir()) != str(other)
+
+
+def test_callbacks_given_to_train_see_the_token_weights_too(tmp_path):
+    """One callbacks list: `train(cfg, verifier, callbacks=[cb])` calls every hook of cb, the
+    token-weight hook included (it called only the step-end hooks)."""
+    from oreal import OREALConfig
+    from oreal.recipes.train import train
+    from oreal.training.callbacks import Callback
+    from oreal.verify import RewardFunction
+
+    class Seen(Callback):
+        def __init__(self):
+            self.weights, self.ends = 0, 0
+
+        def on_token_weights(self, trainer, batch, rollouts, weights, scores=None):
+            self.weights += 1
+
+        def on_step_end(self, trainer, result, control):
+            self.ends += 1
+
+    cfg = OREALConfig(out=str(tmp_path / "run"), steps=2, batch_questions=8, samples=4, threads=1, dump_per_step=0,
+                      log_every=0, sampling={"max_new_tokens": 24, "top_p": 1.0}, eval_data=None,
+                      algo={"actor_freeze_steps": 0}, prompt={"system": None, "use_chat_template": False})
+    cb = Seen()
+    hist = train(cfg, RewardFunction(_last_number_reward), log=lambda *a: None, callbacks=[cb]).history
+    assert cb.ends == 2 and cb.weights == sum(not h["skipped"] for h in hist) > 0
+
+
+def test_a_tensor_parallel_vllm_engine_is_refused_with_the_reason():
+    """tensor_parallel_size > 1 was accepted, and each rank would have sent its own prompts to
+    one engine; refused until the ranks of an engine share prompts and seeds."""
+    from oreal.config import ConfigError
+    from oreal.training.config import build_config
+
+    with pytest.raises(ConfigError, match="tensor_parallel_size > 1 is not supported: each torchrun rank"):
+        build_config(None, ["vllm.tensor_parallel_size=2"])

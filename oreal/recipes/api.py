@@ -4,6 +4,8 @@ loop as `oreal train`; only where the parts come from differs.
 """
 from __future__ import annotations
 
+import copy
+from dataclasses import fields
 from pathlib import Path
 
 from ..data import Problem, load_list, load_problems
@@ -14,17 +16,26 @@ from ..verify import RewardFunction, Verifier
 from .train import TrainResult, Trainer, train
 
 OREALConfig = TrainConfig  # the config of a run, under the name the Python API uses
+_DEFAULT_POLICY = next(f.default for f in fields(TrainConfig) if f.name == "policy")
+
+
+def _one_policy(model: str, policy: str) -> str:
+    """The policy named by `model=` or by `args.policy`: never both differently, never one ignored."""
+    if policy not in (_DEFAULT_POLICY, model):
+        raise ConfigError(f"model={model!r} and args.policy={policy!r} name different policies; pass one of them")
+    return model
 
 
 class OREALTrainer:
     """Train a policy with OREAL (or a baseline: `OREALConfig(algo="grpo")`).
 
-    model: "default" (the embedded tiny policy), a local HF directory, or a built
-        `PreTrainedModel` (pass its `tokenizer`; it is trained in place).
+    model: None (`args.policy`), "default" (the embedded tiny policy), a local HF directory, or a
+        built `PreTrainedModel` (pass its `tokenizer`; it is trained in place). A model that
+        disagrees with `args.policy` is a ConfigError, never silently one of the two.
     train_dataset: a list of `Problem`, a `datasets.Dataset` or a list of dicts (fields of
         `args.data_preset`, else `question` / `gold_answer`), a path or registry name, or None
         for `args.data`.
-    args: an `OREALConfig` (defaults: the reference 7B run's settings).
+    args: an `OREALConfig` (defaults: the reference 7B run's settings); copied, never changed.
     reward: None (the math verifier, in worker processes), a `Verifier`, or a function
         `fn(question, response, gold) -> bool`.
     eval_dataset: held-out questions, in any form `train_dataset` takes, for `evaluate()` and
@@ -32,14 +43,17 @@ class OREALTrainer:
     callbacks: `oreal.training.callbacks.Callback`s (token weights, step end, train end).
     """
 
-    def __init__(self, model="default", train_dataset=None, args: OREALConfig | None = None, reward=None,
+    def __init__(self, model=None, train_dataset=None, args: OREALConfig | None = None, reward=None,
                  eval_dataset=None, tokenizer=None, callbacks: list[Callback] | None = None, log=print):
-        args = args if args is not None else OREALConfig()
-        if not isinstance(args, TrainConfig):
+        if args is not None and not isinstance(args, TrainConfig):
             raise ConfigError(f"args: expected an OREALConfig, got {type(args).__name__}")
-        built = model if not isinstance(model, (str, Path)) else None
-        if built is None:
-            args.policy = str(model)
+        # a copy: the caller's config object is never changed behind its back
+        args = copy.deepcopy(args) if args is not None else OREALConfig()
+        built = model if model is not None and not isinstance(model, (str, Path)) else None
+        if isinstance(model, (str, Path)):
+            args.policy = _one_policy(str(model), args.policy)
+        elif built is not None and args.policy != _DEFAULT_POLICY:
+            raise ConfigError(f"model: a built model was given and args.policy is {args.policy!r}; pass one of them")
         self.args = args
         self._own_verifier = reward is None
         if reward is None:
@@ -55,8 +69,11 @@ class OREALTrainer:
         except BaseException:
             self._close_verifier()
             raise
-        self.callbacks = list(callbacks or [])
         self.log = log
+
+    @property
+    def callbacks(self) -> list[Callback]:
+        return self.trainer.callbacks
 
     @property
     def model(self):
@@ -69,8 +86,7 @@ class OREALTrainer:
     def train(self) -> TrainResult:
         """Run `args.steps` steps into `args.out` (metrics, checkpoints, `final/policy`)."""
         held_out = self.eval_problems[: self.args.eval_limit] if self.eval_problems is not None else None
-        return train(self.args, self.reward, self.log, trainer=self.trainer, callbacks=self.callbacks,
-                     eval_set=held_out)
+        return train(self.args, self.reward, self.log, trainer=self.trainer, eval_set=held_out)
 
     def evaluate(self, dataset=None, k: int | None = None) -> dict:
         """pass@1 / pass@k / maj@k of the policy as it is now, on `dataset` (else `eval_dataset`,

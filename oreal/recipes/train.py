@@ -89,6 +89,10 @@ class Trainer(Checkpointing):
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
+    def add_callbacks(self, callbacks: list[Callback]) -> None:
+        """Join `callbacks` to the trainer's one list (each once); every hook of each is called."""
+        self.callbacks += [cb for cb in callbacks if all(cb is not c for c in self.callbacks)]
+
     def _setup_models(self, policy=None, tokenizer=None) -> None:
         """Policy, reference (a frozen copy, or the LoRA base with the adapter off) and credit
         model; the order is fixed because a new token head draws from the seeded global RNG."""
@@ -433,13 +437,17 @@ class TrainResult:
 def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None,
           callbacks: list[Callback] | None = None, eval_set: list[Problem] | None = None) -> TrainResult:
     """Run to `cfg.steps`, writing config.yaml, metrics.jsonl, trajectories.jsonl, checkpoints/
-    and final/ under cfg.out. `callbacks` run after the built-in evaluation and before the files
-    are written; `eval_set`: the held-out questions of `eval_every` (else from `eval_data`).
+    and final/ under cfg.out. `callbacks` join the trainer's own (one list: each hook of each
+    callback runs, token weights included); their step-end hooks run after the built-in
+    evaluation and before the files are written; `eval_set`: the held-out questions of `eval_every` (else from `eval_data`).
     Raises TrainingError or CheckpointError with a clear message."""
     out = Path(cfg.out)
     root = out / "checkpoints"
     check_run_dir(cfg)  # before the slow loading: a bad run directory fails in a second
-    trainer = trainer or Trainer(cfg, verifier, log)  # data and models load (and fail) before `out` is touched
+    if trainer is None:  # data and models load (and fail) before `out` is touched
+        trainer = Trainer(cfg, verifier, log, callbacks=callbacks)
+    else:
+        trainer.add_callbacks(callbacks or [])
     main = trainer.rank == 0  # under torchrun only rank 0 writes
     log = trainer.log
     if eval_set is None:
@@ -458,7 +466,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None,
         with StopOnSignal(log) as signals:
             files = RunFiles(out, cfg, trackers, log, trainer.state.step) if main else None
             step_end = [Timing(cfg.steps, trainer.state.step), PeriodicEval(eval_set, cfg.eval_every, cfg.eval_k),
-                        *(callbacks or []), *([files] if files else []), StopRules(signals, cfg.max_seconds, log)]
+                        *trainer.callbacks, *([files] if files else []), StopRules(signals, cfg.max_seconds, log)]
             while trainer.state.step < cfg.steps:
                 result = trainer.step()
                 step, control = trainer.state.step, StepControl()

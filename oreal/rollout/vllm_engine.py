@@ -35,7 +35,7 @@ class VLLMConfig:
                                                   "and KV cache), the rest is training's")
     kv_cache_mb: int = setting(512, "CPU: memory for the engine's KV cache")
     max_model_len: int = setting(0, "longest prompt + response the engine serves (0: the model's own limit)")
-    tensor_parallel_size: int = setting(1, "GPUs one engine spans (ranks of a torchrun group)")
+    tensor_parallel_size: int = setting(1, "GPUs one engine spans; only 1 (one engine per rank) is supported")
     sleep: bool = setting(True, "GPU: sleep (level 1) between rollouts so training gets the memory back")
     max_num_batched_tokens: int = setting(32768, "tokens one engine step may schedule (above a batch's prompt "
                                                  "tokens: a split prefill breaks seeded sampling on CPU)")
@@ -48,6 +48,10 @@ class VLLMConfig:
             raise ConfigError("vllm.gpu_memory_utilization: must be in (0, 1]")
         if self.tensor_parallel_size < 1 or self.max_model_len < 0 or self.kv_cache_mb < 1:
             raise ConfigError("vllm: tensor_parallel_size and kv_cache_mb must be at least 1, max_model_len >= 0")
+        if self.tensor_parallel_size > 1:
+            raise ConfigError("vllm.tensor_parallel_size > 1 is not supported: each torchrun rank samples its own "
+                              "share of the questions, and the ranks of one tensor-parallel engine would have to "
+                              "send the same prompts and seeds; use 1 (one engine per rank)")
 
 
 class EngineMismatchError(RuntimeError):
