@@ -18,7 +18,7 @@ import torch
 from oreal.data import PromptConfig, load_list, render
 from oreal.models import load_policy, load_tokenizer
 from oreal.models import resolve_model_path
-from oreal.rollout import ENGINES, SamplingConfig, make_engine
+from oreal.rollout import ENGINES, EngineSetup, SamplingConfig, make_engine
 
 
 def main() -> None:
@@ -38,8 +38,8 @@ def main() -> None:
     prompts = [render(p.question, None, pc) for p in load_list("curriculum_test")[: args.prompts]]
     cfg = SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens)
     names = args.engines.split(",")
-    engines = {n: make_engine(n, model, tok, resolve_model_path(args.model), dtype=args.dtype, log=lambda *a: None)
-               for n in names}
+    setup = EngineSetup(resolve_model_path(args.model), dtype=args.dtype, log=lambda *a: None)
+    engines = {n: make_engine(n, model, tok, setup) for n in names}
     for eng in engines.values():  # warm-up (and the sampler's one-off cache check)
         eng.sample(prompts[:2], 2, cfg, seed=123)
     rates: dict[str, list[float]] = {n: [] for n in names}

@@ -3,6 +3,7 @@ nothing of a run is lost, arguments are checked before any work, help is complet
 import argparse
 import importlib.util
 import json
+import re
 import os
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_train_checks_everything_before_touching_the_run_directory(tmp_path):
     from oreal.data import curriculum, save_problems
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("steps: 1\nbatch_questions: 2\nsamples: 2\n")
+    cfg.write_text("steps: 1\nbatch_questions: 2\nsamples: 2\nsampling:\n  max_new_tokens: 32\n")
     out = tmp_path / "run"
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -263,11 +264,14 @@ def test_engine_vllm_without_vllm_names_the_install_command(args, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_eval_engine_choices_are_the_registry():
-    from oreal.cli.evaluate import ENGINE_CHOICES
+def test_eval_engine_choices_are_the_registry(capsys):
+    from oreal.cli import main
     from oreal.rollout import AUTO, ENGINES
 
-    assert set(ENGINE_CHOICES) == set(ENGINES) | {AUTO}
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    choices = re.search(r"--engine \{([^}]*)\}", capsys.readouterr().out).group(1).split(",")
+    assert choices == [AUTO, *ENGINES]
 
 
 def test_the_command_line_sets_a_short_openmp_spin_unless_the_user_did(monkeypatch):

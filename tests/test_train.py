@@ -161,9 +161,20 @@ def test_difficulty_balancing_is_wired_into_training(tmp_path, verifier):
     probs = [Problem(id=f"q{i}", question=f"Compute {i}+1.", gold=str(i + 1), pass_rate=r) for i, r in enumerate(rates)]
     save_problems(probs, tmp_path / "rated.jsonl")
     cfg = build_config(None, [f"out={tmp_path / 'run'}", f"data={tmp_path / 'rated.jsonl'}", "data_preset=oreal_records",
-                              "data_balance=true", "eval_data=null", "steps=1", "prompt.use_chat_template=false"])
+                              "data_balance=true", "eval_data=null", "steps=1", "prompt.use_chat_template=false",
+                              "sampling.max_new_tokens=64"])
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     assert len(tr.problems) == 6 + 4 + 4 + 2 + 0 + 6
+    tr.close()
+    # the reference's 1,024 response tokens do not fit the embedded model's 256 positions: every
+    # engine refuses before the first step (hf_sampler sampled past its positions without a word)
+    too_long = build_config(None, [f"out={tmp_path / 'run3'}", f"data={tmp_path / 'rated.jsonl'}",
+                                   "data_preset=oreal_records", "eval_data=null", "prompt.use_chat_template=false"])
+    for engine in ("hf_sampler", "hf_device", "hf_generate"):
+        too_long.engine = engine
+        with pytest.raises(ConfigError, match=f"engine={engine}: a prompt of 12 tokens \\+ max_new_tokens 1024 "
+                                              "exceeds the engine's max_model_len 256"):
+            Trainer(too_long, verifier, log=lambda *a: None)
     save_problems([Problem(id="x", question="Compute 1+1.", gold="2")], tmp_path / "unrated.jsonl")
     cfg = build_config(None, [f"out={tmp_path / 'run2'}", f"data={tmp_path / 'unrated.jsonl'}",
                               "data_preset=oreal_records", "data_balance=true", "eval_data=null"])

@@ -19,7 +19,8 @@ from oreal.config import ConfigError  # noqa: E402
 from oreal.data import curriculum, load_list, save_problems  # noqa: E402
 from oreal.models import default_model_dir, load_policy, load_tokenizer  # noqa: E402
 from oreal.recipes.train import Trainer, train  # noqa: E402
-from oreal.rollout import SamplingConfig, make_engine  # noqa: E402
+from oreal.rollout import EngineSetup, SamplingConfig, make_engine  # noqa: E402
+from oreal.rollout.weights import full_weights  # noqa: E402
 from oreal.rollout.vllm_engine import EngineMismatchError, VLLMConfig, trainer_logprobs  # noqa: E402
 from oreal.training.config import build_config  # noqa: E402
 
@@ -30,7 +31,8 @@ PROMPTS = [f"Question: What is {a}+{b}?\nAnswer: " for a, b in [(3, 4), (12, 5),
 @pytest.fixture
 def engine():  # one per test: closing an engine tears down vLLM's process-wide parallel state
     model, tok = load_policy("default"), load_tokenizer("default")
-    e = make_engine("vllm", model, tok, str(default_model_dir()), options=VLLMConfig(check_rows=0), log=lambda *a: None)
+    e = make_engine("vllm", model, tok, EngineSetup(str(default_model_dir()), VLLMConfig(check_rows=0),
+                                                    log=lambda *a: None))
     yield e
     e.close()
 
@@ -61,10 +63,45 @@ def test_a_stale_engine_is_caught(engine):
     rows = [r for g in engine.sample(PROMPTS, 2, SamplingConfig(max_new_tokens=20), seed=[1, 2, 3, 4]) for r in g]
     with pytest.raises(EngineMismatchError, match="stale or wrong"):
         engine.check_logprobs(rows)
-    engine.sync_weights(model)  # the tied LM head too (vLLM's CPU build packs it at load)
+    _push(engine, model)  # the tied LM head too (vLLM's CPU build packs it at load)
     assert _gap(engine, engine.sample(PROMPTS, 2, SamplingConfig(max_new_tokens=20), seed=[1, 2, 3, 4])).max() < 1e-3
     model.load_state_dict(before)
-    engine.sync_weights(model)
+    _push(engine, model)
+
+
+def _push(engine, model):
+    engine.resume()
+    with full_weights(model) as named:
+        engine.update_weights(named)
+
+
+def test_the_engine_contract_release_resume_and_length(engine):
+    """The interface every engine follows: it declares its limit and whether it holds weights, and
+    a prompt past max_model_len is refused as hf_sampler refuses it."""
+    from oreal.rollout import HFSampler
+
+    assert engine.holds_weights and engine.max_model_len == 256
+    engine.release()
+    engine.resume()  # a no-op pair on CPU (no sleep there), and safe to call twice
+    engine.resume()
+    too_long = SamplingConfig(max_new_tokens=250)
+    for e in (engine, HFSampler(engine.model, engine.tokenizer)):
+        with pytest.raises(ConfigError, match="exceeds the engine's max_model_len 256"):
+            e.sample(PROMPTS, 1, too_long, seed=[1, 2, 3, 4])
+
+
+def test_oreal_eval_behaves_the_same_on_vllm_and_hf_sampler(tmp_path):
+    """The default --max-new-tokens fits the engine on both (vLLM refused it); a value given that
+    does not fit is the same one-line error on both."""
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    for engine in ("vllm", "hf_sampler"):
+        base = [sys.executable, "-m", "oreal.cli", "eval", "--model", "default", "--data", "curriculum_test",
+                "--limit", "4", "--engine", engine]
+        r = subprocess.run(base, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0 and "max_new_tokens: " in r.stderr, (engine, r.stderr[-2000:])
+        assert json.loads(r.stdout.strip().splitlines()[-1])["n"] == 4
+        r = subprocess.run(base + ["--max-new-tokens", "1024"], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 2 and "exceeds the engine's max_model_len 256" in r.stderr, (engine, r.stderr[-2000:])
 
 
 def _problems(tmp_path):
@@ -127,7 +164,7 @@ def test_bad_setups_are_clear_errors_before_training(tmp_path, verifier):
     (bad / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
     with pytest.raises(ConfigError, match="does not implement the architecture"):
         Trainer(_cfg(tmp_path, "a", f"policy={bad}"), verifier, log=lambda *a: None)
-    with pytest.raises(ConfigError, match="exceeds vllm.max_model_len"):
+    with pytest.raises(ConfigError, match="exceeds the engine.s max_model_len 48"):
         Trainer(_cfg(tmp_path, "b", "vllm.max_model_len=48", "sampling.max_new_tokens=40"), verifier,
                 log=lambda *a: None)
     with pytest.raises(ConfigError, match="cannot be merged"):

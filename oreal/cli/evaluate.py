@@ -10,9 +10,10 @@ import json
 import os
 import sys
 
+from ..rollout.registry import ENGINE_NAMES
 from . import HelpFormatter, non_negative_float, positive_int, unit_float
 
-ENGINE_CHOICES = ("auto", "hf_sampler", "hf_device", "hf_generate", "vllm")  # checked against the registry in a test
+DEFAULT_MAX_NEW_TOKENS = 1024  # when neither --max-new-tokens nor the run sets it: at most what the engine fits
 
 
 def add_parser(sub) -> None:
@@ -29,9 +30,11 @@ def add_parser(sub) -> None:
     s.add_argument("--k", type=positive_int, default=None, help="samples per problem [1]")
     s.add_argument("--temperature", type=non_negative_float, default=None, help="0 is greedy [1.0]")
     s.add_argument("--top-p", type=unit_float, default=None, help="[1.0]")
-    s.add_argument("--max-new-tokens", type=positive_int, default=None, help="[1024]")
+    s.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help=f"[{DEFAULT_MAX_NEW_TOKENS}, or what the engine's max_model_len leaves after the longest "
+                        f"prompt, if less; a value given that does not fit is an error]")
     s.add_argument("--seed", type=int, default=None, help="[12345, the seed training evaluates with]")
-    s.add_argument("--engine", default=None, choices=ENGINE_CHOICES,
+    s.add_argument("--engine", default=None, choices=ENGINE_NAMES,
                    help="rollout engine [auto: hf_sampler on CPU, hf_device on GPU]")
     pr = p.add_argument_group("prompt (none: the run's, else a chat template when the tokenizer has one)")
     pr.add_argument("--prompt-system", default=None, help="system message for chat templates ('' for none)")
@@ -54,7 +57,7 @@ def _plan(args) -> dict:
     from ..evaluation import EVAL_SEED
 
     plan = dict(model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset, limit=args.limit,
-                k=1, temperature=1.0, top_p=1.0, max_new_tokens=1024, seed=EVAL_SEED, engine="auto",
+                k=1, temperature=1.0, top_p=1.0, max_new_tokens=None, seed=EVAL_SEED, engine="auto",
                 dtype="float32", device="cpu", prompt=PromptConfig())
     if args.run:
         from pathlib import Path
@@ -89,13 +92,9 @@ def _plan(args) -> dict:
         raise ConfigError("give --run RUN_DIR, or --model and --data")
     if "{question}" not in plan["prompt"].plain_template:
         raise ConfigError("--prompt-template must contain {question}")
-    if plan["engine"] == "vllm":
-        import importlib.util
+    from ..rollout import check_installed
 
-        from ..rollout.vllm_engine import INSTALL
-
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError(f"--engine vllm: vLLM is not installed; install it with: {INSTALL}")
+    check_installed(plan["engine"])
     return plan
 
 
@@ -113,6 +112,21 @@ def _check_writable(path: str) -> None:
         os.remove(path)
 
 
+def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
+    """A value given (by the flag or the run) is kept, and refused by the engine if it does not fit;
+    the default is capped at what the engine's max_model_len leaves, and says so, on every engine."""
+    from ..data import render
+
+    if given is not None or engine.max_model_len is None:
+        return given or DEFAULT_MAX_NEW_TOKENS
+    longest = max(len(tok(render(p.question, tok, prompt), add_special_tokens=False)["input_ids"]) for p in problems)
+    room = engine.max_model_len - longest
+    if room < DEFAULT_MAX_NEW_TOKENS:
+        print(f"max_new_tokens: {max(room, 1)} (the engine's max_model_len {engine.max_model_len} less the longest "
+              f"prompt's {longest} tokens; --max-new-tokens sets it)", file=sys.stderr)
+    return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
+
+
 def run(args) -> int:
     plan = _plan(args)
     if args.out:
@@ -120,7 +134,7 @@ def run(args) -> int:
     from ..data import load_list
     from ..evaluation import evaluate
     from ..models import load_policy, load_tokenizer, resolve_model_path
-    from ..rollout import SamplingConfig, make_engine
+    from ..rollout import EngineSetup, SamplingConfig, make_engine
     from ..verify import Verifier
 
     problems = load_list(plan["data"], data_dir_=plan["data_dir"], preset=plan["preset"])
@@ -131,11 +145,13 @@ def run(args) -> int:
             p.extract = args.extract
     tok = load_tokenizer(plan["model"])
     model = load_policy(plan["model"], plan["dtype"], plan["device"])
-    sampling = SamplingConfig(temperature=plan["temperature"], top_p=plan["top_p"],
-                              max_new_tokens=plan["max_new_tokens"])
     with Verifier(workers=2) as v:
-        engine = make_engine(plan["engine"], model, tok, resolve_model_path(plan["model"]), dtype=plan["dtype"])
+        engine = make_engine(plan["engine"], model, tok, EngineSetup(resolve_model_path(plan["model"]),
+                                                                     dtype=plan["dtype"]))
         try:
+            plan["max_new_tokens"] = _max_new_tokens(plan["max_new_tokens"], engine, tok, problems, plan["prompt"])
+            sampling = SamplingConfig(temperature=plan["temperature"], top_p=plan["top_p"],
+                                      max_new_tokens=plan["max_new_tokens"])
             res = evaluate(engine, tok, problems, v, k=plan["k"], sampling=sampling, prompt=plan["prompt"],
                            seed=plan["seed"], progress=True, keep_samples=5)
         finally:

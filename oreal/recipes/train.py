@@ -25,8 +25,8 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
 from ..optim import guarded_step, make_optimizer
-from ..rollout import VLLM, SamplingConfig, make_engine
-from ..rollout.vllm_engine import check_architecture
+from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
+from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
@@ -80,12 +80,11 @@ class Trainer(Checkpointing):
         self._setup_models(policy, tokenizer)
         self._setup_optimizers()
         self._setup_data(problems)
-        self.engine = make_engine(cfg.engine, self.policy, self.tok, self.policy_dir, options=cfg.vllm, dtype=cfg.dtype,
-                                  seed=cfg.seed, compute_dtype=torch.bfloat16 if cfg.mixed_precision else None,
-                                  log=self.log)
+        self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
+            self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
+            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log))
         self._exit.callback(self.engine.close)
-        if cfg.engine == VLLM:
-            self._check_prompt_lengths()
+        self._check_prompt_lengths()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
@@ -99,8 +98,9 @@ class Trainer(Checkpointing):
         cfg = self.cfg
         self.device = torch.device(dist_utils.local_device(cfg.device))  # where inputs go (FSDP2 offload too)
         self.policy_dir = resolve_model_path(cfg.policy) if policy is None else None
-        if cfg.engine == VLLM and policy is None:  # before any weights load
-            check_architecture(self.policy_dir)
+        self.engine_name = resolve_engine(cfg.engine, self.device)
+        if policy is None:  # before any weights load
+            engine_class(self.engine_name).preflight(self.policy_dir)
         if policy is not None:  # a built model: the copies load from a snapshot of it
             if next(policy.parameters()).dtype != torch_dtype(cfg.dtype):
                 raise ConfigError(f"dtype: the model given is {next(policy.parameters()).dtype}, the config says "
@@ -138,15 +138,13 @@ class Trainer(Checkpointing):
                 self.credit.shard(cfg.mixed_precision, cfg.cpu_offload)
 
     def _check_prompt_lengths(self) -> None:
-        """engine=vllm: the longest training prompt + max_new_tokens must fit the engine."""
+        """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
+        refused here, before the first step, rather than at the step that draws that prompt."""
         from ..data import render
 
         longest = max(len(self.tok(render(p.question, self.tok, self.cfg.prompt), add_special_tokens=False)["input_ids"])
                       for p in self.problems)
-        if longest + self.cfg.sampling.max_new_tokens > self.engine.max_model_len:
-            raise ConfigError(f"engine=vllm: the longest training prompt ({longest} tokens) + sampling.max_new_tokens "
-                              f"({self.cfg.sampling.max_new_tokens}) exceeds vllm.max_model_len "
-                              f"({self.engine.max_model_len})")
+        check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
@@ -237,12 +235,14 @@ class Trainer(Checkpointing):
         seeds = [(cfg.seed * 1_000_003 + self.state.step * 10_007 + b) % 2**62 for b in range(len(questions))]
         local_rewards = torch.zeros(hi - lo, cfg.samples)
         groups, verdicts, timings = [], [], {}
+        self.engine.resume()
         for b, (_, g, vs) in enumerate(evaluation.sample_and_grade(
                 self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
                 seed=seeds[lo:hi], timings=timings)):
             groups.append(g)
             local_rewards[b] = torch.tensor([float(v.correct) for v in vs])
             verdicts.extend(vs)
+        self.engine.release()  # training gets the engine's memory until the next resume()
         t_rollout = time.time() - t0
         rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
         st = count_statuses(verdicts)
@@ -355,9 +355,17 @@ class Trainer(Checkpointing):
             stats.finite = stats.updated
             if stats.updated:
                 self.state.actor_steps += 1
-                self.engine.sync_weights(self.policy)
+                self.push_weights()
         stats.optim_seconds = self._clock() - t0
         return stats
+
+    def push_weights(self) -> None:
+        """An engine with its own copy of the weights gets the policy's (after every optimiser step
+        and a resume): gathered and LoRA-merged here, once, whatever the engine."""
+        if self.engine.holds_weights:
+            self.engine.resume()
+            with full_weights(self.policy) as named:
+                self.engine.update_weights(named)
 
     def _policy_backward(self, mb: SelectedBatch, weights: torch.Tensor, counts: algo.TokenCounts,
                          sums: dict) -> float:
@@ -415,6 +423,7 @@ class Trainer(Checkpointing):
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
         """Under FSDP2 every rank must call this (the engine gathers the weights); the results agree."""
+        self.engine.resume()
         return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
                                    sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
 

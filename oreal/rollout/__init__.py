@@ -1,36 +1,23 @@
-"""Rollout engines behind one interface (`sample(prompts, k, cfg, seed)`, `sync_weights(model)`,
-`close()`), and the choice of engine per device (`engine=auto`)."""
-from .engine import (CacheMismatchError, HFEngine, HFGenerateEngine, HFSampler, Rollout, RolloutEngine,
-                     SamplingConfig, eval_mode)
-from .sampling import filter_logits
-from .on_device import OnDeviceSampler
+"""Rollout engines behind one interface (`oreal.rollout.engine.RolloutEngine`: `sample`,
+`update_weights`, `release`/`resume`, `close`, `max_model_len`), registered by name in
+`oreal.rollout.registry.ENGINES` and imported on first use (this package loads torch only when a
+name below other than the registry's is first read, so the command line starts fast)."""
+from importlib import import_module
 
-VLLM = "vllm"  # imported on first use: vLLM is optional (oreal.rollout.vllm_engine)
-ENGINES = {"hf_sampler": HFSampler, "hf_device": OnDeviceSampler, "hf_generate": HFGenerateEngine, VLLM: None}
-AUTO = "auto"  # hf_sampler on CPU (fastest there), hf_device on an accelerator (no host sync per token)
+from .registry import AUTO, ENGINE_NAMES, ENGINES, check_installed, engine_class, options_class, resolve_engine
 
-
-def resolve_engine(name: str, device) -> str:
-    if name == AUTO:
-        return "hf_sampler" if str(device).startswith("cpu") else "hf_device"
-    if name not in ENGINES:
-        raise ValueError(f"unknown rollout engine {name!r}; choose from {sorted(ENGINES) + [AUTO]}")
-    return name
+_LAZY = {name: "engine" for name in ("CacheMismatchError", "EngineSetup", "HFEngine", "HFGenerateEngine", "HFSampler",
+                                      "Rollout", "RolloutEngine", "SamplingConfig", "check_length", "eval_mode")}
+_LAZY.update(OnDeviceSampler="on_device", filter_logits="sampling", make_engine="factory")
 
 
-def make_engine(name: str, model, tokenizer, model_dir: str | None = None, **options) -> RolloutEngine:
-    """The engine `name` over `model`. `model_dir` and `options` (VLLMEngine's: `options`, `dtype`,
-    `seed`, `compute_dtype`, `log`) are for engines that hold their own copy of the weights; the HF
-    engines sample from `model` itself."""
-    name = resolve_engine(name, next(model.parameters()).device)
-    if name == VLLM:
-        from .vllm_engine import VLLMEngine
-
-        if model_dir is None:
-            raise ValueError("engine=vllm needs the policy's directory (model_dir)")
-        return VLLMEngine(model, tokenizer, model_dir, **options)
-    return ENGINES[name](model, tokenizer)
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["VLLM", "AUTO", "CacheMismatchError", "ENGINES", "HFEngine", "HFGenerateEngine", "eval_mode", "HFSampler", "OnDeviceSampler", "Rollout",
-           "RolloutEngine", "SamplingConfig", "filter_logits", "make_engine", "resolve_engine"]
+__all__ = ["AUTO", "CacheMismatchError", "ENGINES", "ENGINE_NAMES", "EngineSetup", "HFEngine", "HFGenerateEngine",
+           "HFSampler", "OnDeviceSampler", "Rollout", "RolloutEngine", "SamplingConfig", "check_installed",
+           "check_length", "engine_class", "eval_mode", "filter_logits", "make_engine", "options_class",
+           "resolve_engine"]

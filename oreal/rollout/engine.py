@@ -4,11 +4,12 @@
 a Hugging Face causal LM with a preallocated KV cache (it drops finished rows as it goes);
 `HFGenerateEngine` wraps `model.generate` for comparison and for models whose forward the
 lean loop does not cover. Both sample from the live training model (`HFEngine`), so
-`sync_weights` has nothing to copy; an engine that holds its own weights (vLLM) copies them there.
+`update_weights` has nothing to copy; an engine that holds its own weights (vLLM) copies them there.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,21 +43,69 @@ class Rollout:
     logprobs: list[float] | None = None  # log pi(y_t) under the model's untempered distribution
 
 
+@dataclass
+class EngineSetup:
+    """What an engine may need besides the model and tokenizer (the HF engines need none of it)."""
+    model_dir: str | None = None  # the policy's HF directory, for an engine that loads its own copy
+    options: object | None = None  # the engine's settings (its registry entry's `options` class)
+    dtype: str = "float32"  # the weights' dtype
+    seed: int = 0
+    compute_dtype: torch.dtype | None = None  # the trainer's compute dtype (bf16 under mixed precision)
+    log: Callable = print
+
+
 class RolloutEngine(Protocol):
+    """What the trainer, evaluation and `oreal eval` need of an engine. Built as
+    `cls(model, tokenizer, setup)`; registered in `oreal.rollout.registry.ENGINES`.
+
+    A step's calls, in order: `resume()`, `sample(...)`, `release()` (training runs), then, for an
+    engine that `holds_weights`, `resume()` and `update_weights(...)` after each optimiser step and
+    after a resume from a checkpoint. `close()` at the end."""
     name: str
+    holds_weights: bool  # False: samples from the live model the trainer updates (nothing to push)
+    max_model_len: int | None  # longest prompt + response it serves (None: no limit); `check_length`
 
     def sample(self, prompts: list[str], k: int, cfg: SamplingConfig,
                seed: int | list[int] | None = None) -> list[list[Rollout]]:
         """K rollouts for each prompt, grouped by prompt, in prompt order. A list of seeds (one
         per prompt) makes each prompt's rollouts independent of what else is in the batch, so
-        data-parallel ranks that split a batch sample exactly what one process would."""
+        data-parallel ranks that split a batch sample exactly what one process would. A prompt
+        that does not fit `max_model_len` with `cfg.max_new_tokens` is a ConfigError."""
 
-    def sync_weights(self, model) -> None:
-        """Sample from `model`'s current weights from now on (after every optimiser step and a
-        resume)."""
+    @staticmethod
+    def preflight(model_dir: str) -> None:
+        """Refuse a model directory the engine cannot serve, before any weights load."""
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Sample from these weights from now on (plain HF names, full tensors, LoRA merged:
+        `oreal.rollout.weights.full_weights`). A no-op where `holds_weights` is False."""
+
+    def release(self) -> None:
+        """Give memory back for training until `resume()` (vLLM: sleep)."""
+
+    def resume(self) -> None:
+        """Ready to sample and to take weights again."""
 
     def close(self) -> None:
         """Free what the engine holds."""
+
+
+def model_max_len(model) -> int | None:
+    """The positions the model was built for (`max_position_embeddings`), as vLLM reads it."""
+    config = _base_model(model).config.get_text_config(decoder=True)
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_length(engine, longest_prompt: int, max_new_tokens: int) -> None:
+    """Every engine refuses the same way: a prompt plus max_new_tokens past `max_model_len` is a
+    ConfigError, before any sampling (positions past the model's would sample garbage)."""
+    from ..errors import ConfigError
+
+    limit = engine.max_model_len
+    if limit is not None and longest_prompt + max_new_tokens > limit:
+        raise ConfigError(f"engine={engine.name}: a prompt of {longest_prompt} tokens + max_new_tokens "
+                          f"{max_new_tokens} exceeds the engine's max_model_len {limit}; lower "
+                          f"sampling.max_new_tokens (or shorten the prompts)")
 
 
 @contextmanager
@@ -71,15 +120,17 @@ def eval_mode(model):
 
 
 class HFEngine:
-    """An engine over the live HF model the trainer updates: nothing to copy on a sync. Each call
-    runs in inference mode, in eval mode, and under FSDP2 on gathered full weights (one
+    """An engine over the live HF model the trainer updates: nothing to push, nothing to release.
+    Each call runs in inference mode, in eval mode, and under FSDP2 on gathered full weights (one
     all-gather per module up front, none inside the token-by-token forwards)."""
 
     name = "hf"
+    holds_weights = False
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, setup: EngineSetup | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.max_model_len = model_max_len(model)
 
     def sample(self, prompts, k, cfg, seed=None):
         # inference_mode, not no_grad: no version counters or view tracking per op (6% of a demo
@@ -90,9 +141,18 @@ class HFEngine:
     def _sample(self, prompts, k, cfg, seed):
         raise NotImplementedError
 
-    def sync_weights(self, model) -> None:
-        if model is not self.model:  # a new model object: sample from it, never from the old one
-            self.model = model
+    @staticmethod
+    def preflight(model_dir: str) -> None:
+        """Checks of the model directory before any weights load (nothing for the HF engines)."""
+
+    def update_weights(self, named_tensors) -> None:
+        pass  # the model it samples from is the one the trainer updates
+
+    def release(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -150,16 +210,12 @@ class HFSampler(HFEngine):
     name = "hf_sampler"
     single_query_attention = True  # kv_cache.decode_attention for decode steps (SDPA's CPU flash kernel is slow there)
 
-    def __init__(self, model, tokenizer, max_batch: int = 1024, compact_at: float = 0.25):
-        super().__init__(model, tokenizer)
+    def __init__(self, model, tokenizer, setup: EngineSetup | None = None, max_batch: int = 1024,
+                 compact_at: float = 0.25):
+        super().__init__(model, tokenizer, setup)
         self.max_batch, self.compact_at = max_batch, compact_at
         self.cache_kw = cache_argument(model)
         self.checked = False  # cached decoding is compared with a full forward on the first call
-
-    def sync_weights(self, model) -> None:
-        if model is not self.model:
-            super().sync_weights(model)
-            self.cache_kw, self.checked = cache_argument(model), False
 
     def _sample(self, prompts, k, cfg, seed):
         seed = self._prepare(prompts, seed)
@@ -273,6 +329,7 @@ class HFSampler(HFEngine):
         where = {text: i for i, text in enumerate(distinct)}
         row_of = torch.tensor([where[text] for text in texts], device=device)
         B, P, T = len(texts), enc["input_ids"].size(1), cfg.max_new_tokens
+        check_length(self, int(enc["attention_mask"].sum(-1).max()), T)
         distinct_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
         prompt_ids = [distinct_ids[where[text]] for text in texts]
         stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
@@ -337,6 +394,7 @@ class HFGenerateEngine(HFEngine):
         # each prompt repeated k times in a row (greedy decoding rejects num_return_sequences)
         enc = tok([p for p in prompts for _ in range(k)], return_tensors="pt", padding=True,
                   add_special_tokens=False)
+        check_length(self, int(enc["attention_mask"].sum(-1).max()), cfg.max_new_tokens)
         stop = sorted(_stop_ids(tok, model))
         kwargs = dict(max_new_tokens=cfg.max_new_tokens,
                       eos_token_id=stop, pad_token_id=tok.pad_token_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, to_rollouts
+from .engine import HFSampler, Rollout, SamplingConfig, _stop_ids, check_length, to_rollouts
 from .sampling import counter_uniform, row_keys, sample_from_logits
 
 
@@ -20,8 +20,8 @@ class OnDeviceSampler(HFSampler):
     name = "hf_device"
     single_query_attention = False  # SDPA's fused kernels on an accelerator (not measured against it yet)
 
-    def __init__(self, model, tokenizer, max_batch: int = 1024, check_every: int = 16):
-        super().__init__(model, tokenizer, max_batch)
+    def __init__(self, model, tokenizer, setup=None, max_batch: int = 1024, check_every: int = 16):
+        super().__init__(model, tokenizer, setup, max_batch)
         self.check_every = check_every
 
     def _sample(self, prompts, k, cfg, seed):
@@ -39,6 +39,7 @@ class OnDeviceSampler(HFSampler):
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         B, T = ids.size(0), cfg.max_new_tokens
+        check_length(self, int(mask.sum(-1).max()), T)
         stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
         pad = tok.pad_token_id if tok.pad_token_id is not None else int(stop[0])
         tokens = torch.full((B, T), pad, dtype=torch.long, device=device)

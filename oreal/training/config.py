@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, from_values, read_values, setting
 from ..data import PromptConfig
-from ..rollout import AUTO, ENGINES, VLLM, SamplingConfig
-from ..rollout.vllm_engine import INSTALL as VLLM_INSTALL
+from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed
 from ..rollout.vllm_engine import VLLMConfig
 from ..tracking import TRACKERS
 from .skills import SkillConfig
@@ -76,8 +75,8 @@ class TrainConfig:
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
     activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
-    engine: str = setting("auto", "rollout engine: auto (hf_sampler on CPU, hf_device on GPU) | hf_sampler | "
-                                  "hf_device | hf_generate | vllm (its settings: vllm.*)")
+    engine: str = setting("auto", "rollout engine: " + " | ".join(ENGINE_NAMES) + " (auto: hf_sampler on CPU, "
+                                  "hf_device on GPU; an engine's own settings: its section, vllm.*)")
     seed: int = setting(0, "seed of the run")
     threads: int = setting(0, "torch threads on CPU (0: the cores free at the start)")
     max_seconds: float = setting(0.0, "stop after this long, with a checkpoint (0: no limit)")
@@ -113,13 +112,9 @@ class TrainConfig:
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be at least 1")
-        if self.engine != AUTO and self.engine not in ENGINES:
-            raise ConfigError(f"engine: {self.engine!r} is not one of {sorted(ENGINES) + [AUTO]}")
-        if self.engine == VLLM:
-            import importlib.util
-
-            if importlib.util.find_spec("vllm") is None:
-                raise ConfigError(f"engine=vllm: vLLM is not installed; install it with: {VLLM_INSTALL}")
+        if self.engine not in ENGINE_NAMES:
+            raise ConfigError(f"engine: {self.engine!r} is not one of {list(ENGINE_NAMES)}")
+        check_installed(self.engine)
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":

@@ -1,0 +1,52 @@
+"""The trainer's side of an engine that holds its own copy of the weights: the policy's full
+weights under the names a plain Hugging Face checkpoint uses, FSDP2 shards gathered one tensor at
+a time and LoRA merged into the base weights for the push. Engines only receive
+`(name, tensor)` pairs (`RolloutEngine.update_weights`)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def plain_names(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name in a plain HF checkpoint, parameter) of every weight to push: a PEFT model's base
+    names, its LoRA matrices left out (merged into the base weights first)."""
+    out = []
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        out.append((name.removeprefix("base_model.model.").replace(".base_layer.", "."), p))
+    return out
+
+
+def unmergeable_lora(model: nn.Module) -> list[str]:
+    """The LoRA-wrapped modules PEFT cannot merge into a plain weight (any that is not Linear)."""
+    bad = []
+    for name, m in model.named_modules():
+        base = getattr(m, "base_layer", None)
+        if base is not None and hasattr(m, "lora_A") and not isinstance(base, nn.Linear):
+            bad.append(f"{name} ({type(base).__name__})")
+    return bad
+
+
+@contextmanager
+def full_weights(model: nn.Module) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
+    """A generator of (name, full detached tensor) for the block: LoRA merged while it lasts
+    (unmerged after, whatever happens), each FSDP2 parameter gathered when it is read (every rank
+    must read them all, in the same order: `full_tensor` is a collective)."""
+    lora = hasattr(model, "merge_adapter")
+    if lora:
+        model.merge_adapter()
+
+    def tensors():
+        with torch.no_grad():
+            for name, p in plain_names(model):
+                yield name, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+    try:
+        yield tensors()
+    finally:
+        if lora:
+            model.unmerge_adapter()
