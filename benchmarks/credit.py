@@ -15,7 +15,7 @@ scores every response token (higher = better) and is measured on held-out questi
 
 Sources: the production credit models of `oreal.models.load_credit_model`, trained with the
 outcome BCE of sigmoid(mean_t w_t) and the optimiser groups the trainer gives them:
-`untrained` (a fresh token RM head), `rm` (`algo.credit=rm`, the paper's token RM: policy
+`untrained` (a fresh token RM head), `rm` (`algo.credit=token_head`, the paper's token RM: policy
 backbone + token head), `surprise` (`algo.credit=surprise`: a log pi_ref(y_t) + b with pi_ref
 frozen) and `logprob` (`algo.credit=logprob`: a log pi_phi(y_t) + b, phi a trainable copy of the
 policy, with the demo's a, b at the start and its learning rates); and `implicit` (PRIME's
@@ -128,7 +128,7 @@ class Credit:
             rolls = [c for c, _ in chosen] + [w for _, w in chosen]
             r = torch.tensor([1.0] * len(chosen) + [0.0] * len(chosen))
             ids, attn, targets, mask, _ = _tensors(rolls, self.tok.pad_token_id)
-            loss = algo.token_rm_sequence_loss(self.logits_for(ids, attn, targets), mask, r) / len(rolls)
+            loss = algo.credit_sequence_loss(self.logits_for(ids, attn, targets), mask, r) / len(rolls)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -216,9 +216,9 @@ def main() -> None:
           f"depart from the solution); sampling {time.time() - t0:.0f}s")
     print("| source | held-out ranking | AUC (wrong number) | AUC (wrong step) | hit | wall time (s) |")
     print("|---|---|---|---|---|---|")
-    demo = dict(lr=DEMO.optim.rm_lr, init=tuple(DEMO.algo.credit_init), calib_lr=DEMO.algo.credit_calib_lr)
-    makers = {"untrained": lambda: Untrained("rm", tok, 1e-3, seed=args.seed, name="untrained"),
-              "rm": lambda: Credit("rm", tok, 1e-3, seed=args.seed),
+    demo = dict(lr=DEMO.optim.credit_lr, init=tuple(DEMO.algo.credit_init), calib_lr=DEMO.algo.credit_calib_lr)
+    makers = {"untrained": lambda: Untrained("token_head", tok, 1e-3, seed=args.seed, name="untrained"),
+              "rm": lambda: Credit("token_head", tok, 1e-3, seed=args.seed),
               "surprise": lambda: Credit("surprise", tok, seed=args.seed, **demo),
               "implicit": lambda: Implicit(policy, tok),
               "logprob": lambda: Credit("logprob", tok, seed=args.seed, **demo)}

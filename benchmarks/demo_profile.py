@@ -28,7 +28,7 @@ from oreal.recipes.train import Trainer
 from oreal.training.config import build_config
 from oreal.verify import Verifier
 
-PHASES = ("sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds")
+PHASES = ("sample_seconds", "grade_seconds", "credit_seconds", "policy_seconds", "optim_seconds")
 
 
 def main() -> None:

@@ -75,16 +75,16 @@ def main() -> None:
             m["wall"] = time.time() - t0
             rows.append(m)
             print({k: m[k] for k in ("step", "response_tokens", "train_tokens", "sample_seconds", "grade_seconds",
-                                     "rm_seconds", "policy_seconds", "optim_seconds", "seconds")}, flush=True)
+                                     "credit_seconds", "policy_seconds", "optim_seconds", "seconds")}, flush=True)
     warm = rows[1:] or rows  # the first step includes CUDA and kernel warm-up
     gen_tok = sum(m["response_tokens"] for m in warm)
     roll_s = sum(m["rollout_seconds"] for m in warm)
     train_s = sum(m["seconds"] - m["rollout_seconds"] for m in warm)
     phases = {p: sum(m[f"{p}_seconds"] or 0.0 for m in warm) / len(warm)
-              for p in ("sample", "grade", "rm", "policy", "optim")}
+              for p in ("sample", "grade", "credit", "policy", "optim")}
     flops = sum(14 * n_matmul * (m["train_tokens"] or 0) for m in warm)  # 6N policy + 6N RM + 2N reference
     peak = bf16_peak(torch.cuda.get_device_name(0)) if cuda else None
-    train_phase = sum((m["rm_seconds"] or 0) + (m["policy_seconds"] or 0) + (m["optim_seconds"] or 0) for m in warm)
+    train_phase = sum((m["credit_seconds"] or 0) + (m["policy_seconds"] or 0) + (m["optim_seconds"] or 0) for m in warm)
     result = {
         "gpu": torch.cuda.get_device_name(0) if cuda else "none (dry run on CPU)", "torch": torch.__version__, "parameters": n_params,
         "precision": "bf16 compute (FSDP2 MixedPrecisionPolicy), fp32 master weights",

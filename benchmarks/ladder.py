@@ -37,9 +37,9 @@ VARIANTS = {
     "oreal_no_weights": ["algo.name=oreal", "algo.token_weights=none"],
     "oreal_surprise": ["algo.name=oreal", "algo.credit=surprise"],
     "oreal_both_sides": ["algo.name=oreal", "algo.token_weights_on=both"],
-    "oreal_logprob": ["algo.name=oreal", "algo.token_weights_on=both", "algo.weights_after_rm_step=true"],
-    "oreal_paper_rm": ["algo.name=oreal", "algo.credit=rm", "algo.tau=0", "algo.token_weights_on=both",
-                       "optim.rm_lr=1e-3", "optim.rm_min_lr=2e-4"],
+    "oreal_logprob": ["algo.name=oreal", "algo.token_weights_on=both", "algo.weights_after_credit_step=true"],
+    "oreal_paper_rm": ["algo.name=oreal", "algo.credit=token_head", "algo.tau=0", "algo.token_weights_on=both",
+                       "optim.credit_lr=1e-3", "optim.credit_min_lr=2e-4"],
 }
 
 

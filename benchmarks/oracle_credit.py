@@ -52,7 +52,7 @@ class OracleWeights(Callback):
     def __init__(self, side: str = "both"):
         self.side = side
 
-    def on_token_weights(self, trainer, batch, rollouts, weights):
+    def on_token_weights(self, trainer, batch, rollouts, weights, scores):
         oracle = oracle_weights(batch, rollouts, trainer.tok)
         positive = batch.positive.view(-1, 1)
         if self.side == "pos":
@@ -73,7 +73,7 @@ def main() -> None:
     cfg = build_config(demo_config_path(), ["algo.tau=0.5", *args.overrides, f"seed={args.seed}",
                                             f"steps={args.steps}", "max_seconds=0", f"out={args.out}",
                                             "overwrite=true", "log_every=0"])
-    if not cfg.algo.uses_token_rm:
+    if not cfg.algo.uses_credit:
         raise SystemExit("the oracle replaces token weights: algo.token_weights must not be none")
     with Verifier(workers=cfg.verifier_workers) as v:
         t0 = time.time()

@@ -16,8 +16,8 @@ PANELS = [  # (file, title, [(metric, label)])
     ("entropy.png", "policy entropy (per token)", [("entropy", "entropy")]),
     ("losses.png", "policy loss terms", [("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"),
                                           ("loss_kl", "KL term")]),
-    ("token_rm.png", "token RM", [("rm_loss", "BCE loss"), ("rm_acc", "sequence accuracy"),
-                                  ("rm_pair_rank", "pair ranking (correct above incorrect)")]),
+    ("credit.png", "credit model", [("credit_loss", "BCE loss"), ("credit_acc", "sequence accuracy"),
+                                  ("credit_pair_rank", "pair ranking (correct above incorrect)")]),
 ]
 
 

@@ -6,8 +6,8 @@ import torch
 
 from oreal.algo import (ALGORITHMS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, adv_rloo, group_advantages,
                         kl_penalty, masked_mean, negative_pg_loss, normalise, pass_rate_filter, pg_loss,
-                        policy_loss, positive_bc_loss, resolve_algo, rm_correct_count, running_correctness,
-                        select_pairs, token_importance_weights, token_rm_sequence_loss)
+                        policy_loss, positive_bc_loss, resolve_algo, credit_correct_count, running_correctness,
+                        select_pairs, token_importance_weights, credit_sequence_loss)
 from oreal.algo import select as algo_select
 from oreal.config import ConfigError
 
@@ -56,7 +56,7 @@ def test_token_rm_loss_is_bce_on_mean_logit():
     w = torch.tensor([[2.0, 0.0, 9.0], [-1.0, -3.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     r = torch.tensor([1.0, 0.0])
-    loss = token_rm_sequence_loss(w, mask, r)
+    loss = credit_sequence_loss(w, mask, r)
     s1, s2 = 1.0, -4 / 3  # means over real tokens (the 9.0 is padding)
     exp = -math.log(1 / (1 + math.exp(-s1))) - math.log(1 - 1 / (1 + math.exp(-s2)))
     assert loss.item() == pytest.approx(exp, rel=1e-6)
@@ -171,9 +171,9 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
                 continue
             lp, rp, wt = logp[i, t], ref_logp[i, t], w[i, t]
             ratio = torch.exp(lp - lp.detach())  # 1 in value, the gradient of log pi
-            if cfg.positive_loss == "bc" and is_pos[i]:
+            if cfg.objective == "bc" and is_pos[i]:
                 term = cfg.lambda_pos * wt * (adv[i] if cfg.pos_mult_adv else 1.0) * (-lp)
-            elif cfg.positive_loss == "bc":
+            elif cfg.objective == "bc":
                 term = -cfg.lambda_neg * wt * adv[i] * ratio
             else:
                 term = -wt * adv[i] * ratio
@@ -184,7 +184,7 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
             d = rp - lp
             kl = {"k1": -d, "k3": torch.exp(d) - d - 1, "mse": 0.5 * d * d}[cfg.kl_kind]
             kl_sum, n_all = kl_sum + kl, n_all + 1
-    if cfg.positive_loss == "bc":
+    if cfg.objective == "bc":
         pos, neg = pos_sum / max(n_pos, 1), neg_sum / max(n_neg, 1)
     else:
         denom = logp.size(0) * max_new_tokens if cfg.loss_norm == "constant" else n_all
@@ -230,7 +230,7 @@ def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, k
     targets = torch.randint(V, (N, T))
     mask = (torch.rand(N, T) > 0.2).float()
     mask[:, 0] = 1
-    w = torch.rand(N, T) if cfg.uses_token_rm else torch.ones(N, T)
+    w = torch.rand(N, T) if cfg.uses_credit else torch.ones(N, T)
 
     def lp(x):
         return torch.log_softmax(x, -1).gather(-1, targets[..., None]).squeeze(-1)
@@ -268,7 +268,7 @@ def test_policy_loss_kl_sum_and_parts_by_hand():
 
 def test_algo_config_validation_iterates_the_registries():
     for key, allowed in OPTIONS.items():
-        base = {"positive_loss": "pg"} if key == "loss_norm" else {}  # loss_norm is the pg losses' option
+        base = {"objective": "pg"} if key == "loss_norm" else {}  # loss_norm is the pg losses' option
         for value in allowed:
             AlgoConfig(**base, **{key: value}).validate()
         with pytest.raises(ConfigError, match=f"algo.{key}"):
@@ -293,8 +293,8 @@ def test_rm_correct_count():
     logits = torch.tensor([[1.0, 2.0], [-1.0, 0.5], [3.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     # sequence scores 1.5 (> 0, correct), -0.25 (< 0, called incorrect), empty (never counts)
-    assert rm_correct_count(logits, mask, torch.tensor([True, True, True])) == 1
-    assert rm_correct_count(logits, mask, torch.tensor([True, False, False])) == 2
+    assert credit_correct_count(logits, mask, torch.tensor([True, True, True])) == 1
+    assert credit_correct_count(logits, mask, torch.tensor([True, False, False])) == 2
 
 
 def test_token_entropy_by_hand_and_in_chunks():
@@ -318,3 +318,74 @@ def test_engine_ratio_and_truncated_importance_weights_by_hand():
     assert not truncated_is_weights(x, engine, mask, 2.0).requires_grad  # a weight, never a gradient path
     with pytest.raises(ConfigError, match="tis_cap"):
         AlgoConfig(tis_cap=-1.0)
+
+
+# -- where oreal differs from the reference (InternLM/OREAL train_oreal.py), pinned ----------------
+def _reference_topk_rescale(prob, topk_ratio=0.5):
+    """train_oreal.py's topk_rescale, as written there (one sequence's response tokens)."""
+    topk_num = int(prob.numel() * topk_ratio)
+    values, indices = torch.topk(prob, topk_num)
+    result = torch.zeros_like(prob)
+    if values.max() != values.min():
+        normalized_values = (values - values.min()) / (values.max() - values.min())
+    else:
+        normalized_values = torch.ones_like(values)
+    result[indices] = normalized_values
+    return result
+
+
+def test_topk_minmax_is_the_references_topk_rescale_and_topk_is_oreals_own():
+    from oreal.algo.credit import TOKEN_WEIGHTS
+
+    score = torch.tensor([[0.9, 0.1, 0.5, 0.7, 0.3, 0.0], [0.4, 0.4, 0.4, 0.4, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]], dtype=torch.float)
+    got = TOKEN_WEIGHTS["topk_minmax"](score, mask, 0.5, 0.5)
+    for i in range(2):
+        n = int(mask[i].sum())
+        assert torch.equal(got[i, :n], _reference_topk_rescale(score[i, :n], 0.5)) and got[i, n:].eq(0).all()
+    assert got[0].tolist() == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # int(5 * 0.5) = 2 kept: 0.9 -> 1, 0.7 -> 0
+    assert sorted(got[1].tolist()) == [0.0] * 4 + [1.0, 1.0]  # two of four equal values kept: ones
+    # oreal's topk: ceil(5 * 0.5) = 3 kept, divided by the largest (0.9)
+    assert torch.allclose(TOKEN_WEIGHTS["topk"](score, mask, 0.5, 0.5)[0],
+                          torch.tensor([1.0, 0.0, 0.5 / 0.9, 0.7 / 0.9, 0.0, 0.0]))
+    # n * ratio < 1: the reference's topk(0) then fails on values.max(); topk_minmax keeps none
+    with pytest.raises(RuntimeError):
+        _reference_topk_rescale(torch.tensor([0.3]), 0.5)
+    assert TOKEN_WEIGHTS["topk_minmax"](torch.tensor([[0.3]]), torch.ones(1, 1), 0.5, 0.5).tolist() == [[0.0]]
+
+
+def test_k1_is_the_kl_estimate_the_references_kl_type_kl_has_the_opposite_sign():
+    """oreal's k1 is log pi - log ref (a KL(pi || ref) estimate, minimised toward the reference);
+    the reference's kl_type="kl" adds kl_coef * (ref - logp), whose minimum raises log pi. The
+    reference run uses kl_type="unbias" (k3, oreal's default), where both agree."""
+    from oreal.algo.losses import kl_k1, kl_k3
+
+    logp, ref = torch.tensor([-0.5, -2.0]), torch.tensor([-1.0, -1.0])
+    assert kl_k1(logp, ref).tolist() == [0.5, -1.0]
+    assert torch.equal(kl_k1(logp, ref), -(ref - logp))
+    d = ref - logp  # the reference's "unbias": exp(d) - d - 1
+    assert torch.equal(kl_k3(logp, ref), torch.exp(d) - d - 1)
+
+
+def test_grpo_epsilon_is_a_setting_with_the_references_value_one_key_away():
+    from oreal.algo import select
+
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    ours = select(rewards, AlgoConfig(name="grpo")).adv
+    ref = select(rewards, AlgoConfig(name="grpo", adv_eps=1e-8)).adv
+    std = rewards.std(-1, keepdim=True)  # unbiased, as the reference's torch.std
+    assert torch.allclose(ours, (rewards - 0.25) / (std + 1e-4)) and torch.allclose(ref, (rewards - 0.25) / (std + 1e-8))
+    assert not torch.equal(ours, ref)
+
+
+def test_ladder_bc_drops_uniform_questions_and_filter_false_keeps_them_as_the_reference_does():
+    """The reference's config without a token RM (filter_trajectory=False) keeps all-right and
+    all-wrong questions: advantage 0, but in the loss's token counts and the KL. ladder_bc filters
+    them; algo.filter=false reproduces the reference."""
+    from oreal.algo import select
+
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    ladder = select(rewards, AlgoConfig(name="ladder_bc"))
+    assert ladder.keep.tolist() == [True, False, False] and {b for b, _ in ladder.rows} == {0}
+    like_ref = select(rewards, AlgoConfig(name="ladder_bc", filter=False))
+    assert len(like_ref.rows) == 12 and like_ref.adv[1:].eq(0).all()

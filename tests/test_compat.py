@@ -83,9 +83,9 @@ def test_three_trainer_steps(tmp_path, verifier):
     cfg = build_config(None, [
         f"out={tmp_path / 'run'}", f"data={tmp_path / 'train.jsonl'}", "eval_data=null", "steps=3",
         "batch_questions=6", "samples=4", "sampling.max_new_tokens=48", "sampling.top_p=1.0",
-        "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0", "algo.actor_freeze_steps=1",
+        "optim.lr=1e-3", "optim.credit_lr=1e-3", "optim.warmup=0", "algo.actor_freeze_steps=1",
         "prompt.use_chat_template=false", "prompt.system=null"])
     history = train(cfg, verifier, log=lambda *a: None).history
     assert len(history) == 3 and history[-1]["actor_updated"]
-    assert all(h["rm_loss"] is not None and torch.isfinite(torch.tensor(h["rm_loss"])) for h in history)
+    assert all(h["credit_loss"] is not None and torch.isfinite(torch.tensor(h["credit_loss"])) for h in history)
     assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()

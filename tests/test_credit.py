@@ -5,7 +5,7 @@ import copy
 import torch
 
 from oreal import algo
-from oreal.models import LogProbCredit, TokenHeadCredit, load_credit_model, load_policy, load_token_rm
+from oreal.models import LogProbCredit, TokenHeadCredit, load_credit_model, load_policy, load_token_head
 from oreal.optim import make_optimizer
 from oreal.training.batch import batch_tensors
 
@@ -31,7 +31,7 @@ def _marker_batch(g, n, vocab, marker, length=12):
 def test_token_rm_learns_a_planted_marker(tiny):
     path, _, tok, _ = tiny
     torch.manual_seed(0)
-    rm = TokenHeadCredit(load_token_rm(path))
+    rm = TokenHeadCredit(load_token_head(path))
     vocab, marker = len(tok), 42
     # lr 1e-3 for 60 steps: ranking 0.94, AUC 0.96 with 1 and with 2 torch threads. At 3e-3 the
     # ranking saturates early and the AUC then swings (0.84 with 1 thread, 0.91 with 2, at step 60).
@@ -41,7 +41,7 @@ def test_token_rm_learns_a_planted_marker(tiny):
         seqs, r, _ = _marker_batch(g, 32, vocab, marker)
         ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
         w = rm.scores(ids, attn, targets)
-        loss = algo.token_rm_sequence_loss(w, mask, r) / len(seqs)
+        loss = algo.credit_sequence_loss(w, mask, r) / len(seqs)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -128,7 +128,7 @@ def test_credit_models_by_name_behind_one_interface(tiny, tmp_path):
     path, _, tok, _ = tiny
     seqs = [([5, 6, 7], [20, 21, 22]), ([5, 6], [30, 31])]
     ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
-    for kind in ("rm", "logprob", "surprise"):
+    for kind in ("token_head", "logprob", "surprise"):
         torch.manual_seed(0)
         credit = load_credit_model(kind, path, init=(3.0, 0.25))
         with torch.no_grad():
@@ -141,4 +141,4 @@ def test_credit_models_by_name_behind_one_interface(tiny, tmp_path):
         with torch.no_grad():
             assert torch.equal(back.scores(ids, attn, targets), w), kind
         lrs = sorted(g.get("lr", -1.0) for g in credit.param_groups(0.01, 0.05))
-        assert (0.05 in lrs) == (kind != "rm"), (kind, lrs)  # the calibration's own learning rate
+        assert (0.05 in lrs) == (kind != "token_head"), (kind, lrs)  # the calibration's own learning rate

@@ -29,7 +29,7 @@ def _cfg(data, out, *extra):
     return build_config(None, [
         f"out={out}", f"data={data / 'train.jsonl'}", "eval_data=null", "device=cuda", "steps=3",
         "batch_questions=8", "samples=4", "micro_batch=6", "sampling.max_new_tokens=48", "sampling.top_p=1.0",
-        "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0", "algo.actor_freeze_steps=1",
+        "optim.lr=1e-3", "optim.credit_lr=1e-3", "optim.warmup=0", "algo.actor_freeze_steps=1",
         "prompt.use_chat_template=false", "prompt.system=null", "save_every=1", "dump_per_step=2", *extra])
 
 
@@ -66,7 +66,7 @@ def test_three_steps_of_every_preset_on_cuda(data, tmp_path, verifier, preset, m
     assert next(tr.policy.parameters()).device.type == "cuda"
     assert any(h["actor_updated"] for h in history)
     for h in history:
-        for k in ("loss", "rm_loss", "kl"):
+        for k in ("loss", "credit_loss", "kl"):
             assert h[k] is None or torch.isfinite(torch.tensor(h[k])), (k, h[k])
     assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()
 

@@ -29,7 +29,7 @@ def _write_cfg(tmp_path):
         "dump_per_step": 0, "algo": {"actor_freeze_steps": 1},
         # eps well above round-off: AdamW would otherwise blow the last-bit noise of parameters
         # whose true gradient is 0 (attention key biases) up to a full learning-rate step
-        "optim": {"lr": 1e-3, "rm_lr": 1e-3, "warmup": 0, "eps": 1e-4},
+        "optim": {"lr": 1e-3, "credit_lr": 1e-3, "warmup": 0, "eps": 1e-4},
         "sampling": {"max_new_tokens": 40, "top_p": 1.0},
         "prompt": {"use_chat_template": False, "system": None},
     }
@@ -46,7 +46,7 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp,credit", [(False, "rm"), (True, "rm"), (False, "logprob"), (True, "logprob")],
+@pytest.mark.parametrize("fsdp,credit", [(False, "token_head"), (True, "token_head"), (False, "logprob"), (True, "logprob")],
                          ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit"])
 def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
     env, cli = _write_cfg(tmp_path)
@@ -62,17 +62,17 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
     for a, b in zip(rows["one"], rows["two"]):
         assert (a["reward"], a["selected"], a["positives"], a["response_tokens"]) == \
             (b["reward"], b["selected"], b["positives"], b["response_tokens"])
-        for k in ("rm_loss", "loss", "kl", "entropy"):
+        for k in ("credit_loss", "loss", "kl", "entropy"):
             if a[k] is not None:
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), k
     assert any(r["actor_updated"] for r in rows["one"])
-    for model in ("token_rm", "policy"):
+    for model in ("credit", "policy"):
         wa = load_file(str(tmp_path / "one" / "final" / model / "model.safetensors"))
         wb = load_file(str(tmp_path / "two" / "final" / model / "model.safetensors"))
         for k in wa:
             assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), (model, k, (wa[k] - wb[k]).abs().max())
     if credit == "logprob":  # the calibration a, b is summed across ranks like every other gradient
-        ha, hb = (json.loads((tmp_path / n / "final" / "token_rm" / "credit_head.json").read_text())
+        ha, hb = (json.loads((tmp_path / n / "final" / "credit" / "credit_head.json").read_text())
                   for n in ("one", "two"))
         for k in ("log_scale", "offset"):
             assert float.fromhex(hb[k]) == pytest.approx(float.fromhex(ha[k]), abs=2e-6), k
@@ -85,7 +85,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("credit", ["rm", "logprob"])
+@pytest.mark.parametrize("credit", ["token_head", "logprob"])
 def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, credit):
     """FSDP2 checkpoints are DCP shards, one file per rank; a 2-rank checkpoint resumes on 2 ranks
     to the bit, and on 1 rank (resharded on load) to the same weights within round-off."""
@@ -109,7 +109,7 @@ def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, 
     one = _torchrun(env, cli, f"out={tmp_path / 'run1'}", "fsdp=true", "save_every=1", "resume=auto", nproc=1)
     assert one.returncode == 0, one.stderr[-3000:]
     assert "resumed from" in one.stdout
-    for model in ("policy", "token_rm"):
+    for model in ("policy", "credit"):
         wa = load_file(str(tmp_path / "ref" / "final" / model / "model.safetensors"))
         wb = load_file(str(tmp_path / "run" / "final" / model / "model.safetensors"))
         assert all(torch.equal(wa[k], wb[k]) for k in wa), model
@@ -117,7 +117,7 @@ def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, 
         for k in wa:
             assert torch.allclose(wa[k], w1[k], rtol=0, atol=2e-6), (model, k, (wa[k] - w1[k]).abs().max())
     if credit == "logprob":  # the calibration resumes too
-        heads = {n: json.loads((tmp_path / n / "final" / "token_rm" / "credit_head.json").read_text())
+        heads = {n: json.loads((tmp_path / n / "final" / "credit" / "credit_head.json").read_text())
                  for n in ("ref", "run", "run1")}
         assert heads["run"] == heads["ref"]
         for k in ("log_scale", "offset"):

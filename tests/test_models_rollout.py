@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from oreal.data import render
 from oreal.evaluation import majority_correct, pass_at_k
-from oreal.models import default_model_dir, load_policy, load_token_rm, load_tokenizer, save_model
+from oreal.models import default_model_dir, load_policy, load_token_head, load_tokenizer, save_model
 from oreal.rollout import HFGenerateEngine, HFSampler, SamplingConfig, filter_logits
 
 
@@ -26,7 +26,7 @@ def test_tokenizer_keeps_digits_separate(tiny):
 
 def test_token_rm_copies_everything_but_the_head(tiny):
     path, model, _, _ = tiny
-    rm = load_token_rm(path)
+    rm = load_token_head(path)
     pol = model.state_dict()
     rm_sd = rm.state_dict()
     new = [k for k in rm_sd if k not in pol]
@@ -39,7 +39,7 @@ def test_token_rm_copies_everything_but_the_head(tiny):
 
 def test_token_rm_saves_and_loads(tiny, tmp_path):
     path, _, tok, _ = tiny
-    rm = load_token_rm(path)
+    rm = load_token_head(path)
     save_model(rm, tok, tmp_path / "rm")
     again = AutoModelForTokenClassification.from_pretrained(tmp_path / "rm")
     ids = torch.tensor([[1, 5, 7, 9]])
@@ -102,10 +102,22 @@ def test_stop_handling_and_finished_flags(tiny):
             assert r.response_ids[-1] == eos and eos not in r.response_ids[:-1]
         else:
             assert len(r.response_ids) == 6 and eos not in r.response_ids
-    # a stop string ends a response and marks it finished
-    g = HFSampler(model, tok).sample(_prompts(probs, 2), 3, SamplingConfig(max_new_tokens=20, stop_strings=["e"]), seed=3)
-    for r in (r for grp in g for r in grp):
-        assert r.finished == ("e" in r.text) or r.response_ids[-1] == eos
+    # a stop string ends a response where it first appears and marks it finished: the same seed
+    # without it draws the same tokens, so each stopped response is a prefix of the free one
+    free = [r for grp in HFSampler(model, tok).sample(_prompts(probs, 2), 3, SamplingConfig(max_new_tokens=20),
+                                                     seed=3) for r in grp]
+    stop = next(r.text for r in free if len(r.text) >= 6)[3:5]  # a string that some response contains
+    cut = [r for grp in HFSampler(model, tok).sample(_prompts(probs, 2), 3, SamplingConfig(
+        max_new_tokens=20, stop_strings=[stop]), seed=3) for r in grp]
+    stopped = 0
+    for a, b in zip(free, cut):
+        assert a.response_ids[:len(b.response_ids)] == b.response_ids
+        if stop in a.text:
+            assert b.finished and stop in b.text and stop not in tok.decode(b.response_ids[:-1], skip_special_tokens=True)
+            stopped += 1
+        else:
+            assert (b.response_ids, b.finished) == (a.response_ids, a.finished)
+    assert stopped >= 1
 
 
 def test_greedy_is_deterministic_and_engines_agree(tiny):

@@ -31,7 +31,7 @@ def data(tmp_path_factory):
         "batch_questions": 4, "samples": 4, "micro_batch": 5, "threads": 1, "save_every": 2,
         "keep_last": 2, "verifier_workers": 1, "dump_per_step": 2,
         "algo": {"actor_freeze_steps": 1},
-        "optim": {"lr": 1e-3, "rm_lr": 1e-3, "warmup": 0},
+        "optim": {"lr": 1e-3, "credit_lr": 1e-3, "warmup": 0},
         "sampling": {"max_new_tokens": 40, "top_p": 1.0},
         "prompt": {"use_chat_template": False, "system": None},
     }
@@ -51,7 +51,7 @@ def _run(data, out, *overrides, fault=None, check=True):
 
 
 def _weights(run: Path) -> dict:
-    return {m: load_file(str(run / "final" / m / "model.safetensors")) for m in ("policy", "token_rm")}
+    return {m: load_file(str(run / "final" / m / "model.safetensors")) for m in ("policy", "credit")}
 
 
 def _assert_same_bits(a: Path, b: Path):
@@ -62,7 +62,7 @@ def _assert_same_bits(a: Path, b: Path):
             assert torch.equal(wa[m][k], wb[m][k]), (m, k)
     rows = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (a, b)]
     assert [r["step"] for r in rows[1]] == list(range(1, STEPS + 1))
-    for key in ("reward", "selected", "loss", "rm_loss"):
+    for key in ("reward", "selected", "loss", "credit_loss"):
         assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
 
 
@@ -128,12 +128,12 @@ def test_resume_from_the_previous_checkpoint_after_corruption_is_still_exact(dat
 def test_checkpoints_hold_plain_hf_directories_and_everything_to_resume(reference):
     path = ckpt.find_latest(reference / "checkpoints")
     assert path.name == "step_0000006"
-    from oreal.models import load_policy, load_token_rm
+    from oreal.models import load_policy, load_token_head
 
     load_policy(str(path / "policy"))
-    load_token_rm(str(path / "token_rm"))
+    load_token_head(str(path / "credit"))
     st = ckpt.load_trainer_state(path)
-    assert {"opt", "sched", "rm_opt", "rm_sched", "sampler", "select_gen", "rng", "step"} <= set(st)
+    assert {"opt", "sched", "credit_opt", "credit_sched", "sampler", "select_gen", "rng", "step"} <= set(st)
     assert set(st["rng"]) >= {"python", "numpy", "torch"} and st["step"] == STEPS
 
 
@@ -199,7 +199,7 @@ def test_nonfinite_loss_skips_the_update_then_stops_the_run(data, verifier, tmp_
     assert m["nonfinite"] is True and m["actor_updated"] is False and m["loss"] is None
     assert all(torch.equal(v, before[k]) for k, v in tr.policy.state_dict().items())
     assert all(p.grad is None for p in tr.policy.parameters())
-    assert m["rm_loss"] is not None  # the token RM's own loss was finite: it still learned
+    assert m["credit_loss"] is not None  # the token RM's own loss was finite: it still learned
     with pytest.raises(TrainingError, match="2 steps in a row had a non-finite"):
         for _ in range(5):
             tr.step()
@@ -303,7 +303,7 @@ def test_report_writes_curves_and_token_coloured_html(reference, tmp_path):
 
     assert main(["report", str(reference), "--out", str(tmp_path / "rep")]) == 0
     pngs = {p.name for p in (tmp_path / "rep").glob("*.png")}
-    assert {"reward.png", "kl.png", "entropy.png", "losses.png", "token_rm.png"} <= pngs
+    assert {"reward.png", "kl.png", "entropy.png", "losses.png", "credit.png"} <= pngs
     page = (tmp_path / "rep" / "index.html").read_text()
     rows = [json.loads(x) for x in (reference / "trajectories.jsonl").read_text().splitlines()]
     weighted = [r for r in rows if r["selected"] and any(w > 0 for w in r["weights"])]
@@ -319,10 +319,11 @@ def test_logprob_credit_resumes_to_the_same_bits(data, verifier, tmp_path):
     step2 = tmp_path / "ref" / "checkpoints" / "step_0000002"
     more = _cfg(data, tmp_path / "run", "algo.credit=logprob", "steps=3", f"resume={step2}")
     run = train(more, verifier, log=lambda *a: None).trainer
-    assert run.credit.offset.item() == ref.credit.offset.item() and run.credit.scale.item() == ref.credit.scale.item()
-    assert ref.credit.offset.item() != 0.0  # the calibration did train
-    for name in ("policy", "credit"):
-        a, b = getattr(ref, name).state_dict(), getattr(run, name).state_dict()
+    mine, theirs = run.credit.model, ref.credit.model
+    assert mine.offset.item() == theirs.offset.item() and mine.scale.item() == theirs.scale.item()
+    assert theirs.offset.item() != 0.0  # the calibration did train
+    for a, b, name in ((ref.policy, run.policy, "policy"), (theirs, mine, "credit")):
+        a, b = a.state_dict(), b.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
@@ -335,3 +336,37 @@ def test_a_resume_keeps_the_runs_thread_count(data, verifier, tmp_path):
     tr = Trainer(_cfg(data, out, "steps=3", "threads=0", "resume=auto"), verifier, log=said.append)
     tr.load_checkpoint(ckpt.find_latest(out / "checkpoints"))
     assert torch.get_num_threads() == 1 and any("as the run had" in s for s in said)
+
+
+def test_a_checkpoint_and_config_from_before_the_credit_rename_still_resume_to_the_same_bits(
+        data, verifier, tmp_path, capsys):
+    """Checkpoints wrote the credit model under token_rm/ with rm_opt / rm_sched, and configs said
+    optim.rm_lr and algo.credit=rm: both still load, each with a one-line deprecation notice."""
+    import shutil
+
+    from oreal import config as config_module
+
+    ref = train(_cfg(data, tmp_path / "ref", "steps=3", "save_every=1", "keep_last=3"), verifier,
+                log=lambda *a: None).trainer
+    old = tmp_path / "old" / "checkpoints" / "step_0000002"
+    shutil.copytree(tmp_path / "ref" / "checkpoints" / "step_0000002", old)
+    (old / "credit").rename(old / "token_rm")  # the layout the old code wrote
+    st = torch.load(old / "trainer_state.pt", weights_only=False)
+    st["rm_opt"], st["rm_sched"] = st.pop("credit_opt"), st.pop("credit_sched")
+    st["models"] = ["policy", "token_rm"]
+    torch.save(st, old / "trainer_state.pt")
+    manifest = json.loads((old / ckpt.MANIFEST).read_text())
+    manifest["files"] = {str(p.relative_to(old)): ckpt._sha256(p) for p in ckpt._files(old)}
+    (old / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    assert ckpt.validate(old) is None
+    config_module._NOTICED.clear()
+    capsys.readouterr()
+    cfg = _cfg(data, tmp_path / "old", "steps=3", "optim.rm_lr=1e-3", "algo.credit=rm", f"resume={old}")
+    run = train(cfg, verifier, log=lambda *a: None).trainer
+    notices = [x for x in capsys.readouterr().err.splitlines() if "deprecated" in x]
+    assert len(notices) == 3 and any("'optim.rm_lr'" in x for x in notices) and any("credit=rm" in x for x in notices)
+    assert any("token_rm" in x for x in notices)
+    assert (cfg.optim.credit_lr, cfg.algo.credit) == (1e-3, "token_head")
+    for a, b in ((ref.policy, run.policy), (ref.credit.model, run.credit.model)):
+        a, b = a.state_dict(), b.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)

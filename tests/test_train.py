@@ -26,7 +26,7 @@ def _cfg(d, out, *extra):
     return build_config(None, [
         f"out={out}", "policy=default", f"data={d / 'train.jsonl'}", f"eval_data={d / 'test.jsonl'}",
         "steps=3", "batch_questions=6", "samples=4", "sampling.max_new_tokens=64",
-        "sampling.top_p=1.0", "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0",
+        "sampling.top_p=1.0", "optim.lr=1e-3", "optim.credit_lr=1e-3", "optim.warmup=0",
         "algo.actor_freeze_steps=1", "prompt.use_chat_template=false", "prompt.system=null",
         *extra])
 
@@ -35,24 +35,24 @@ def test_oreal_steps_change_policy_and_token_rm_and_log_every_field(tiny_run, ve
     cfg = _cfg(tiny_run, tmp_path / "run")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     p0 = {k: v.clone() for k, v in tr.policy.state_dict().items()}
-    r0 = {k: v.clone() for k, v in tr.credit.state_dict().items()}
+    r0 = {k: v.clone() for k, v in tr.credit.model.state_dict().items()}
     history = train(cfg, verifier, log=lambda *a: None, trainer=tr).history
     assert len(history) == 3
     assert history[0]["actor_updated"] is False and history[1]["actor_updated"] is True
     changed = [k for k, v in tr.policy.state_dict().items() if not torch.equal(v, p0[k])]
     assert changed, "the policy did not change"
-    assert any(not torch.equal(v, r0[k]) for k, v in tr.credit.state_dict().items())
+    assert any(not torch.equal(v, r0[k]) for k, v in tr.credit.model.state_dict().items())
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3
     for row in rows:
         assert set(METRIC_FIELDS) <= set(row), set(METRIC_FIELDS) - set(row)
     # a step where every question was all-right or all-wrong is skipped and logs no losses
     updated = [r for r in rows if not r["skipped"]]
-    assert updated and all(r["rm_loss"] is not None for r in updated)
+    assert updated and all(r["credit_loss"] is not None for r in updated)
     assert any(r["loss"] is not None for r in updated if r["actor_updated"])
     assert (tmp_path / "run" / "config.yaml").exists()
     assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()
-    assert (tmp_path / "run" / "final" / "token_rm" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "final" / "credit" / "model.safetensors").exists()
 
 
 def test_reference_stays_frozen(tiny_run, verifier, tmp_path):
@@ -88,7 +88,7 @@ def _one_update_grads(tiny_run, verifier, tmp_path, micro):
         return hook
 
     tr.opt.register_step_pre_hook(capture(tr.policy, "policy"))
-    tr.rm_opt.register_step_pre_hook(capture(tr.credit, "rm"))
+    tr.credit.opt.register_step_pre_hook(capture(tr.credit.model, "rm"))
     m = tr.step().metrics
     assert m["selected"] > 3  # the comparison needs several micro-batches
     return grads
@@ -113,7 +113,7 @@ def test_config_errors_name_the_key(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'algo.lamda_pos'"):
         build_config(None, ["algo.lamda_pos=1"])
     cfg = build_config(None, ["algo.name=grpo", "algo.kl_coef=0.0"])
-    assert cfg.algo.advantage == "grpo" and cfg.algo.positive_loss == "pg" and cfg.algo.kl_coef == 0.0
+    assert cfg.algo.advantage == "grpo" and cfg.algo.objective == "pg" and cfg.algo.kl_coef == 0.0
 
 
 def test_defaults_equal_the_reference_run():
@@ -123,7 +123,7 @@ def test_defaults_equal_the_reference_run():
     assert (a.advantage, a.select, a.tau, a.lambda_pos, a.lambda_neg, a.kl_coef, a.kl_kind) == \
         ("rloo", "pair", 0.5, 1.0, 0.5, 0.01, "k3")
     assert a.pos_mult_adv and a.actor_freeze_steps == 10
-    assert (o.lr, o.min_lr, o.rm_lr, o.rm_min_lr, o.warmup, o.weight_decay, o.grad_clip) == \
+    assert (o.lr, o.min_lr, o.credit_lr, o.credit_min_lr, o.warmup, o.weight_decay, o.grad_clip) == \
         (5e-7, 1e-7, 2e-6, 4e-7, 10, 0.01, 1.0)
     assert (cfg.sampling.temperature, cfg.sampling.top_p) == (1.0, 0.9)
 
@@ -198,6 +198,7 @@ def test_schedule_is_transformers_cosine_with_min_lr_between_warmup_and_the_end(
 
 
 def test_auto_threads_take_the_free_cores(monkeypatch):
+    from oreal.training import threads
     from oreal.training.threads import auto_threads, busy_fraction
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
@@ -207,7 +208,15 @@ def test_auto_threads_take_the_free_cores(monkeypatch):
     assert auto_threads(cores=16, busy=0.2) == 13
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert auto_threads(cores=16, busy=0.0) == 4  # torchrun: the cores are shared among the ranks
-    assert 0.0 <= busy_fraction(0.05) <= 1.0
+    # busy_fraction: the busy share of the jiffies that passed in the window, read from /proc/stat
+    ticks = iter([(100, 1000), (160, 1200)])
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(ticks))
+    monkeypatch.setattr(threads.time, "sleep", lambda s: None)
+    assert busy_fraction(0.05) == pytest.approx(60 / 200)
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat: the load average per CPU
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    assert busy_fraction() == 0.75
 
 
 
@@ -221,32 +230,32 @@ class _CaptureTokenWeights(Callback):
     def attach(self, tr):
         import copy
 
-        tr.rm_opt.register_step_pre_hook(lambda *a: self.before.update(rm=copy.deepcopy(tr.credit)) and None)
+        tr.credit.opt.register_step_pre_hook(lambda *a: self.before.update(rm=copy.deepcopy(tr.credit.model)) and None)
         tr.callbacks.append(self)
         return self.before, self.used
 
-    def on_token_weights(self, trainer, batch, rollouts, weights):
+    def on_token_weights(self, trainer, batch, rollouts, weights, scores):
         self.used.append((batch, weights.clone()))
 
 
 @pytest.mark.parametrize("after", [False, True])
 def test_token_weights_come_from_the_rm_before_or_after_its_step(tiny_run, verifier, tmp_path, after):
     """The reference weights the policy loss with the token RM's scores from before its step on
-    the batch; `algo.weights_after_rm_step` uses a fresh forward after it (hindsight)."""
+    the batch; `algo.weights_after_credit_step` uses a fresh forward after it (hindsight)."""
     from oreal import algo
 
     cfg = _cfg(tiny_run, tmp_path / "run", "steps=1", "algo.actor_freeze_steps=0", "batch_questions=8",
-               "algo.credit=logprob", "algo.credit_init=[10,1]", f"algo.weights_after_rm_step={str(after).lower()}")
+               "algo.credit=logprob", "algo.credit_init=[10,1]", f"algo.weights_after_credit_step={str(after).lower()}")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     before, used = _CaptureTokenWeights().attach(tr)
     m = tr.step().metrics
     assert m["actor_updated"] and used
     for mb, w in used:
-        rm = tr.credit if after else before["rm"]
+        rm = tr.credit.model if after else before["rm"]
         with torch.no_grad():
             expect = algo.token_importance_weights(rm.scores(mb.ids, mb.attn, mb.targets), mb.mask,
                                                    mb.positive, cfg.algo.tau)
-            other = algo.token_importance_weights((before["rm"] if after else tr.credit).scores(
+            other = algo.token_importance_weights((before["rm"] if after else tr.credit.model).scores(
                 mb.ids, mb.attn, mb.targets), mb.mask, mb.positive, cfg.algo.tau)
         assert torch.allclose(w, expect, atol=1e-6)
         assert not torch.allclose(w, other, atol=1e-4)  # the RM's step did change the weights

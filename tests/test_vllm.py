@@ -112,7 +112,7 @@ def _problems(tmp_path):
 def _cfg(tmp_path, out, *extra):
     return build_config(None, [f"out={tmp_path / out}", f"data={_problems(tmp_path)}", "engine=vllm", "threads=2",
                                "steps=3", "batch_questions=8", "samples=4", "sampling.max_new_tokens=32",
-                               "sampling.top_p=1.0", "optim.lr=1e-3", "optim.rm_lr=1e-3", "optim.warmup=0",
+                               "sampling.top_p=1.0", "optim.lr=1e-3", "optim.credit_lr=1e-3", "optim.warmup=0",
                                "algo.actor_freeze_steps=0", "prompt.use_chat_template=false", "prompt.system=null",
                                "eval_data=null", "dump_per_step=0", "log_every=0", *extra])
 

@@ -5,17 +5,17 @@ Shapes: B questions, K samples each; N selected responses, T response tokens (ri
 `mask` is 1 on real tokens). Rewards are 1.0 (correct) / 0.0 (incorrect).
 """
 from .advantages import ADVANTAGE_ESTIMATORS, adv_drgrpo, adv_grpo, adv_none, adv_rloo, group_advantages
-from .config import ALGORITHMS, CREDIT_SOURCES, LOSS_NORMS, OPTIONS, POSITIVE_LOSSES, AlgoConfig, resolve_algo
+from .config import ALGORITHMS, LOSS_NORMS, OPTIONS, OBJECTIVES, AlgoConfig, resolve_algo
 from .losses import (KL_ESTIMATORS, engine_ratio, kl_penalty, truncated_is_weights, negative_pg_loss, normalise, pg_loss, positive_bc_loss,
                      token_entropy, token_logprobs)
 from .objective import PolicyLoss, TokenCounts, policy_loss
 from .selection import SELECTIONS, Selection, pass_rate_filter, select, select_pairs
-from .token_rm import (TOKEN_WEIGHTS, masked_mean, pair_ranking, rm_correct_count, running_correctness,
-                       token_importance_weights, token_rm_sequence_loss)
+from .credit import (TOKEN_WEIGHTS, masked_mean, pair_ranking, credit_correct_count, running_correctness,
+                       token_importance_weights, credit_sequence_loss)
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "CREDIT_SOURCES", "KL_ESTIMATORS", "LOSS_NORMS", "OPTIONS", "POSITIVE_LOSSES",
+__all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_NORMS", "OPTIONS", "OBJECTIVES",
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
            "adv_none", "adv_rloo", "engine_ratio", "truncated_is_weights", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss",
            "normalise", "pair_ranking", "pass_rate_filter", "pg_loss", "policy_loss", "positive_bc_loss", "resolve_algo",
-           "rm_correct_count", "running_correctness", "select", "select_pairs", "Selection", "token_entropy",
-           "token_importance_weights", "token_logprobs", "token_rm_sequence_loss"]
+           "credit_correct_count", "running_correctness", "select", "select_pairs", "Selection", "token_entropy",
+           "token_importance_weights", "token_logprobs", "credit_sequence_loss"]

@@ -1,14 +1,15 @@
 """Group advantage estimators: the K rewards of one question -> K advantages.
 
-Each estimator maps [B, K] rewards to [B, K] advantages; `ADVANTAGE_ESTIMATORS` is the registry
-that `AlgoConfig.advantage` names.
+Each estimator maps [B, K] rewards to [B, K] advantages, `fn(rewards, eps)` (`eps`: the floor of a
+normalising estimator's standard deviation, `algo.adv_eps`; the others ignore it);
+`ADVANTAGE_ESTIMATORS` is the registry that `AlgoConfig.advantage` names.
 """
 from __future__ import annotations
 
 import torch
 
 
-def adv_rloo(rewards: torch.Tensor) -> torch.Tensor:
+def adv_rloo(rewards: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Leave-one-out baseline: r_i minus the mean of the other K-1 rewards of the question."""
     K = rewards.size(-1)
     if K < 2:
@@ -18,18 +19,19 @@ def adv_rloo(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def adv_grpo(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """Group-normalised: (r - mean) / (std + eps), std unbiased as in TRL's GRPOTrainer."""
+    """Group-normalised: (r - mean) / (std + eps), std unbiased as in TRL's GRPOTrainer and the
+    reference (which takes eps = 1e-8; TRL and oreal's default 1e-4)."""
     mean = rewards.mean(-1, keepdim=True)
     std = rewards.std(-1, keepdim=True) if rewards.size(-1) > 1 else torch.zeros_like(mean)
     return (rewards - mean) / (std + eps)
 
 
-def adv_drgrpo(rewards: torch.Tensor) -> torch.Tensor:
+def adv_drgrpo(rewards: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Dr. GRPO: mean-centred, no division by the standard deviation."""
     return rewards - rewards.mean(-1, keepdim=True)
 
 
-def adv_none(rewards: torch.Tensor) -> torch.Tensor:
+def adv_none(rewards: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Plain REINFORCE: the reward itself."""
     return rewards.clone()
 
@@ -37,7 +39,7 @@ def adv_none(rewards: torch.Tensor) -> torch.Tensor:
 ADVANTAGE_ESTIMATORS = {"rloo": adv_rloo, "grpo": adv_grpo, "drgrpo": adv_drgrpo, "none": adv_none}
 
 
-def group_advantages(rewards: torch.Tensor, method: str = "rloo") -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, method: str = "rloo", eps: float = 1e-4) -> torch.Tensor:
     if method not in ADVANTAGE_ESTIMATORS:
         raise ValueError(f"unknown advantage estimator {method!r}; choose from {sorted(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[method](rewards.float())
+    return ADVANTAGE_ESTIMATORS[method](rewards.float(), eps)

@@ -8,41 +8,56 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..config import ConfigError, setting
+from collections.abc import Mapping
+from typing import ClassVar
+
+from ..config import ConfigError, deprecated, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
+from .objective import OBJECTIVES
 from .selection import SELECTIONS
-from .token_rm import TOKEN_WEIGHTS, WEIGHTED_SIDES
+from .credit import TOKEN_WEIGHTS, WEIGHTED_SIDES
 
-POSITIVE_LOSSES = {
-    "bc": "behaviour cloning on positives, shaped policy gradient on negatives (OREAL)",
-    "pg": "the same policy-gradient term on positives and negatives (the baselines)",
-}
 LOSS_NORMS = {
     "tokens": "divide by the batch's global token counts",
     "constant": "divide by sequences x max_new_tokens (Dr. GRPO)",
 }
-CREDIT_SOURCES = {
-    "rm": "the paper's token RM: the policy's backbone with a token head, w_t from hidden states",
-    "logprob": "w_t = a log pi_phi(y_t) + b, pi_phi a trainable copy of the policy (oreal.models.credit)",
-    "surprise": "w_t = a log pi_ref(y_t) + b, the frozen policy; only a and b learn",
-}
-NO_TOKEN_WEIGHTS = "none"  # every token weighs 1; no token RM is loaded
+class _CreditModels(Mapping):
+    """The names of `oreal.models.credit.CREDIT_MODELS` (the one registry of credit models), read
+    on first use so that this module stays free of model code."""
+
+    def _names(self):
+        from ..models.credit import CREDIT_MODELS
+
+        return CREDIT_MODELS
+
+    def __getitem__(self, key):
+        return self._names()[key]
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self):
+        return len(self._names())
+
+
+RENAMED_VALUES = {("credit", "rm"): "token_head"}  # (key, old value) -> new value
+NO_TOKEN_WEIGHTS = "none"  # every token weighs 1; no credit model is loaded
 
 OPTIONS = {
     "advantage": ADVANTAGE_ESTIMATORS,
-    "positive_loss": POSITIVE_LOSSES,
+    "objective": OBJECTIVES,
     "token_weights": {NO_TOKEN_WEIGHTS: None, **TOKEN_WEIGHTS},
     "select": SELECTIONS,
     "kl_kind": KL_ESTIMATORS,
     "loss_norm": LOSS_NORMS,
-    "credit": CREDIT_SOURCES,
+    "credit": _CreditModels(),
     "token_weights_on": WEIGHTED_SIDES,
 }
 
 
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
-PRESET_DEFAULTS = dict(advantage="rloo", positive_loss="bc", pos_mult_adv=True, token_weights="threshold",
+PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
                        select="pair", filter=True, loss_norm="tokens", actor_freeze_steps=10)
 _FROM_PRESET = " (unset: the preset's)"
 
@@ -54,22 +69,27 @@ class AlgoConfig:
     name: str = setting("oreal", "preset: " + " | ".join(["oreal", "reinforce", "rloo", "grpo", "drgrpo",
                                                            "ladder_shaping", "ladder_bc", "ladder_token"]))
     advantage: str | None = setting(None, "group advantage: rloo | grpo | drgrpo | none" + _FROM_PRESET)
-    positive_loss: str | None = setting(None, "bc: behaviour cloning on positives; pg: the negatives' policy "
-                                              "gradient on positives too" + _FROM_PRESET)
+    adv_eps: float = setting(1e-4, "grpo: floor added to the group's standard deviation (TRL's 1e-4; the reference "
+                                   "takes 1e-8)")
+    objective: str | None = setting(None, "the policy objective: bc (OREAL: behaviour cloning on positives, "
+                                          "shaped policy gradient on negatives) | pg (the baselines' policy "
+                                          "gradient on every response)" + _FROM_PRESET)
     pos_mult_adv: bool | None = setting(None, "multiply the positives' BC term by the advantage" + _FROM_PRESET)
     lambda_pos: float = setting(1.0, "weight of the positives' term (lambda+)")
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
-    token_weights: str | None = setting(None, "token importance weights: threshold | topk | none (none loads no "
+    token_weights: str | None = setting(None, "token importance weights: threshold | topk | topk_minmax (the "
+                                              "reference's topk_rescale) | none (none loads no "
                                               "token RM)" + _FROM_PRESET)
-    credit: str = setting("rm", "the token RM behind the weights: rm (token head, the paper's) | logprob | surprise")
+    credit: str = setting("token_head", "the credit model behind the token weights: token_head (the paper's "
+                                        "token RM) | logprob | surprise")
     credit_calib_lr: float = setting(0.05, "logprob / surprise: learning rate of the calibration a, b")
     credit_init: list[float] = setting(help="logprob / surprise: a, b of w_t = a log pi(y_t) + b at the start",
                                        factory=lambda: [1.0, 0.0])
     tau: float = setting(0.5, "threshold of the token weights on the running correctness c_t")
     token_weights_on: str = setting("both", "both (the paper) | negatives: positives are cloned with weight 1")
-    weights_after_rm_step: bool = setting(False, "token weights from the token RM after its step on this batch "
+    weights_after_credit_step: bool = setting(False, "token weights from the token RM after its step on this batch "
                                                  "(hindsight) instead of before it, as the reference does")
-    topk_ratio: float = setting(0.2, "topk: share of tokens kept")
+    topk_ratio: float = setting(0.2, "topk / topk_minmax: share of tokens kept (the reference's default: 0.5)")
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
                                  + _FROM_PRESET)
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
@@ -82,7 +102,13 @@ class AlgoConfig:
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
                                   "pi_engine, cap) (0: off)")
 
+    RENAMED: ClassVar[dict] = {"positive_loss": "objective", "weights_after_rm_step": "weights_after_credit_step"}
+
     def __post_init__(self):
+        for (key, old), new in RENAMED_VALUES.items():
+            if getattr(self, key) == old:
+                deprecated(f"algo.{key}={old}", f"algo.{key}={new}")
+                setattr(self, key, new)
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
         for key, value in {**PRESET_DEFAULTS, **ALGORITHMS[self.name]}.items():
@@ -91,7 +117,7 @@ class AlgoConfig:
         self.validate()
 
     @property
-    def uses_token_rm(self) -> bool:
+    def uses_credit(self) -> bool:
         return self.token_weights != NO_TOKEN_WEIGHTS
 
     def validate(self):
@@ -100,8 +126,8 @@ class AlgoConfig:
                 raise ConfigError(f"algo.{key}: {getattr(self, key)!r} is not one of {sorted(allowed)}")
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
-        if self.positive_loss == "bc" and self.loss_norm != "tokens":
-            raise ConfigError(f"algo.loss_norm: {self.loss_norm!r} applies to positive_loss=pg only; behaviour "
+        if self.objective == "bc" and self.loss_norm != "tokens":
+            raise ConfigError(f"algo.loss_norm: {self.loss_norm!r} applies to objective=pg only; behaviour "
                               f"cloning divides by the positives' and negatives' token counts")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
@@ -109,15 +135,15 @@ class AlgoConfig:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 
 
-_PG_ALL = dict(positive_loss="pg", token_weights="none", select="all", pos_mult_adv=False)
+_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False)
 # Presets: the paper's ablation ladder and the usual baselines, all in one loop.
 ALGORITHMS: dict[str, dict] = {
     "oreal": {},
     "reinforce": dict(_PG_ALL, advantage="none", filter=False, actor_freeze_steps=0),
     "ladder_shaping": dict(_PG_ALL, advantage="rloo", actor_freeze_steps=0),
-    "ladder_bc": dict(advantage="rloo", positive_loss="bc", token_weights="none", select="all",
+    "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
                       actor_freeze_steps=0),
-    "ladder_token": dict(advantage="rloo", positive_loss="bc", token_weights="threshold", select="all"),
+    "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
     "rloo": dict(_PG_ALL, advantage="rloo", actor_freeze_steps=0),
     "grpo": dict(_PG_ALL, advantage="grpo", actor_freeze_steps=0),
     "drgrpo": dict(_PG_ALL, advantage="drgrpo", loss_norm="constant", actor_freeze_steps=0),

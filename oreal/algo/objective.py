@@ -3,11 +3,13 @@ function the trainer calls and the tests check against a slow per-token referenc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-
-from .config import AlgoConfig
 from .losses import kl_penalty, negative_pg_loss, normalise, pg_loss, positive_bc_loss
+
+if TYPE_CHECKING:
+    from .config import AlgoConfig
 
 
 @dataclass(frozen=True)
@@ -38,23 +40,37 @@ class PolicyLoss:
     kl_sum: torch.Tensor  # detached sum of the per-token KL estimate (a metric)
 
 
+def oreal_objective(logp, mask, positive, adv, weights, counts: TokenCounts, cfg: "AlgoConfig"):
+    """OREAL: lambda+ * w * -log pi (* A) over the positives' tokens, divided by their count, plus
+    -lambda- * w * A * ratio over the negatives' tokens, divided by theirs."""
+    pm, nm = mask * positive[:, None], mask * (~positive)[:, None]
+    pos = normalise(positive_bc_loss(logp, pm, weights, adv, cfg.lambda_pos, cfg.pos_mult_adv), counts.pos)
+    neg = normalise(negative_pg_loss(logp, logp.detach(), nm, weights, adv, cfg.lambda_neg), counts.neg)
+    return pos, neg
+
+
+def pg_objective(logp, mask, positive, adv, weights, counts: TokenCounts, cfg: "AlgoConfig"):
+    """The baselines: -w * A * ratio on every token, divided by all tokens (or by sequences x
+    max_new_tokens with loss_norm=constant, Dr. GRPO); reported split by side."""
+    pm, nm = mask * positive[:, None], mask * (~positive)[:, None]
+    denom = counts.const if cfg.loss_norm == "constant" else counts.all
+    return (normalise(pg_loss(logp, logp.detach(), pm, adv, weights), denom),
+            normalise(pg_loss(logp, logp.detach(), nm, adv, weights), denom))
+
+
+# algo.objective: each takes (logp, mask, positive, adv, weights, counts, cfg) and returns the
+# positives' and the negatives' normalised terms; the KL term is added by `policy_loss`.
+OBJECTIVES = {"bc": oreal_objective, "pg": pg_objective}
+
+
 def policy_loss(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor,
-                adv: torch.Tensor, weights: torch.Tensor, counts: TokenCounts, cfg: AlgoConfig) -> PolicyLoss:
-    """OREAL.md step 7 on one micro-batch.
+                adv: torch.Tensor, weights: torch.Tensor, counts: TokenCounts, cfg: "AlgoConfig") -> PolicyLoss:
+    """OREAL.md step 7 on one micro-batch: the objective `cfg.objective` names (OBJECTIVES) plus
+    kl_coef * KL(pi || ref) over all tokens.
 
     logp, ref_logp, mask, weights: [N, T] (mask 1 on response tokens); positive, adv: [N].
-    `bc`: lambda+ * w * -log pi (* A) over positive tokens + -lambda- * w * A * ratio over
-    negative tokens; `pg`: -w * A * ratio on every token over all tokens (or the constant).
-    Plus kl_coef * KL(pi || ref) over all tokens.
     """
     kl_tok = kl_penalty(logp, ref_logp, cfg.kl_kind)
     kl = normalise((kl_tok * mask).sum(), counts.all)
-    pm, nm = mask * positive[:, None], mask * (~positive)[:, None]
-    if cfg.positive_loss == "bc":
-        pos = normalise(positive_bc_loss(logp, pm, weights, adv, cfg.lambda_pos, cfg.pos_mult_adv), counts.pos)
-        neg = normalise(negative_pg_loss(logp, logp.detach(), nm, weights, adv, cfg.lambda_neg), counts.neg)
-    else:
-        denom = counts.const if cfg.loss_norm == "constant" else counts.all
-        pos = normalise(pg_loss(logp, logp.detach(), pm, adv, weights), denom)
-        neg = normalise(pg_loss(logp, logp.detach(), nm, adv, weights), denom)
+    pos, neg = OBJECTIVES[cfg.objective](logp, mask, positive, adv, weights, counts, cfg)
     return PolicyLoss(pos + neg + cfg.kl_coef * kl, pos, neg, kl, (kl_tok.detach() * mask).sum())

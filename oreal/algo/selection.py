@@ -62,7 +62,7 @@ def select(rewards: torch.Tensor, cfg, generator: torch.Generator | None = None)
     kept (`cfg.select`) and the advantages (`cfg.advantage`); `cfg` is an AlgoConfig."""
     keep = pass_rate_filter(rewards) if cfg.filter else torch.ones(len(rewards), dtype=torch.bool)
     chosen = select_pairs(rewards, keep, cfg.select, generator)
-    adv = group_advantages(rewards, cfg.advantage)
+    adv = group_advantages(rewards, cfg.advantage, cfg.adv_eps)
     rows = [(b, k) for b, k in chosen.nonzero().tolist()]
     positives = int(sum(rewards[b, k].item() > 0.5 for b, k in rows))
     return Selection(keep, rows, adv, positives)

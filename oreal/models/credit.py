@@ -3,7 +3,7 @@
 `CreditModel` is what the trainer needs of one (scores, optimiser groups, save/load, FSDP2
 sharding); `CREDIT_MODELS` names them for `algo.credit`:
 
-- `rm`: the paper's token RM, the policy's backbone with a one-logit-per-token head.
+- `token_head`: the paper's token RM, the policy's backbone with a one-logit-per-token head.
 - `logprob`: w_t = a * log pi_phi(y_t) + b, pi_phi a trainable copy of the policy, trained on
   outcomes with the same BCE of sigmoid(mean_t w_t) against r: credit learned from outcomes only.
 - `surprise`: the same with pi frozen; only a and b learn (the no-learning baseline).
@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..optim import param_groups
-from .loading import decoder_layers, load_policy, load_token_rm, load_weights, read_safetensors, save_model
+from .loading import decoder_layers, load_policy, load_token_head, load_weights, read_safetensors, save_model
 
 HEAD_FILE = "credit_head.json"
 CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
@@ -162,7 +162,7 @@ class LogProbCredit(CreditModel):
 
 
 def _token_head(src: str, dtype: str, device, init) -> CreditModel:
-    return TokenHeadCredit(load_token_rm(src, dtype, device))
+    return TokenHeadCredit(load_token_head(src, dtype, device))
 
 
 def _logprob(src: str, dtype: str, device, init, train_lm: bool = True) -> CreditModel:
@@ -170,8 +170,10 @@ def _logprob(src: str, dtype: str, device, init, train_lm: bool = True) -> Credi
     return LogProbCredit(load_policy(src, dtype, device), train_lm, scale, offset)
 
 
+# algo.credit: a new credit model is a CreditModel subclass with a builder
+# (src, dtype, device, init) -> CreditModel, and one line here
 CREDIT_MODELS = {
-    "rm": _token_head,
+    "token_head": _token_head,
     "logprob": _logprob,
     "surprise": lambda src, dtype, device, init: _logprob(src, dtype, device, init, train_lm=False),
 }

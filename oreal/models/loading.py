@@ -54,7 +54,7 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     return model.to(device)
 
 
-def load_token_rm(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+def load_token_head(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     """The token-level reward model: the policy's backbone with a one-logit-per-token head.
 
     From a policy directory the backbone is copied and only the head (`score`) is new; from a

@@ -2,8 +2,8 @@
 
 `Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples
 each) -> select (`algo.select`: the pass-rate filter, one pair per question or all, advantages)
--> build the padded batch -> credit update (the token RM's BCE on the outcomes and its step; the
-token weights) -> policy update (BC on positives, shaped PG on negatives, KL to the reference; the
+-> build the padded batch -> credit (`oreal.training.credit`: the credit model's BCE on the outcomes
+and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives, KL to the reference; the
 step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it. `train()` runs
 steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
@@ -25,6 +25,7 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
 from ..optim import guarded_step, make_optimizer
+from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
@@ -41,17 +42,19 @@ from ..verify import count_statuses
 
 METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
-    "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "rm_loss", "rm_acc", "rm_pair_rank",
-    "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "rm_lr",
+    "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "credit_loss", "credit_acc", "credit_pair_rank",
+    "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "credit_lr",
     "actor_updated", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
     # where the step's time went (each phase bracketed by a device synchronize on CUDA)
-    "sample_seconds", "grade_seconds", "rm_seconds", "policy_seconds", "optim_seconds",
+    "sample_seconds", "grade_seconds", "credit_seconds", "policy_seconds", "optim_seconds",
     "seconds", "elapsed", "eta", "threads",
     # pi_trainer / pi_engine of the sampled tokens in the loss (1 when the engine holds the trainer's weights)
     "engine_ratio_mean", "engine_ratio_max", "engine_ratio_outside",
+    # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped
+    "tis_mean", "tis_capped",
 ]
-_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens")
-_RM_SUMS = ("rm_loss", "rm_correct", "rm_pair_wins", "rm_pairs")
+_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens",
+                "tis_sum", "tis_capped", "tis_tokens")
 
 
 class Trainer(Checkpointing):
@@ -122,20 +125,20 @@ class Trainer(Checkpointing):
             self.ref = None
         else:
             self.ref = load_policy(self.policy_dir, cfg.dtype, self.device).eval().requires_grad_(False)
-        self.credit = None
-        if cfg.algo.uses_token_rm:
-            self.credit = load_credit_model(cfg.algo.credit, cfg.token_rm or self.policy_dir, cfg.dtype,
-                                            self.device, tuple(cfg.algo.credit_init))
+        self._credit_model = None
+        if cfg.algo.uses_credit:
+            self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
+                                                   self.device, tuple(cfg.algo.credit_init))
         if cfg.activation_checkpointing:
-            for m in (self.policy, self.credit):
+            for m in (self.policy, self._credit_model):
                 if m is not None:
                     m.gradient_checkpointing_enable()
         if cfg.fsdp:  # before the optimisers: fully_shard swaps parameters for sharded DTensors
             for m in (self.policy, self.ref):
                 if m is not None:
                     dist_utils.fsdp_wrap(m, decoder_layers(m), cfg.mixed_precision, cfg.cpu_offload)
-            if self.credit is not None:
-                self.credit.shard(cfg.mixed_precision, cfg.cpu_offload)
+            if self._credit_model is not None:
+                self._credit_model.shard(cfg.mixed_precision, cfg.cpu_offload)
 
     def _check_prompt_lengths(self) -> None:
         """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
@@ -152,10 +155,8 @@ class Trainer(Checkpointing):
         self.opt, self.sched = make_optimizer(self.policy, o.lr, o.weight_decay, o.warmup,
                                               max(1, cfg.steps - cfg.algo.actor_freeze_steps), o.min_lr, o.eps,
                                               betas=o.betas)
-        if self.credit is not None:
-            self.rm_opt, self.rm_sched = make_optimizer(self.credit.param_groups(o.weight_decay, cfg.algo.credit_calib_lr),
-                                                        o.rm_lr, o.weight_decay, o.warmup, cfg.steps, o.rm_min_lr,
-                                                        o.eps, betas=o.betas)
+        # token credit, one stage with its own optimiser (None: every token weighs 1)
+        self.credit = CreditStage(self._credit_model, cfg, self._clock) if self._credit_model is not None else None
 
     def _setup_data(self, problems: list[Problem] | None = None) -> None:
         cfg = self.cfg
@@ -203,9 +204,9 @@ class Trainer(Checkpointing):
         batch = SelectedBatch.build(roll, sel.rows, sel.adv, self.tok.pad_token_id, self.device)
         counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
         micro = self.micro_batches(batch)
-        weights, credit = self.credit_update(batch, micro, counts)
+        weights, scores, credit = self.token_credit(batch, micro, counts)
         for cb in self.callbacks:
-            weights = _same_shape(cb.on_token_weights(self, batch, roll, weights), weights)
+            weights = _same_shape(cb.on_token_weights(self, batch, roll, weights, scores), weights)
         policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps)
         nonfinite = not (credit.finite and policy.finite)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
@@ -270,64 +271,19 @@ class Trainer(Checkpointing):
         return out + [MicroBatch(None, SelectedBatch.padding(self.tok.pad_token_id, self.device))
                       for _ in range(n - len(slices))]
 
-    def token_weights(self, batch: SelectedBatch, micro: list[MicroBatch]) -> torch.Tensor:
-        """[N, T] token weights of the batch from the credit model as it is now (ones without one)."""
-        weights = torch.ones_like(batch.mask)
+    def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
+                     counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor | None, CreditStats]:
+        """The credit stage's update on this batch's outcomes, then the [N, T] token weights for
+        the policy loss and the scores they came from: the scores before the update (the
+        reference's order) or, with `algo.weights_after_credit_step`, after it. Without a credit
+        model every token weighs 1 and there are no scores."""
         if self.credit is None:
-            return weights
-        with torch.no_grad():
-            for mb in micro:
-                w_logits = self.credit.scores(mb.batch.ids, mb.batch.attn, mb.batch.targets)
-                if mb.real:
-                    weights[mb.rows] = self._weights_from(w_logits, mb.batch)
-        return weights
-
-    def _weights_from(self, w_logits: torch.Tensor, mb: SelectedBatch) -> torch.Tensor:
-        a = self.cfg.algo
-        return algo.token_importance_weights(w_logits.detach(), mb.mask, mb.positive, a.tau, a.token_weights,
-                                             a.topk_ratio, a.token_weights_on)
-
-    def credit_update(self, batch: SelectedBatch, micro: list[MicroBatch],
-                      counts: algo.TokenCounts) -> tuple[torch.Tensor, CreditStats]:
-        """The credit model's BCE on the outcomes (backward over all micro-batches), its optimiser
-        step, and the token weights [N, T] for the policy loss: from the scores before the step (the
-        reference's order) or, with `algo.weights_after_rm_step`, from a fresh forward after it."""
-        if self.credit is None:
-            return torch.ones_like(batch.mask), CreditStats()
-        t0 = self._clock()
-        sums = dict.fromkeys(_RM_SUMS, 0.0)
-        weights = torch.ones_like(batch.mask)
-        seq_scores = torch.zeros(len(batch.rows))  # the sequence score of every row, before the step
-        self.rm_opt.zero_grad(set_to_none=True)
-        for mb in micro:
-            b = mb.batch
-            w_logits = self.credit.scores(b.ids, b.attn, b.targets)
-            rm_loss = algo.token_rm_sequence_loss(w_logits, b.mask, b.reward)
-            if not mb.real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
-                rm_loss = rm_loss * 0.0
-            (rm_loss / counts.seqs).backward()
-            sums["rm_loss"] += rm_loss.item()
-            sums["rm_correct"] += algo.rm_correct_count(w_logits, b.mask, b.positive)
-            if mb.real:
-                weights[mb.rows] = self._weights_from(w_logits, b)
-                seq_scores[mb.rows] = algo.masked_mean(w_logits.detach().float(), b.mask).cpu()
-        # a question's rows all live on one rank
-        sums["rm_pair_wins"], sums["rm_pairs"] = algo.pair_ranking(
-            seq_scores.tolist(), batch.positive.tolist(), [q for q, _ in batch.rows])
-        sums = dict(zip(_RM_SUMS, dist_utils.sum_floats([sums[k] for k in _RM_SUMS])))
-        if not self.fsdp:
-            dist_utils.all_reduce_grads(self.credit)
-        stats = CreditStats(lr=self.rm_sched.get_last_lr()[0])
-        stats.stepped = guarded_step(self.credit, self.rm_opt, self.rm_sched, self.cfg.optim.grad_clip,
-                                     sums["rm_loss"])
-        stats.finite = stats.stepped
-        if stats.stepped:
-            stats.loss, stats.acc = sums["rm_loss"] / counts.seqs, sums["rm_correct"] / counts.seqs
-            stats.pair_rank = sums["rm_pair_wins"] / sums["rm_pairs"] if sums["rm_pairs"] else None
-            if self.cfg.algo.weights_after_rm_step:  # hindsight: the credit model has now seen these outcomes
-                weights = self.token_weights(batch, micro)
-        stats.seconds = self._clock() - t0
-        return weights, stats
+            return torch.ones_like(batch.mask), None, CreditStats()
+        stats = self.credit.update(batch, micro, counts)
+        scores = stats.scores
+        if stats.stepped and self.cfg.algo.weights_after_credit_step:  # hindsight: it has seen these outcomes
+            scores = self.credit.scores(batch, micro)
+        return self.credit.weights(batch, scores), scores, stats
 
     def policy_update(self, micro: list[MicroBatch], weights: torch.Tensor, counts: algo.TokenCounts,
                       update: bool = True) -> PolicyStats:
@@ -384,8 +340,12 @@ class Trainer(Checkpointing):
             sums["ratio_outside"] += ((ratio < 0.8) | (ratio > 1.25)).sum().item()
             sums["ratio_tokens"] += ratio.numel()
             ratio_max = ratio.max().item() if ratio.numel() else 0.0
-            if a.tis_cap:
-                weights = weights * algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
+            if a.tis_cap:  # a named factor on the token weights, logged as tis_mean / tis_capped
+                tis = algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
+                weights = weights * tis
+                sums["tis_sum"] += tis[mb.mask.bool()].sum().item()
+                sums["tis_capped"] += ratio.gt(a.tis_cap).sum().item()
+                sums["tis_tokens"] += ratio.numel()
         elif a.tis_cap:
             raise TrainingError("algo.tis_cap needs the engine's log-probs of the sampled tokens "
                                 "(sampling.return_logprobs=true)")

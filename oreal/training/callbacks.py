@@ -2,8 +2,9 @@
 `OREALTrainer`. A callback overrides what it needs; every rank calls every callback in the same
 order (some vote across ranks, a collective).
 
-- `on_token_weights(trainer, batch, rollouts, weights)`: the [N, T] token weights the policy
-  loss is about to use; return a tensor of the same shape to use instead (None keeps them).
+- `on_token_weights(trainer, batch, rollouts, weights, scores)`: the [N, T] token weights the
+  policy loss is about to use and the credit model's [N, T] scores w_t they came from (None
+  without a credit model); return a tensor of the weights' shape to use instead (None keeps them).
 - `on_step_end(trainer, result, control)`: after a step; may add metrics to `result.metrics`
   and ask for a checkpoint or a stop through `control`.
 - `on_train_end(trainer, history)`: after the last step, before the final weights are written.
@@ -21,7 +22,7 @@ from .state import StepControl, StepResult
 
 
 class Callback:
-    def on_token_weights(self, trainer, batch, rollouts, weights):
+    def on_token_weights(self, trainer, batch, rollouts, weights, scores):
         return None
 
     def on_step_end(self, trainer, result: StepResult, control: StepControl) -> None:

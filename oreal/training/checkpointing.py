@@ -11,7 +11,29 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..models import load_lora_adapter, load_weights, read_safetensors, save_model
+from ..config import deprecated
 from .state import RunState
+
+CREDIT = "credit"  # the credit model's folder in checkpoints and final/, and its name in the trainer state
+_OLD_CREDIT = "token_rm"  # its name in checkpoints written before the rename
+
+
+def _renamed_credit(st: dict, path: Path) -> dict:
+    """A trainer state from before the credit rename read under the new names (one-line notice):
+    the folder, the optimiser and schedule keys and the DCP shards' model names."""
+    old = _OLD_CREDIT in st.get("models", []) or "rm_sched" in st
+    st["credit_folder"] = _OLD_CREDIT if old and (path / _OLD_CREDIT).is_dir() else CREDIT
+    st["shard_names"] = lambda d: d
+    if old:
+        deprecated(f"checkpoint {path} (its credit model under the old name {_OLD_CREDIT!r})",
+                   f"checkpoints written now ({CREDIT!r})")
+        st["models"] = [CREDIT if m == _OLD_CREDIT else m for m in st.get("models", [])]
+        for key in ("sched", "opt"):
+            if f"rm_{key}" in st:
+                st[f"credit_{key}"] = st.pop(f"rm_{key}")
+        st["sharded_optim"] = [CREDIT if m == _OLD_CREDIT else m for m in st.get("sharded_optim", [])]
+        st["shard_names"] = lambda d: {(_OLD_CREDIT if k == CREDIT else k): v for k, v in d.items()}
+    return st
 
 
 class Checkpointing:
@@ -20,13 +42,13 @@ class Checkpointing:
     sampler, the selection generator, the skill booster) and its `RunState`, and written back."""
 
     def _models(self) -> dict:
-        return {"policy": self.policy, **({"token_rm": self.credit} if self.credit is not None else {})}
+        return {"policy": self.policy, **({CREDIT: self.credit.model} if self.credit is not None else {})}
 
     def state_dict(self) -> dict:
         """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
         optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
         st = {**dataclasses.asdict(self.state), "sched": self.sched.state_dict(),
-              "rm_sched": self.rm_sched.state_dict() if self.credit is not None else None,
+              "credit_sched": self.credit.sched.state_dict() if self.credit is not None else None,
               "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
               "booster": self.booster.state_dict() if self.booster else None,
               "rng": ckpt.rng_state(), "models": sorted(self._models()),
@@ -35,7 +57,7 @@ class Checkpointing:
             st["sharded_optim"] = sorted(self._stepped_optimizers())
         else:
             st["opt"] = self.opt.state_dict()
-            st["rm_opt"] = self.rm_opt.state_dict() if self.credit is not None else None
+            st["credit_opt"] = self.credit.opt.state_dict() if self.credit is not None else None
         return st
 
     def _stepped_optimizers(self) -> dict:
@@ -43,7 +65,7 @@ class Checkpointing:
         return {name: opt for name, opt in self._optimizers().items() if opt.state}
 
     def _optimizers(self) -> dict:
-        return {"policy": self.opt, **({"token_rm": self.rm_opt} if self.credit is not None else {})}
+        return {"policy": self.opt, **({CREDIT: self.credit.opt} if self.credit is not None else {})}
 
     def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
         """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
@@ -70,13 +92,13 @@ class Checkpointing:
         return path
 
     def load_checkpoint(self, path: Path) -> None:
-        st = ckpt.load_trainer_state(path)
-        if self.credit is not None and "token_rm" not in st.get("models", ["token_rm"]):
-            raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
+        st = _renamed_credit(ckpt.load_trainer_state(path), path)
+        if self.credit is not None and CREDIT not in st.get("models", [CREDIT]):
+            raise ckpt.CheckpointError(f"{path} has no credit model but this config uses one (algo.token_weights)")
         if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
             opts = self._optimizers()
-            dist_utils.load_sharded(path / "sharded", self._models(),
-                                    {n: opts[n] for n in st["sharded_optim"] if n in opts})
+            dist_utils.load_sharded(path / "sharded", st["shard_names"](self._models()),
+                                    st["shard_names"]({n: opts[n] for n in st["sharded_optim"] if n in opts}))
         else:
             if self.cfg.lora.enabled:
                 load_lora_adapter(self.policy, path / "policy")
@@ -86,13 +108,14 @@ class Checkpointing:
                 load_weights(self.policy, path / "policy")
             dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
             if self.credit is not None:
-                if not (path / "token_rm").is_dir():
-                    raise ckpt.CheckpointError(f"{path} has no token RM but this config uses one")
-                self.credit.load(path / "token_rm")
-                dist_utils.load_optimizer_state(self.credit, self.rm_opt, st["rm_opt"])
-                self.credit.after_optimizer_load(self.rm_opt)
+                folder = path / st["credit_folder"]
+                if not folder.is_dir():
+                    raise ckpt.CheckpointError(f"{path} has no credit model but this config uses one")
+                self.credit.model.load(folder)
+                dist_utils.load_optimizer_state(self.credit.model, self.credit.opt, st["credit_opt"])
+                self.credit.model.after_optimizer_load(self.credit.opt)
         if self.credit is not None:
-            self.rm_sched.load_state_dict(st["rm_sched"])
+            self.credit.sched.load_state_dict(st["credit_sched"])
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
         self.select_gen.set_state(st["select_gen"])
@@ -116,10 +139,10 @@ class Checkpointing:
     def _write_models(self, path: Path, weights: dict) -> None:
         save_model(self.policy, self.tok, path / "policy", weights.get("policy"))
         if self.credit is not None:
-            self.credit.save(path / "token_rm", self.tok, weights.get("token_rm"))
+            self.credit.model.save(path / CREDIT, self.tok, weights.get(CREDIT))
 
     def save(self, path: Path) -> None:
-        """Policy and token RM as plain HF directories (every rank calls it; rank 0 writes)."""
+        """Policy and credit model as plain HF directories (every rank calls it; rank 0 writes)."""
         weights = self._full_weights()
         if self.rank == 0:
             self._write_models(path, weights)

@@ -6,6 +6,7 @@ for the embedded model. The algorithm's own settings (`AlgoConfig`) live in `ore
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, from_values, read_values, setting
@@ -18,10 +19,11 @@ from .skills import SkillConfig
 
 @dataclass
 class OptimConfig:
+    RENAMED: ClassVar[dict] = {"rm_lr": "credit_lr", "rm_min_lr": "credit_min_lr"}
     lr: float = setting(5e-7, "policy learning rate at the peak")
     min_lr: float = setting(1e-7, "policy learning rate at the end of the cosine")
-    rm_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
-    rm_min_lr: float = setting(4e-7, "token RM learning rate at the end of the cosine")
+    credit_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
+    credit_min_lr: float = setting(4e-7, "token RM learning rate at the end of the cosine")
     warmup: int = setting(10, "linear warm-up steps of both schedules")
     weight_decay: float = setting(0.01, "AdamW weight decay (none on biases and norms)")
     grad_clip: float = setting(1.0, "clip each model's gradient norm at this")
@@ -53,7 +55,8 @@ class TrainConfig:
     In Python a section may be a mapping and `algo` a preset's name: `TrainConfig(algo="grpo")`."""
     out: str = setting("runs/oreal", "run directory: config, metrics, checkpoints, final weights")
     policy: str = setting("default", "HF causal LM directory, or 'default' (the embedded model)")
-    token_rm: str | None = setting(None, "token RM / credit model to start from (unset: the policy)")
+    credit_from: str | None = setting(None, "directory of the credit model to start from, e.g. an earlier run's "
+                                            "final/credit (unset: built from the policy)")
     dtype: str = setting("float32", "weights' dtype: float32 | bfloat16 | float16")
     device: str = setting("cpu", "cpu | cuda")
     data: str = setting("curriculum_train", "training questions: registry name or path (JSONL, JSON, CSV, "
@@ -101,6 +104,8 @@ class TrainConfig:
     lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
     vllm: VLLMConfig = setting(help="the vLLM engine (engine=vllm)", factory=VLLMConfig)
 
+    RENAMED: ClassVar[dict] = {"token_rm": "credit_from"}
+
     def __post_init__(self):
         if isinstance(self.algo, str):  # a preset's name: TrainConfig(algo="grpo")
             self.algo = AlgoConfig(name=self.algo)
@@ -126,4 +131,4 @@ class TrainConfig:
 
 def build_config(path: str | None, overrides: list[str] | dict | None) -> TrainConfig:
     """A TrainConfig from a YAML file and overrides; the algorithm preset fills what neither set."""
-    return from_values(TrainConfig, read_values(path, overrides))
+    return from_values(TrainConfig, read_values(path, overrides, TrainConfig))

@@ -22,8 +22,8 @@ def format_step(m: dict, total: int) -> str:
     if m.get("loss") is not None:
         parts += [f"pos {m['loss_pos']:+.4f}", f"neg {m['loss_neg']:+.4f}", f"kl {m['kl']:.4f}",
                   f"ent {m['entropy']:.3f}"]
-    if m.get("rm_loss") is not None:
-        parts += [f"rm {m['rm_loss']:.3f} acc {m['rm_acc']:.2f}"]
+    if m.get("credit_loss") is not None:
+        parts += [f"credit {m['credit_loss']:.3f} acc {m['credit_acc']:.2f}"]
     if m.get("skipped"):
         parts.append("SKIPPED (all filtered)")
     if m.get("nonfinite"):

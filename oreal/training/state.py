@@ -18,7 +18,8 @@ class RunState:
 
 @dataclass
 class CreditStats:
-    """The credit model's phase of one step: its BCE on the outcomes and its optimiser step."""
+    """The credit stage of one step (`oreal.training.credit`): its BCE on the outcomes, its
+    optimiser step, and the scores it gave the batch before that step."""
     stepped: bool = False  # False without a credit model, or when its loss or gradient was not finite
     finite: bool = True
     loss: float | None = None  # mean BCE over the selected responses
@@ -26,11 +27,12 @@ class CreditStats:
     pair_rank: float | None = None  # share of (right, wrong) pairs of a question ranked right
     lr: float | None = None  # the learning rate of this step
     seconds: float = 0.0
+    scores: object = None  # [N, T] scores w_t before the step (a tensor; None without a credit model)
 
     def metrics(self) -> dict:
-        out = {"rm_lr": self.lr, "rm_seconds": self.seconds}
+        out = {"credit_lr": self.lr, "credit_seconds": self.seconds}
         if self.stepped:
-            out.update(rm_loss=self.loss, rm_acc=self.acc, rm_pair_rank=self.pair_rank)
+            out.update(credit_loss=self.loss, credit_acc=self.acc, credit_pair_rank=self.pair_rank)
         return out
 
 
@@ -51,6 +53,8 @@ class PolicyStats:
         if n:
             out.update(engine_ratio_mean=self.sums["ratio_sum"] / n, engine_ratio_max=self.ratio_max,
                        engine_ratio_outside=self.sums["ratio_outside"] / n)
+            if self.sums.get("tis_tokens"):  # algo.tis_cap: the factor the token weights were multiplied by
+                out.update(tis_mean=self.sums["tis_sum"] / n, tis_capped=self.sums["tis_capped"] / n)
         if self.updated:
             s = self.sums
             out.update(loss_pos=s["loss_pos"], loss_neg=s["loss_neg"], loss_kl=s["loss_kl"],

@@ -1,8 +1,9 @@
-"""The token-level reward model's objective and the token weights it gives the policy loss.
+"""Token credit: the credit model's objective and the token weights it gives the policy loss.
 
-The RM emits one logit w_t per response token. Trained on outcomes only: the sequence score is
-sigmoid(mean_t w_t), the loss is BCE against r. Its running correctness
-c_t = sigmoid(mean_{s<=t} w_s) weights the policy's tokens (`TOKEN_WEIGHTS`).
+The credit model (the paper's token RM, or a log-prob credit: `oreal.models.credit`) emits one
+score w_t per response token. Trained on outcomes only: the sequence score is sigmoid(mean_t w_t),
+the loss is BCE against r. Its running correctness c_t = sigmoid(mean_{s<=t} w_s) weights the
+policy's tokens (`TOKEN_WEIGHTS`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Ten
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def token_rm_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
+def credit_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
                            rewards: torch.Tensor) -> torch.Tensor:
     """Per-sequence BCE of sigmoid(mean_t w_t) against the outcome r; returns the *sum* over
     sequences (divide by the global number of sequences)."""
@@ -24,7 +25,7 @@ def token_rm_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
     return F.binary_cross_entropy_with_logits(seq_logit, rewards.float(), reduction="sum")
 
 
-def rm_correct_count(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> int:
+def credit_correct_count(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> int:
     """How many non-empty sequences the RM classifies right (sequence logit > 0 <=> correct)."""
     seq_score = masked_mean(token_logits.detach(), mask)
     return int((((seq_score > 0) == positive) & (mask.sum(-1) > 0)).sum().item())
@@ -55,8 +56,25 @@ def _topk(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio: float
     return w
 
 
-# `none` is not here: without a token RM every weight is 1 (the caller passes ones)
-TOKEN_WEIGHTS = {"threshold": _threshold, "topk": _topk}
+def _topk_minmax(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio: float) -> torch.Tensor:
+    """The reference's `topk_rescale`: the int(n * ratio) highest scores of each sequence, min-max
+    rescaled to [0, 1] (all ones when they are equal), 0 elsewhere. A sequence with n * ratio < 1
+    keeps none (the reference's `torch.topk` of 0 then fails on `values.max()`; here its weights
+    are 0)."""
+    w = torch.zeros_like(score)
+    for i in range(score.size(0)):
+        real = mask[i].bool()
+        k = int(int(real.sum()) * topk_ratio)
+        if k == 0:
+            continue
+        vals, idx = torch.topk(score[i][real], k)
+        lo, hi = vals.min(), vals.max()
+        w[i, real.nonzero().flatten()[idx]] = (vals - lo) / (hi - lo) if hi != lo else torch.ones_like(vals)
+    return w
+
+
+# `none` is not here: without a credit model every weight is 1 (the caller passes ones)
+TOKEN_WEIGHTS = {"threshold": _threshold, "topk": _topk, "topk_minmax": _topk_minmax}
 # Whose tokens take the RM's weights; the other side's tokens weigh 1.
 WEIGHTED_SIDES = {
     "both": "positives and negatives, as the paper and the reference do",
@@ -71,8 +89,9 @@ def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, pos
 
     threshold: positives clamp((c_t - tau)/(1 - tau), 0, 1), negatives
     clamp(((1 - c_t) - tau)/(1 - tau), 0, 1). topk: the score (c_t for positives, 1 - c_t for
-    negatives) on the top `topk_ratio` of each sequence's tokens, divided by that sequence's
-    largest score, and 0 elsewhere. `sides` (WEIGHTED_SIDES): with "negatives", every token of a
+    negatives) on the top ceil(`topk_ratio` * n) of each sequence's n tokens, divided by that
+    sequence's largest score, and 0 elsewhere. topk_minmax: the reference's variant, int(ratio * n)
+    tokens min-max rescaled. `sides` (WEIGHTED_SIDES): with "negatives", every token of a
     positive weighs 1.
     """
     if mode not in TOKEN_WEIGHTS:

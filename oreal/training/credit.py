@@ -1,0 +1,83 @@
+"""Token credit, one stage of a step: the credit model (`algo.credit`, `oreal.models.credit`), its
+optimiser and schedule, its update on the step's outcomes and the token weights it gives the
+policy loss. The math is `oreal.algo.credit`; this composes it with the model.
+
+    stats = credit.update(batch, micro, counts)    # BCE on the outcomes, backward, one step
+    weights = credit.weights(batch, stats.scores)  # [N, T] for the policy loss
+
+`stats.scores` are the scores before the step (the reference's order); `credit.scores(batch,
+micro)` scores afresh (after the step: `algo.weights_after_credit_step`).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .. import algo
+from .. import distributed as dist_utils
+from ..models.credit import CreditModel
+from ..optim import guarded_step, make_optimizer
+from .batch import MicroBatch, SelectedBatch
+from .state import CreditStats
+
+_SUMS = ("loss", "correct", "pair_wins", "pairs")
+
+
+class CreditStage:
+    def __init__(self, model: CreditModel, cfg, clock=time.perf_counter):
+        o = cfg.optim
+        self.model, self.algo, self.grad_clip, self.fsdp, self.clock = model, cfg.algo, o.grad_clip, cfg.fsdp, clock
+        self.opt, self.sched = make_optimizer(model.param_groups(o.weight_decay, cfg.algo.credit_calib_lr),
+                                              o.credit_lr, o.weight_decay, o.warmup, cfg.steps, o.credit_min_lr,
+                                              o.eps, betas=o.betas)
+
+    def scores(self, batch: SelectedBatch, micro: list[MicroBatch]) -> torch.Tensor:
+        """[N, T] scores w_t of the batch from the credit model as it is now (no gradient)."""
+        out = torch.zeros_like(batch.mask)
+        with torch.no_grad():
+            for mb in micro:
+                w = self.model.scores(mb.batch.ids, mb.batch.attn, mb.batch.targets)
+                if mb.real:
+                    out[mb.rows] = w.float()
+        return out
+
+    def weights(self, batch: SelectedBatch, scores: torch.Tensor) -> torch.Tensor:
+        """[N, T] token weights for the policy loss from the scores (`algo.token_importance_weights`)."""
+        a = self.algo
+        return algo.token_importance_weights(scores, batch.mask, batch.positive, a.tau, a.token_weights,
+                                             a.topk_ratio, a.token_weights_on)
+
+    def update(self, batch: SelectedBatch, micro: list[MicroBatch], counts: algo.TokenCounts) -> CreditStats:
+        """The credit model's BCE on the outcomes (backward over all micro-batches, summed over
+        ranks) and its optimiser step; `scores` in the stats are those before the step."""
+        t0 = self.clock()
+        sums = dict.fromkeys(_SUMS, 0.0)
+        scores = torch.zeros_like(batch.mask)
+        self.opt.zero_grad(set_to_none=True)
+        for mb in micro:
+            b = mb.batch
+            w = self.model.scores(b.ids, b.attn, b.targets)
+            loss = algo.credit_sequence_loss(w, b.mask, b.reward)
+            if not mb.real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
+                loss = loss * 0.0
+            (loss / counts.seqs).backward()
+            sums["loss"] += loss.item()
+            sums["correct"] += algo.credit_correct_count(w, b.mask, b.positive)
+            if mb.real:
+                scores[mb.rows] = w.detach().float()
+        # a question's rows all live on one rank
+        seq_scores = algo.masked_mean(scores, batch.mask).cpu()
+        sums["pair_wins"], sums["pairs"] = algo.pair_ranking(seq_scores.tolist(), batch.positive.tolist(),
+                                                             [q for q, _ in batch.rows])
+        sums = dict(zip(_SUMS, dist_utils.sum_floats([sums[k] for k in _SUMS])))
+        if not self.fsdp:
+            dist_utils.all_reduce_grads(self.model)
+        stats = CreditStats(lr=self.sched.get_last_lr()[0], scores=scores)
+        stats.stepped = guarded_step(self.model, self.opt, self.sched, self.grad_clip, sums["loss"])
+        stats.finite = stats.stepped
+        if stats.stepped:
+            stats.loss, stats.acc = sums["loss"] / counts.seqs, sums["correct"] / counts.seqs
+            stats.pair_rank = sums["pair_wins"] / sums["pairs"] if sums["pairs"] else None
+        stats.seconds = self.clock() - t0
+        return stats
