@@ -244,8 +244,12 @@ def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_p
 def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
     import signal
 
+    # without PYTHONUNBUFFERED (which some shells and CI set, some not) a piped stdout held the
+    # line back until 8 KB had piled up, about 50 s into training: the SIGINT then landed there
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "demo", "--out", str(tmp_path / "d"),
-                             "eval_limit=300", "eval_k=8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "eval_limit=300", "eval_k=8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     for line in proc.stdout:
         if line.startswith("demo: embedded policy"):  # the evaluation before training starts now
             proc.send_signal(signal.SIGINT)

@@ -84,6 +84,11 @@ def exit_code(e: BaseException) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     limit_openmp_spin()  # before torch loads OpenMP
+    # a log line reaches a pipe (`| tee`, a supervisor, a test) when it is printed, not when 8 KB
+    # have piled up: a Ctrl-C sent on seeing a line must land in the phase that printed it
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     args = build_parser().parse_args(argv)
     if args.command != "verify":  # the verifier loads no model: keep it free of transformers
         from transformers.utils import logging as hf_logging
