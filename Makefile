@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 # PyPI's Linux torch is the CUDA build (several GB); a machine without an NVIDIA GPU gets the CPU
-# build from PyTorch's CPU index (TORCH_CPU_INDEX). Another version: make TORCH_VERSION=2.11.0 ...
+# build from PyTorch's CPU index (TORCH_CPU_INDEX; one retry, so a machine that cannot reach it falls
+# back to its own package index quickly). Another version: make TORCH_VERSION=2.11.0 ...
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 READY := $(VENV)/.oreal-ready
 
@@ -28,7 +29,8 @@ $(READY): pyproject.toml
 		$(VENV)/bin/python -m pip install --quiet "torch==$(TORCH_VERSION)"; \
 	else \
 		echo "torch $(TORCH_VERSION): the CPU build (no NVIDIA GPU here)"; \
-		$(VENV)/bin/python -m pip install --quiet --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)"; \
+		$(VENV)/bin/python -m pip install --quiet --retries 1 --extra-index-url $(TORCH_CPU_INDEX) \
+			"torch==$(TORCH_VERSION)"; \
 	fi
 	$(VENV)/bin/python -m pip install --quiet -e ".[dev]"
 	@$(VENV)/bin/python -c 'import torch, oreal; print("ready:", torch.__version__, "cuda" if torch.cuda.is_available() else "cpu")'
