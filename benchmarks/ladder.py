@@ -31,7 +31,7 @@ LADDER = ["reinforce", "ladder_shaping", "ladder_bc", "ladder_token", "oreal", "
 # (its rung without token weights); `oreal_surprise`: the same weights from the frozen policy, only
 # the calibration learns (credit without learning); `oreal_both_sides`: the credit's weights on the
 # positives too, as the paper does; `oreal_logprob`: that with the weights read after the RM's step
-# (the best both-sided config of docs/benchmarks.md); `oreal_paper_rm`: the paper's token RM with
+# (the best both-sided config of docs/notebook.md); `oreal_paper_rm`: the paper's token RM with
 # tau = 0, the demo's config before issue 16.
 VARIANTS = {
     "oreal_no_weights": ["algo.name=oreal", "algo.token_weights=none"],

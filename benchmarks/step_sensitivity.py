@@ -13,7 +13,7 @@ demo config's prompt and sampling (T=1), for gradients of:
 
 and, at the largest learning rate, the GRPO step restricted to one parameter group. It showed why
 RL could not improve the first embedded policy (SFT annealed to a low learning rate) and why the
-current one (constant SFT learning rate) takes RL steps of 3e-4 (docs/benchmarks.md).
+current one (constant SFT learning rate) takes RL steps of 3e-4 (docs/notebook.md).
 """
 from __future__ import annotations
 

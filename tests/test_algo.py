@@ -389,3 +389,25 @@ def test_ladder_bc_drops_uniform_questions_and_filter_false_keeps_them_as_the_re
     assert ladder.keep.tolist() == [True, False, False] and {b for b, _ in ladder.rows} == {0}
     like_ref = select(rewards, AlgoConfig(name="ladder_bc", filter=False))
     assert len(like_ref.rows) == 12 and like_ref.adv[1:].eq(0).all()
+
+
+def test_a_new_objective_is_a_function_and_one_registry_line(monkeypatch):
+    """algo.objective names a function of OBJECTIVES; registering one makes it a valid setting and
+    policy_loss adds the KL term to what it returns."""
+    from oreal.algo import objective
+    from oreal.algo.objective import OBJECTIVES
+
+    def mean_logp(logp, mask, positive, adv, weights, counts, cfg):  # a toy: -mean log pi, all on the positives' side
+        return -(logp * mask).sum() / mask.sum(), torch.zeros(())
+
+    monkeypatch.setitem(OBJECTIVES, "mean_logp", mean_logp)
+    cfg = AlgoConfig(name="grpo", objective="mean_logp", kl_coef=0.5)
+    logp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = objective.policy_loss(logp, logp.detach() + 0.1, mask, torch.tensor([True, False]), torch.zeros(2),
+                                torch.ones(2, 2), TokenCounts(2, 1, 2, 8), cfg)
+    d = 0.1  # ref - logp on every token
+    assert out.pos.item() == pytest.approx(2.0) and out.neg.item() == 0.0
+    assert out.loss.item() == pytest.approx(2.0 + 0.5 * (math.exp(d) - d - 1))
+    with pytest.raises(ConfigError, match="algo.objective"):
+        AlgoConfig(objective="nope")

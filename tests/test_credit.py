@@ -142,3 +142,33 @@ def test_credit_models_by_name_behind_one_interface(tiny, tmp_path):
             assert torch.equal(back.scores(ids, attn, targets), w), kind
         lrs = sorted(g.get("lr", -1.0) for g in credit.param_groups(0.01, 0.05))
         assert (0.05 in lrs) == (kind != "token_head"), (kind, lrs)  # the calibration's own learning rate
+
+
+def test_a_new_credit_model_is_a_builder_and_one_registry_line(monkeypatch, tmp_path, verifier):
+    """algo.credit names a builder of CREDIT_MODELS; registering one makes it a valid setting that
+    the Trainer loads, steps and checkpoints like the built-in ones."""
+    from oreal.models.credit import CREDIT_MODELS, LogProbCredit
+    from oreal.models import load_policy
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    built = []
+
+    def frozen_at_init(src, dtype, device, init):  # the frozen policy's log-prob, a and b fixed too
+        model = LogProbCredit(load_policy(src, dtype, device), train_lm=False, scale=init[0], offset=init[1])
+        built.append(model)
+        return model
+
+    monkeypatch.setitem(CREDIT_MODELS, "frozen_at_init", frozen_at_init)
+    cfg = build_config(None, [f"out={tmp_path / 'run'}", "algo.credit=frozen_at_init", "steps=1", "batch_questions=4",
+                              "samples=4", "threads=1", "sampling.max_new_tokens=24", "algo.actor_freeze_steps=0",
+                              "prompt.use_chat_template=false", "prompt.system=null"])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    try:
+        assert tr.credit.model is built[0]
+        m = tr.step().metrics
+        assert m["skipped"] or m["credit_loss"] is not None
+        tr.save(tmp_path / "final")
+        assert (tmp_path / "final" / "credit" / "credit_head.json").exists()
+    finally:
+        tr.close()

@@ -291,3 +291,48 @@ def test_sampler_rows_are_independent_of_batch_and_of_when_finished_rows_leave(t
     finally:
         hook.remove()
     assert [[r.response_ids for r in g] for g in a[2:]] == [[r.response_ids for r in g] for g in b]
+
+
+def test_a_new_engine_is_a_module_and_one_registry_line(tmp_path, monkeypatch, verifier):
+    """An engine that holds its own weights, written as a user would (its own module, one line in
+    ENGINES), trains through the Trainer: resume / release around every rollout, and after every
+    optimiser step the policy's weights under their plain HF names, as full tensors."""
+    import sys
+
+    from oreal.recipes.train import Trainer
+    from oreal.rollout.registry import ENGINES, EngineSpec
+    from oreal.training.config import build_config
+
+    (tmp_path / "my_engine.py").write_text(
+        "from oreal.rollout import HFSampler\n"
+        "class Recording(HFSampler):\n"
+        "    name = 'recording'\n"
+        "    holds_weights = True\n"
+        "    def __init__(self, model, tokenizer, setup=None):\n"
+        "        super().__init__(model, tokenizer, setup)\n"
+        "        self.calls = []\n"
+        "    def resume(self): self.calls.append('resume')\n"
+        "    def release(self): self.calls.append('release')\n"
+        "    def sample(self, *a, **k):\n"
+        "        self.calls.append('sample')\n"
+        "        return super().sample(*a, **k)\n"
+        "    def update_weights(self, named):\n"
+        "        self.calls.append(('update', {n: t.clone() for n, t in named}))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(ENGINES, "recording", EngineSpec("my_engine:Recording", "records the contract's calls"))
+    cfg = build_config(None, ["engine=recording", f"out={tmp_path / 'run'}", "steps=2", "batch_questions=4",
+                              "samples=4", "threads=1", "sampling.max_new_tokens=24", "algo.name=grpo",
+                              "optim.lr=1e-3", "prompt.use_chat_template=false", "prompt.system=null"])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    try:
+        updated = [tr.step().metrics["actor_updated"] for _ in range(2)]
+        calls = tr.engine.calls
+        assert [c if isinstance(c, str) else c[0] for c in calls] == \
+            sum((["resume", "sample", "release"] + (["resume", "update"] if u else []) for u in updated), [])
+        pushed = [c[1] for c in calls if not isinstance(c, str)]
+        assert len(pushed) == sum(updated) > 0 and set(pushed[-1]) == {n for n, _ in tr.policy.named_parameters()}
+        for name, p in tr.policy.named_parameters():
+            assert torch.equal(pushed[-1][name], p.detach())
+    finally:
+        tr.close()
+        sys.modules.pop("my_engine", None)

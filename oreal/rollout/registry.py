@@ -45,7 +45,7 @@ def resolve_engine(name: str, device) -> str:
     if name == AUTO:
         return "hf_sampler" if str(device).startswith("cpu") else "hf_device"
     if name not in ENGINES:
-        raise ConfigError(f"engine: {name!r} is not one of {list(ENGINE_NAMES)}")
+        raise ConfigError(f"engine: {name!r} is not one of {[AUTO, *ENGINES]}")
     return name
 
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, from_values, read_values, setting
 from ..data import PromptConfig
-from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed
+from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, resolve_engine
 from ..rollout.vllm_engine import VLLMConfig
 from ..tracking import TRACKERS
 from .skills import SkillConfig
@@ -117,8 +117,7 @@ class TrainConfig:
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k}: must be at least 1")
-        if self.engine not in ENGINE_NAMES:
-            raise ConfigError(f"engine: {self.engine!r} is not one of {list(ENGINE_NAMES)}")
+        resolve_engine(self.engine, self.device)  # an unknown name is a ConfigError naming the choices
         check_installed(self.engine)
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")

@@ -1,6 +1,6 @@
 """How many torch threads a CPU run uses.
 
-Measured on 2 cores (`docs/benchmarks.md`, "Torch threads"): the demo's first 40 steps take 39 s
+Measured on 2 cores (`docs/notebook.md`, "Torch threads"): the demo's first 40 steps take 39 s
 with 2 threads and 62 s with 1 on an idle machine, but 564 s with 2 threads and 61 s with 1 while
 another process holds a core: a tiny model's many short parallel regions wait for a thread that
 is not scheduled. So by default (`threads=0`) a run takes the cores that are idle when it starts
