@@ -1,6 +1,18 @@
 """Running the `oreal` command line as a user does: a fresh interpreter per command."""
+import signal
 import subprocess
 import sys
+
+
+def _sigint_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# A command a user interrupts with Ctrl-C runs in a terminal's foreground, where SIGINT has its
+# default disposition. A test runner started in the background (`cmd &` in a script, some CI)
+# has SIGINT ignored, and its children inherit that: Python then keeps ignoring it, and so does
+# oreal. Tests that send SIGINT start their command as the foreground would.
+AS_FOREGROUND = dict(preexec_fn=_sigint_default)
 
 
 def oreal(*args, **kw) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from cli_helpers import AS_FOREGROUND
 from cli_helpers import oreal as _oreal
 from cli_helpers import oreal_all as _oreal_all
 from oreal.cli import build_parser
@@ -226,7 +227,7 @@ def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_p
     out = tmp_path / "demo"
     flags = ["--steps", "500", "eval_limit=4", "eval_k=1", "batch_questions=4", "samples=4", "log_every=1"]
     proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "demo", "--out", str(out), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **AS_FOREGROUND)
     for line in proc.stdout:
         if line.startswith("step    2/"):
             proc.send_signal(signal.SIGINT)
@@ -244,12 +245,14 @@ def test_demo_stops_on_ctrl_c_with_130_and_the_users_own_command_to_resume(tmp_p
 def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
     import signal
 
-    # without PYTHONUNBUFFERED (which some shells and CI set, some not) a piped stdout held the
-    # line back until 8 KB had piled up, about 50 s into training: the SIGINT then landed there
+    # Two ways this test lost its SIGINT, both the test's: started from a background job, the
+    # command inherited an ignored SIGINT (which Python keeps) and trained on; and without
+    # PYTHONUNBUFFERED a piped stdout held the line back until 8 KB had piled up, ~50 s into
+    # training (the command line now flushes each line). Run as a user's foreground command would.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "demo", "--out", str(tmp_path / "d"),
                              "eval_limit=300", "eval_k=8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, **AS_FOREGROUND)
     for line in proc.stdout:
         if line.startswith("demo: embedded policy"):  # the evaluation before training starts now
             proc.send_signal(signal.SIGINT)

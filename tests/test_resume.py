@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from cli_helpers import AS_FOREGROUND
 from oreal import checkpoint as ckpt
 from oreal.errors import RunDirError
 from oreal.data import Problem, curriculum, save_problems
@@ -165,7 +166,7 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line(data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "oreal.cli", "train", str(data / "cfg.yaml"), f"out={out}",
                              "steps=1000", "save_every=0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, **AS_FOREGROUND)
     for line in proc.stdout:
         if line.startswith("step    2/"):
             proc.send_signal(signal.SIGINT)
@@ -370,3 +371,21 @@ def test_a_checkpoint_and_config_from_before_the_credit_rename_still_resume_to_t
     for a, b in ((ref.policy, run.policy), (ref.credit.model, run.credit.model)):
         a, b = a.state_dict(), b.state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_ignored_sigint_stays_ignored_in_training_and_sigterm_is_still_handled():
+    """A command started with SIGINT ignored (a shell's background job) ignores it before training,
+    as Python does: training's handler must not take it back for part of the run only."""
+    from oreal.training.rundir import StopOnSignal
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopOnSignal(lambda *a: None) as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with StopOnSignal(lambda *a: None) as stop:
+            assert signal.getsignal(signal.SIGINT) == stop._handle
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -49,6 +49,11 @@ class StopOnSignal:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
+                # an ignored SIGINT stays ignored (a background job of a shell, `nohup`-style
+                # launchers): Python keeps that disposition at start-up, and training must too,
+                # or a run would honour Ctrl-C in some phases and not in others
+                if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
