@@ -10,6 +10,7 @@ to plain `model.generate()` (hf_generate, one batched call). On CUDA each timing
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import time
 
@@ -30,7 +31,9 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--engines", default=",".join(ENGINES), help="vllm needs vLLM installed (README, vLLM)")
+    installed = [n for n, spec in ENGINES.items() if spec.requires is None or importlib.util.find_spec(spec.requires)]
+    ap.add_argument("--engines", default=",".join(installed),
+                    help="default: every registered engine whose package is installed (vllm: README, vLLM)")
     args = ap.parse_args()
     tok, model = load_tokenizer(args.model), load_policy(args.model, args.dtype, args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
