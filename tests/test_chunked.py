@@ -79,3 +79,70 @@ def test_memory_does_not_grow_with_tokens_x_vocab():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         _full(hidden, weight, bias, targets)
     assert max(saved) >= 400 * 3000  # the full path keeps [tokens x vocab]
+
+
+def _step_grads(tmp_path, verifier, *extra):
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    cfg = build_config(None, [f"out={tmp_path}", "steps=1", "batch_questions=8", "samples=4", "threads=1",
+                              "micro_batch=3", "sampling.max_new_tokens=32", "algo.name=oreal",
+                              "algo.actor_freeze_steps=0", "algo.credit=logprob", "optim.lr=1e-3",
+                              "prompt.use_chat_template=false", "prompt.system=null", *extra])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    grads = {}
+    tr.opt.register_step_pre_hook(lambda *a: grads.update(
+        {n: p.grad.clone() for n, p in tr.policy.named_parameters() if p.grad is not None}))
+    try:
+        m = tr.step().metrics
+    finally:
+        tr.close()
+    return m, grads
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_training_step_with_chunked_logprobs_equals_the_full_logits_step(tmp_path, verifier, lora):
+    """logprob_chunk=5 (chunks that cut every row) against logprob_chunk=0: the same losses, KL,
+    entropy and policy gradients, with the reference a frozen copy or the LoRA base."""
+    extra = ["lora.enabled=true", "lora.r=4"] if lora else []
+    full, g_full = _step_grads(tmp_path / "full", verifier, "logprob_chunk=0", *extra)
+    chunked, g_chunk = _step_grads(tmp_path / "chunked", verifier, "logprob_chunk=5", *extra)
+    assert full["actor_updated"] and chunked["actor_updated"] and full["selected"] == chunked["selected"]
+    for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "engine_ratio_max"):
+        assert chunked[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
+    assert g_full.keys() == g_chunk.keys() and g_full
+    for n in g_full:
+        assert torch.allclose(g_chunk[n], g_full[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_a_logit_transform_oreal_does_not_apply_is_refused(tiny):
+    """A forward that changes its logits after the head (here: doubles them) cannot be reproduced
+    from the hidden states: the first call says so instead of training on other log-probs."""
+    from oreal.training.logprobs import LogitMismatchError, sequence_logprobs
+
+    _, model, tok, _ = tiny
+    ids = torch.randint(3, 100, (2, 10))
+    attn = torch.ones_like(ids)
+    lp, _ = sequence_logprobs(model, ids, attn, ids[:, 1:], chunk=4)  # checked once, then trusted
+    full = torch.log_softmax(model(input_ids=ids).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    assert torch.allclose(lp, full, atol=1e-5)
+
+    class Doubled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            out.logits = out.logits * 2
+            return out
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        @property
+        def config(self):
+            return self.inner.config
+
+    with pytest.raises(LogitMismatchError, match="transforms the logits"):
+        sequence_logprobs(Doubled(model), ids, attn, ids[:, 1:], chunk=4)

@@ -46,11 +46,15 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp,credit", [(False, "token_head"), (True, "token_head"), (False, "logprob"), (True, "logprob")],
-                         ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit"])
-def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit):
+@pytest.mark.parametrize("fsdp,credit,chunk", [(False, "token_head", 0), (True, "token_head", 0), (False, "logprob", 0),
+                                               (True, "logprob", 0), (True, "token_head", 7)],
+                         ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit",
+                              "fsdp2_chunked_logprobs"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk):
     env, cli = _write_cfg(tmp_path)
-    cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]"]  # logprob: the demo's credit model
+    # logprob: the demo's credit model; chunk: the log-probs from hidden states (the FSDP2 root's
+    # output layer read outside its forward), 7 tokens at a time
+    cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]", f"logprob_chunk={chunk}"]
     one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True,
                          text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]

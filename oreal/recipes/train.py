@@ -24,6 +24,7 @@ from ..data import Problem, balance, load_list
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
+from ..training.logprobs import sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
@@ -328,11 +329,11 @@ class Trainer(Checkpointing):
         """One micro-batch's policy gradients, its loss sums added to `sums`; returns the largest
         pi_trainer / pi_engine of its sampled tokens (0 without the engine's log-probs)."""
         a = self.cfg.algo
-        logits = self.policy(input_ids=mb.ids, attention_mask=mb.attn).logits[:, :-1]
-        logp = algo.token_logprobs(logits, mb.targets)
+        chunk = self.cfg.logprob_chunk
+        logp, entropy = sequence_logprobs(self.policy, mb.ids, mb.attn, mb.targets, chunk)
         with torch.no_grad():
-            ref_logp = algo.token_logprobs(self._ref_logits(mb.ids, mb.attn), mb.targets)
-        sums["entropy"] += (algo.token_entropy(logits) * mb.mask).sum().item()
+            ref_logp = self._ref_logprobs(mb, chunk)
+        sums["entropy"] += (entropy * mb.mask).sum().item()
         ratio_max = 0.0
         if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
             ratio = algo.engine_ratio(logp, mb.engine_logp)[mb.mask.bool()]
@@ -357,11 +358,11 @@ class Trainer(Checkpointing):
         sums["kl"] += out.kl_sum.item()
         return ratio_max
 
-    def _ref_logits(self, ids, attn):
+    def _ref_logprobs(self, mb: SelectedBatch, chunk: int) -> torch.Tensor:
         if self.ref is not None:
-            return self.ref(input_ids=ids, attention_mask=attn).logits[:, :-1]
+            return sequence_logprobs(self.ref, mb.ids, mb.attn, mb.targets, chunk, entropy=False)[0]
         with self.policy.disable_adapter():
-            return self.policy(input_ids=ids, attention_mask=attn).logits[:, :-1]
+            return sequence_logprobs(self.policy, mb.ids, mb.attn, mb.targets, chunk, entropy=False)[0]
 
     def _clock(self) -> float:
         """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""
