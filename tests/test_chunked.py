@@ -103,12 +103,13 @@ def _step_grads(tmp_path, verifier, *extra):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_training_step_with_chunked_logprobs_equals_the_full_logits_step(tmp_path, verifier, lora):
     """logprob_chunk=5 (chunks that cut every row) against logprob_chunk=0: the same losses, KL,
-    entropy and policy gradients, with the reference a frozen copy or the LoRA base."""
+    entropy, credit loss and policy gradients, with the reference a frozen copy or the LoRA base,
+    and the log-prob credit model's LM on the chunked path too."""
     extra = ["lora.enabled=true", "lora.r=4"] if lora else []
     full, g_full = _step_grads(tmp_path / "full", verifier, "logprob_chunk=0", *extra)
     chunked, g_chunk = _step_grads(tmp_path / "chunked", verifier, "logprob_chunk=5", *extra)
     assert full["actor_updated"] and chunked["actor_updated"] and full["selected"] == chunked["selected"]
-    for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "engine_ratio_max"):
+    for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "engine_ratio_max", "credit_loss", "credit_acc"):
         assert chunked[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
     assert g_full.keys() == g_chunk.keys() and g_full
     for n in g_full:

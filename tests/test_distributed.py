@@ -47,7 +47,7 @@ def _torchrun(env, cli, *args, nproc=2):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fsdp,credit,chunk", [(False, "token_head", 0), (True, "token_head", 0), (False, "logprob", 0),
-                                               (True, "logprob", 0), (True, "token_head", 7)],
+                                               (True, "logprob", 0), (True, "logprob", 7)],
                          ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit",
                               "fsdp2_chunked_logprobs"])
 def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk):

@@ -77,6 +77,11 @@ class CreditModel(nn.Module):
     def after_optimizer_load(self, opt: torch.optim.Optimizer) -> None:
         """Adapt optimiser state loaded from an older checkpoint (nothing to do by default)."""
 
+    def use_token_logprobs(self, fn) -> None:
+        """Take an LM's token log-probs from `fn(lm, ids, attn, targets) -> (logp, entropy)` (the
+        trainer's chunked path, `logprob_chunk`) instead of its full logits; for credit models that
+        score by log-probs (nothing to do for the others)."""
+
 
 def _inner_state(state_dict: dict | None, prefix: str) -> dict | None:
     if state_dict is None:
@@ -122,9 +127,17 @@ class LogProbCredit(CreditModel):
     def calibration(self) -> list[nn.Parameter]:
         return [getattr(self, k) for k in CALIBRATION]
 
+    token_logprobs = None  # fn(lm, ids, attn, targets) -> (logp, entropy), or None: the full logits
+
+    def use_token_logprobs(self, fn) -> None:
+        self.token_logprobs = fn
+
     def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
-        logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
-        lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        if self.token_logprobs is not None:
+            lp = self.token_logprobs(self.lm, input_ids, attention_mask, targets)[0]
+        else:
+            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return self.scale * lp + self.offset
 
     def param_groups(self, weight_decay: float, calib_lr: float) -> list[dict]:

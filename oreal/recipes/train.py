@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,8 @@ class Trainer(Checkpointing):
         if cfg.algo.uses_credit:
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
                                                    self.device, tuple(cfg.algo.credit_init))
+            if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
+                self._credit_model.use_token_logprobs(partial(sequence_logprobs, chunk=cfg.logprob_chunk))
         if cfg.activation_checkpointing:
             for m in (self.policy, self._credit_model):
                 if m is not None:
