@@ -115,11 +115,11 @@ def _check_writable(path: str) -> None:
 def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
     """A value given (by the flag or the run) is kept, and refused by the engine if it does not fit;
     the default is capped at what the engine's max_model_len leaves, and says so, on every engine."""
-    from ..data import render
+    from ..data import longest_prompt_tokens
 
     if given is not None or engine.max_model_len is None:
         return given or DEFAULT_MAX_NEW_TOKENS
-    longest = max(len(tok(render(p.question, tok, prompt), add_special_tokens=False)["input_ids"]) for p in problems)
+    longest = longest_prompt_tokens([p.question for p in problems], tok, prompt)
     room = engine.max_model_len - longest
     if room < DEFAULT_MAX_NEW_TOKENS:
         print(f"max_new_tokens: {max(room, 1)} (the engine's max_model_len {engine.max_model_len} less the longest "

@@ -24,3 +24,11 @@ def render(question: str, tokenizer=None, cfg: PromptConfig | None = None) -> st
         messages.append({"role": "user", "content": question})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return cfg.plain_template.format(question=question, system=cfg.system or "")
+
+
+def longest_prompt_tokens(questions, tokenizer, cfg: PromptConfig | None = None) -> int:
+    """Tokens of the longest rendered prompt among `questions` (what must fit an engine's window
+    beside max_new_tokens)."""
+    return max((len(tokenizer(render(q, tokenizer, cfg), add_special_tokens=False)["input_ids"]) for q in questions),
+               default=0)
+

@@ -21,7 +21,7 @@ from .. import algo, evaluation, faults
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..config import to_dict
-from ..data import Problem, balance, load_list
+from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
@@ -147,10 +147,7 @@ class Trainer(Checkpointing):
     def _check_prompt_lengths(self) -> None:
         """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
         refused here, before the first step, rather than at the step that draws that prompt."""
-        from ..data import render
-
-        longest = max(len(self.tok(render(p.question, self.tok, self.cfg.prompt), add_special_tokens=False)["input_ids"])
-                      for p in self.problems)
+        longest = longest_prompt_tokens([p.question for p in self.problems], self.tok, self.cfg.prompt)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
     def _setup_optimizers(self) -> None:

@@ -51,8 +51,8 @@ def resolve_engine(name: str, device) -> str:
 
 def check_installed(name: str) -> None:
     """A one-line error with the install command when the engine's package is missing."""
-    spec = ENGINES[resolve_engine(name, "cpu")] if name != AUTO else None
-    if spec is not None and spec.requires and importlib.util.find_spec(spec.requires) is None:
+    spec = ENGINES[resolve_engine(name, "cpu")]  # auto is an HF engine on every device: nothing to install
+    if spec.requires and importlib.util.find_spec(spec.requires) is None:
         raise ConfigError(f"engine={name}: {spec.package or spec.requires} is not installed; install it with: "
                           f"{spec.install}")
 
@@ -69,5 +69,5 @@ def engine_class(name: str, device="cpu"):
 
 def options_class(name: str):
     """The dataclass of the engine's settings, or None for an engine without any."""
-    spec = ENGINES[resolve_engine(name, "cpu")] if name != AUTO else None
-    return _load(spec.options) if spec is not None and spec.options else None
+    spec = ENGINES[resolve_engine(name, "cpu")]
+    return _load(spec.options) if spec.options else None

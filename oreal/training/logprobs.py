@@ -15,15 +15,12 @@ import torch
 
 from .. import distributed as dist_utils
 from ..algo.chunked import DEFAULT_CHUNK, chunked_token_logprobs, scale, softcap
+from ..rollout.kv_cache import base_model
 from ..algo.losses import token_entropy, token_logprobs
 
 
 class LogitMismatchError(RuntimeError):
     """The chunked log-probs do not reproduce the model's own logits."""
-
-
-def _hf(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
 
 
 def logit_transform(config):
@@ -47,19 +44,25 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if not chunk:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
         return token_logprobs(logits, targets), token_entropy(logits) if entropy else None
-    hf = _hf(model)
+    hf = base_model(model)  # PEFT: the model under the adapter, whose head and config are its own
     transform = logit_transform(hf.config.get_text_config(decoder=True))
     fsdp = dist_utils.is_fsdp(hf)
     if fsdp:  # FSDP2: the root's own parameters (the output layer) stay gathered after its forward
         hf.set_reshard_after_forward(False, recurse=False)
     if not getattr(hf, "_oreal_logits_checked", False):
         _check(model, hf, input_ids, attention_mask, transform, chunk)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
-    head = hf.get_output_embeddings()
-    result = chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform)
+    result = _from_hidden(model, hf, input_ids, attention_mask, targets, chunk, transform)
     if fsdp and not torch.is_grad_enabled():  # no backward will reshard them (the reference)
         hf.reshard()
     return result
+
+
+def _from_hidden(model, hf, input_ids, attention_mask, targets, chunk, transform):
+    """The model's last hidden states (one position's logits only), then its output layer a chunk
+    at a time."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+    head = hf.get_output_embeddings()
+    return chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform)
 
 
 @torch.no_grad()
@@ -67,10 +70,7 @@ def _check(model, hf, input_ids, attention_mask, transform, chunk, tokens: int =
     ids, attn = input_ids[:1, :tokens], attention_mask[:1, :tokens]
     full = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
     want = token_logprobs(full, ids[:, 1:])
-    out = model(input_ids=ids, attention_mask=attn, output_hidden_states=True, logits_to_keep=1)
-    head = hf.get_output_embeddings()
-    got, ent = chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, ids[:, 1:], head.bias, chunk,
-                                      transform)
+    got, ent = _from_hidden(model, hf, ids, attn, ids[:, 1:], chunk, transform)
     tol = 1e-4 if full.dtype == torch.float32 else 0.05
     gap = max((got - want).abs().max().item(), (ent - token_entropy(full)).abs().max().item())
     if gap > tol:
