@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from oreal.algo.chunked import chunked_token_logprobs, scale, softcap
+from tests.step_helpers import step_grads
 
 
 def _full(hidden, weight, bias, targets, transform=None):
@@ -81,33 +82,14 @@ def test_memory_does_not_grow_with_tokens_x_vocab():
     assert max(saved) >= 400 * 3000  # the full path keeps [tokens x vocab]
 
 
-def _step_grads(tmp_path, verifier, *extra):
-    from oreal.recipes.train import Trainer
-    from oreal.training.config import build_config
-
-    cfg = build_config(None, [f"out={tmp_path}", "steps=1", "batch_questions=8", "samples=4", "threads=1",
-                              "micro_batch=3", "sampling.max_new_tokens=32", "algo.name=oreal",
-                              "algo.actor_freeze_steps=0", "algo.credit=logprob", "optim.lr=1e-3",
-                              "prompt.use_chat_template=false", "prompt.system=null", *extra])
-    tr = Trainer(cfg, verifier, log=lambda *a: None)
-    grads = {}
-    tr.opt.register_step_pre_hook(lambda *a: grads.update(
-        {n: p.grad.clone() for n, p in tr.policy.named_parameters() if p.grad is not None}))
-    try:
-        m = tr.step().metrics
-    finally:
-        tr.close()
-    return m, grads
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_a_training_step_with_chunked_logprobs_equals_the_full_logits_step(tmp_path, verifier, lora):
     """logprob_chunk=5 (chunks that cut every row) against logprob_chunk=0: the same losses, KL,
     entropy, credit loss and policy gradients, with the reference a frozen copy or the LoRA base,
     and the log-prob credit model's LM on the chunked path too."""
     extra = ["lora.enabled=true", "lora.r=4"] if lora else []
-    full, g_full = _step_grads(tmp_path / "full", verifier, "logprob_chunk=0", *extra)
-    chunked, g_chunk = _step_grads(tmp_path / "chunked", verifier, "logprob_chunk=5", *extra)
+    full, g_full = step_grads(tmp_path / "full", verifier, "logprob_chunk=0", *extra)
+    chunked, g_chunk = step_grads(tmp_path / "chunked", verifier, "logprob_chunk=5", *extra)
     assert full["actor_updated"] and chunked["actor_updated"] and full["selected"] == chunked["selected"]
     for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "engine_ratio_max", "credit_loss", "credit_acc"):
         assert chunked[k] == pytest.approx(full[k], rel=1e-4, abs=1e-6), k
@@ -147,3 +129,21 @@ def test_a_logit_transform_oreal_does_not_apply_is_refused(tiny):
 
     with pytest.raises(LogitMismatchError, match="transforms the logits"):
         sequence_logprobs(Doubled(model), ids, attn, ids[:, 1:], chunk=4)
+
+
+def test_the_vllm_checks_trainer_logprobs_take_the_trainers_chunked_path(tiny):
+    """The engine's log-prob check compares against the trainer's own path (the trainer passes
+    it in EngineSetup.token_logprobs): chunked, it equals the full logits the check used before."""
+    from functools import partial
+
+    from oreal.rollout import Rollout
+    from oreal.rollout.vllm_engine import trainer_logprobs
+    from oreal.training.logprobs import sequence_logprobs
+
+    _, model, _, _ = tiny
+    g = torch.Generator().manual_seed(3)
+    rows = [Rollout(0, i, torch.randint(3, 150, (p,), generator=g).tolist(),
+                    torch.randint(3, 150, (r,), generator=g).tolist(), "", True) for i, (p, r) in enumerate(((5, 9), (8, 3)))]
+    full = trainer_logprobs(model, rows, 0)
+    chunked = trainer_logprobs(model, rows, 0, partial(sequence_logprobs, chunk=4, entropy=False))
+    assert len(full) == 12 and torch.allclose(torch.tensor(chunked), torch.tensor(full), atol=1e-5, rtol=0)

@@ -89,3 +89,15 @@ def test_three_trainer_steps(tmp_path, verifier):
     assert len(history) == 3 and history[-1]["actor_updated"]
     assert all(h["credit_loss"] is not None and torch.isfinite(torch.tensor(h["credit_loss"])) for h in history)
     assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()
+
+
+def test_packed_rows_stay_apart_on_this_version(embedded):
+    """`pack=true` relies on transformers reading restarting position ids without an attention
+    mask as separate rows (its masking utilities): the embedded model's packed rows must give what
+    each row gives alone, on the full-logits path and on the chunked one."""
+    from oreal.training.logprobs import check_packing, sequence_logprobs
+
+    model, tok = embedded
+    for chunk in (0, 5):
+        assert check_packing("the embedded policy", lambda ids, attn, t, pos: sequence_logprobs(
+            model, ids, attn, t, chunk, False, pos)[0], len(tok), "cpu", lengths=(11, 9)) < 1e-5

@@ -27,16 +27,18 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..optim import param_groups
-from .loading import decoder_layers, load_policy, load_token_head, load_weights, read_safetensors, save_model
+from .loading import decoder_layers, forward_kwargs, load_policy, load_token_head, load_weights, read_safetensors, save_model
 
 HEAD_FILE = "credit_head.json"
 CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
 
 
 class CreditModel(nn.Module):
-    """A token reward model: `forward(ids, attn, targets)` gives [N, L-1] token scores w_t aligned
-    with the shifted targets (position t scores token t + 1). It is the forward, so that FSDP2
-    gathers the sharded parameters around it. Saved as a plain HF directory of its `inner` model."""
+    """A token reward model: `forward(ids, attn, targets, position_ids=None)` gives [N, L-1] token
+    scores w_t aligned with the shifted targets (position t scores token t + 1); rows packed into
+    one sequence come with `position_ids` and no `attn` (`oreal.models.forward_kwargs`). It is the
+    forward, so that FSDP2 gathers the sharded parameters around it. Saved as a plain HF directory
+    of its `inner` model."""
 
     inner_name: str  # the attribute holding the HF model inside (what `save` writes as an HF directory)
 
@@ -44,8 +46,8 @@ class CreditModel(nn.Module):
     def inner(self) -> nn.Module:
         return getattr(self, self.inner_name)
 
-    def scores(self, input_ids, attention_mask, targets) -> torch.Tensor:
-        return self(input_ids, attention_mask, targets)
+    def scores(self, input_ids, attention_mask, targets, position_ids=None) -> torch.Tensor:
+        return self(input_ids, attention_mask, targets, position_ids)
 
     def param_groups(self, weight_decay: float, calib_lr: float) -> list[dict]:
         """AdamW groups (`oreal.optim.param_groups`); extra parameters take `calib_lr`."""
@@ -78,7 +80,8 @@ class CreditModel(nn.Module):
         """Adapt optimiser state loaded from an older checkpoint (nothing to do by default)."""
 
     def use_token_logprobs(self, fn) -> None:
-        """Take an LM's token log-probs from `fn(lm, ids, attn, targets) -> (logp, entropy)` (the
+        """Take an LM's token log-probs from `fn(lm, ids, attn, targets, position_ids=) -> (logp,
+        entropy)` (the
         trainer's chunked path, `logprob_chunk`) instead of its full logits; for credit models that
         score by log-probs (nothing to do for the others)."""
 
@@ -102,8 +105,8 @@ class TokenHeadCredit(CreditModel):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1, 0]
+    def forward(self, input_ids, attention_mask, targets, position_ids=None) -> torch.Tensor:
+        return self.model(**forward_kwargs(input_ids, attention_mask, position_ids)).logits[:, :-1, 0]
 
 
 class LogProbCredit(CreditModel):
@@ -132,11 +135,11 @@ class LogProbCredit(CreditModel):
     def use_token_logprobs(self, fn) -> None:
         self.token_logprobs = fn
 
-    def forward(self, input_ids, attention_mask, targets) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, targets, position_ids=None) -> torch.Tensor:
         if self.token_logprobs is not None:
-            lp = self.token_logprobs(self.lm, input_ids, attention_mask, targets)[0]
+            lp = self.token_logprobs(self.lm, input_ids, attention_mask, targets, position_ids=position_ids)[0]
         else:
-            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+            logits = self.lm(**forward_kwargs(input_ids, attention_mask, position_ids)).logits[:, :-1].float()
             lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return self.scale * lp + self.offset
 

@@ -40,6 +40,19 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def forward_kwargs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   position_ids: torch.Tensor | None = None) -> dict:
+    """A training forward's keyword arguments: padded rows (an attention mask) or rows packed into
+    one sequence (position ids restarting at each row, no mask). No KV cache: with one,
+    transformers does not read restarting position ids as separate rows."""
+    kw = {"input_ids": input_ids, "use_cache": False}
+    if position_ids is not None:
+        kw["position_ids"] = position_ids
+    else:
+        kw["attention_mask"] = attention_mask
+    return kw
+
+
 def load_tokenizer(name_or_path: str):
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     if tok.pad_token is None:  # many causal LMs ship without one

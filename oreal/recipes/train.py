@@ -25,13 +25,13 @@ from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
-from ..training.logprobs import sequence_logprobs
+from ..training.logprobs import check_packing, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
-from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch
+from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig
@@ -87,9 +87,11 @@ class Trainer(Checkpointing):
         self._setup_data(problems)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
-            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log))
+            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log,
+            partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)))
         self._exit.callback(self.engine.close)
         self._check_prompt_lengths()
+        self._check_packing()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
@@ -149,6 +151,22 @@ class Trainer(Checkpointing):
         refused here, before the first step, rather than at the step that draws that prompt."""
         longest = longest_prompt_tokens([p.question for p in self.problems], self.tok, self.cfg.prompt)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
+
+    def _check_packing(self) -> None:
+        """With `pack`, each model must keep packed rows apart (its attention reads the restarting
+        position ids): checked once on two short rows, before the first step, never assumed."""
+        if not self.cfg.pack:
+            return
+        chunk = self.cfg.logprob_chunk
+
+        def logprobs(model):
+            return lambda ids, attn, targets, pos: sequence_logprobs(model, ids, attn, targets, chunk, False, pos)[0]
+
+        models = [("the policy", logprobs(self.policy)), ("the reference", logprobs(self.ref) if self.ref else None),
+                  ("the credit model", self._credit_model.scores if self._credit_model is not None else None)]
+        for name, forward in models:
+            if forward is not None:
+                check_packing(name, forward, len(self.tok), self.device)
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
@@ -263,14 +281,16 @@ class Trainer(Checkpointing):
         return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
 
     def micro_batches(self, batch: SelectedBatch) -> list[MicroBatch]:
-        """The batch cut by `micro_batch` / `micro_batch_tokens`. Under FSDP2 every forward and
-        backward is a collective, so every rank runs as many micro-batches as the busiest one: the
-        extra ones are all-padding rows that add zero to every sum."""
-        slices = batch.micro_batches(self.cfg.micro_batch, self.cfg.micro_batch_tokens)
-        out = [MicroBatch(sl, batch[sl]) for sl in slices]
+        """The batch cut by `micro_batch` / `micro_batch_tokens`, each micro-batch's rows packed
+        into one sequence for the models (`pack`). Under FSDP2 every forward and backward is a
+        collective, so every rank runs as many micro-batches as the busiest one: the extra ones
+        are all-padding rows that add zero to every sum."""
+        cfg = self.cfg
+        slices = batch.micro_batches(cfg.micro_batch, cfg.micro_batch_tokens, cfg.pack)
         n = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
-        return out + [MicroBatch(None, SelectedBatch.padding(self.tok.pad_token_id, self.device))
-                      for _ in range(n - len(slices))]
+        parts = [(sl, batch[sl]) for sl in slices] + [
+            (None, SelectedBatch.padding(self.tok.pad_token_id, self.device)) for _ in range(n - len(slices))]
+        return [MicroBatch(sl, b, ModelInputs.packed(b) if cfg.pack else None) for sl, b in parts]
 
     def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
                      counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor | None, CreditStats]:
@@ -299,7 +319,7 @@ class Trainer(Checkpointing):
             self.opt.zero_grad(set_to_none=True)
             for mb in micro:
                 w = weights[mb.rows] if mb.real else torch.ones_like(mb.batch.mask)
-                ratio_max = max(ratio_max, self._policy_backward(mb.batch, w, counts, sums))
+                ratio_max = max(ratio_max, self._policy_backward(mb, w, counts, sums))
             if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
                 dist_utils.all_reduce_grads(self.policy)
             stats.seconds = self._clock() - t0
@@ -324,15 +344,20 @@ class Trainer(Checkpointing):
             with full_weights(self.policy) as named:
                 self.engine.update_weights(named)
 
-    def _policy_backward(self, mb: SelectedBatch, weights: torch.Tensor, counts: algo.TokenCounts,
+    def _policy_backward(self, micro: MicroBatch, weights: torch.Tensor, counts: algo.TokenCounts,
                          sums: dict) -> float:
         """One micro-batch's policy gradients, its loss sums added to `sums`; returns the largest
-        pi_trainer / pi_engine of its sampled tokens (0 without the engine's log-probs)."""
+        pi_trainer / pi_engine of its sampled tokens (0 without the engine's log-probs). The
+        models see the micro-batch's inputs (packed or padded); the loss sees its rows."""
         a = self.cfg.algo
-        chunk = self.cfg.logprob_chunk
-        logp, entropy = sequence_logprobs(self.policy, mb.ids, mb.attn, mb.targets, chunk)
+        mb, x = micro.batch, micro.inputs
+        logp, entropy = self._logprobs(self.policy, x)
         with torch.no_grad():
-            ref_logp = self._ref_logprobs(mb, chunk)
+            if self.ref is not None:
+                ref_logp = self._logprobs(self.ref, x, entropy=False)[0]
+            else:  # LoRA: the reference is the base model, the adapter off
+                with self.policy.disable_adapter():
+                    ref_logp = self._logprobs(self.policy, x, entropy=False)[0]
         sums["entropy"] += (entropy * mb.mask).sum().item()
         ratio_max = 0.0
         if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
@@ -358,11 +383,10 @@ class Trainer(Checkpointing):
         sums["kl"] += out.kl_sum.item()
         return ratio_max
 
-    def _ref_logprobs(self, mb: SelectedBatch, chunk: int) -> torch.Tensor:
-        if self.ref is not None:
-            return sequence_logprobs(self.ref, mb.ids, mb.attn, mb.targets, chunk, entropy=False)[0]
-        with self.policy.disable_adapter():
-            return sequence_logprobs(self.policy, mb.ids, mb.attn, mb.targets, chunk, entropy=False)[0]
+    def _logprobs(self, model, x: ModelInputs, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[m, T] log-probs of the rows' sampled tokens (and the entropy) under `model`."""
+        logp, ent = sequence_logprobs(model, x.ids, x.attn, x.targets, self.cfg.logprob_chunk, entropy, x.position_ids)
+        return x.rows(logp), None if ent is None else x.rows(ent)
 
     def _clock(self) -> float:
         """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""

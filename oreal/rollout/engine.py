@@ -52,6 +52,9 @@ class EngineSetup:
     seed: int = 0
     compute_dtype: torch.dtype | None = None  # the trainer's compute dtype (bf16 under mixed precision)
     log: Callable = print
+    # the trainer's log-probs, fn(model, ids, attn, targets) -> (logp [N, L-1], _), for an engine
+    # that checks its own against them (vllm); None: from the model's full logits
+    token_logprobs: Callable | None = None
 
 
 class RolloutEngine(Protocol):

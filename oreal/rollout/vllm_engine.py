@@ -94,9 +94,11 @@ def _repack_embeddings(worker) -> None:
             method.process_weights_after_loading(m)
 
 
-def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int) -> list[float]:
+def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int, token_logprobs=None) -> list[float]:
     """log pi(y_t) of every response token of `rollouts` (flattened in order) under `model`, in
-    eval mode without gradients: one right-padded forward."""
+    eval mode without gradients: one right-padded forward, through the trainer's own log-prob
+    path `token_logprobs(model, ids, attn, targets) -> (logp, _)` when given (chunked: no
+    [tokens x vocab] tensor), else from the full logits."""
     device = next(model.parameters()).device
     seqs = [r.prompt_ids + r.response_ids for r in rollouts]
     L = max(len(x) for x in seqs)
@@ -104,9 +106,13 @@ def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int) -> list[float]
     attn = torch.zeros((len(seqs), L), dtype=torch.long)
     for i, x in enumerate(seqs):
         ids[i, :len(x)], attn[i, :len(x)] = torch.tensor(x), 1
+    ids, attn = ids.to(device), attn.to(device)
     with torch.no_grad(), eval_mode(model):
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
-    lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).cpu()
+        if token_logprobs is not None:
+            lp = token_logprobs(model, ids, attn, ids[:, 1:])[0].float().cpu()
+        else:
+            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+            lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
     out = []
     for i, r in enumerate(rollouts):
         start = len(r.prompt_ids) - 1  # position p - 1 predicts token p
@@ -124,6 +130,7 @@ class VLLMEngine:
         if setup is None or setup.model_dir is None:
             raise ConfigError("engine=vllm needs the policy's directory (EngineSetup.model_dir)")
         self.model, self.tokenizer, self.log = model, tokenizer, setup.log
+        self.token_logprobs = setup.token_logprobs
         self.options = o = setup.options or VLLMConfig()
         vllm = import_vllm()
         check_architecture(setup.model_dir)
@@ -214,8 +221,8 @@ class VLLMEngine:
         if not rows:
             return 0.0
         engine = torch.tensor([x for r in rows for x in r.logprobs], dtype=torch.float64)
-        trainer = torch.tensor(trainer_logprobs(self.model, rows, self.tokenizer.pad_token_id or 0),
-                               dtype=torch.float64)
+        pad = self.tokenizer.pad_token_id or 0
+        trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs), dtype=torch.float64)
         gap = (engine - trainer).abs()
         exact = self.compute_dtype == torch.float32 and self.llm.llm_engine.model_config.dtype == torch.float32
         bad = gap.max().item() > 1e-3 if exact else gap.mean().item() > 0.05

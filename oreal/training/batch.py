@@ -1,5 +1,12 @@
 """The batch of one training step: the rollouts of B questions, and the responses selected
-from them for the loss as padded tensors, cut into micro-batches."""
+from them for the loss, cut into micro-batches.
+
+The loss sees every selected response as a row of right-padded [N, T] tensors (mask, weights,
+log-probs). The models need not: a micro-batch's forward takes its rows packed into one sequence
+(`ModelInputs.packed`), positions restarting at each row and no attention mask, which transformers
+reads as "keep the rows apart" (SDPA, eager and flex build a block-diagonal causal mask;
+flash-attention takes the rows as varlen segments). `ModelInputs.rows` puts each token's result
+back in its row, so no compute goes to padding and nothing downstream changes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
@@ -78,7 +85,7 @@ class SelectedBatch:
         ids = torch.full((1, 2), pad_id, dtype=torch.long, device=device)
         return cls([], ids, torch.ones((1, 2), dtype=torch.long, device=device), ids[:, 1:],
                    torch.zeros((1, 1), device=device), torch.zeros(1, device=device),
-                   torch.zeros(1, device=device), [], torch.zeros((1, 1), device=device))
+                   torch.zeros(1, device=device), [2], torch.zeros((1, 1), device=device))
 
     def __getitem__(self, sl: slice) -> "SelectedBatch":
         return replace(self, rows=self.rows[sl], ids=self.ids[sl], attn=self.attn[sl], targets=self.targets[sl],
@@ -90,33 +97,85 @@ class SelectedBatch:
         pos = self.positive
         return (self.mask * pos[:, None]).sum().item(), (self.mask * (~pos)[:, None]).sum().item()
 
-    def micro_batches(self, max_seqs: int, max_tokens: int = 0) -> list[slice]:
-        return micro_batches(self.lengths, max_seqs, max_tokens)
+    def micro_batches(self, max_seqs: int, max_tokens: int = 0, packed: bool = False) -> list[slice]:
+        return micro_batches(self.lengths, max_seqs, max_tokens, packed)
+
+
+@dataclass
+class ModelInputs:
+    """One forward's inputs: rows padded to [m, L] with their attention mask, or packed into
+    [1, S] (S = the rows' total length) with position ids that restart at each row. `targets`
+    are the shifted ids (position t predicts ids[:, t + 1]); `rows` maps a result per position of
+    these inputs back to the [m, L - 1] rows."""
+    ids: torch.Tensor
+    targets: torch.Tensor
+    attn: torch.Tensor | None = None  # padded
+    position_ids: torch.Tensor | None = None  # packed
+    index: torch.Tensor | None = None  # packed: [m, L - 1] position in the pack of each row position
+    valid: torch.Tensor | None = None  # packed: [m, L - 1] whether that row position is a token's
+
+    @classmethod
+    def padded(cls, batch: "SelectedBatch") -> "ModelInputs":
+        return cls(batch.ids, batch.targets, attn=batch.attn)
+
+    @classmethod
+    def packed(cls, batch: "SelectedBatch") -> "ModelInputs":
+        """The rows of `batch` end to end, no padding. A row of n tokens gives n - 1 predictions;
+        the position that ends a row predicts the next row's first token, which no mask counts."""
+        lengths = torch.tensor(batch.lengths, device=batch.ids.device)
+        starts = torch.cumsum(lengths, 0) - lengths
+        cols = torch.arange(batch.ids.shape[1], device=batch.ids.device)
+        real = cols[None, :] < lengths[:, None]  # [m, L]
+        ids = batch.ids[real][None]
+        position_ids = (cols[None, :].expand_as(real))[real][None]
+        t = cols[None, :-1]
+        valid = t < (lengths[:, None] - 1)
+        index = torch.where(valid, starts[:, None] + t, 0)
+        return cls(ids, ids[:, 1:], position_ids=position_ids, index=index, valid=valid)
+
+    @property
+    def is_packed(self) -> bool:
+        return self.position_ids is not None
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """[m, L - 1] from a result per position of these inputs ([1, S - 1] packed; padded: as is),
+        0 where a row has no token."""
+        if not self.is_packed:
+            return x
+        return torch.where(self.valid, x[0][self.index], torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 @dataclass
 class MicroBatch:
-    """One forward/backward's share of a SelectedBatch."""
+    """One forward/backward's share of a SelectedBatch: its rows as the loss sees them (`batch`)
+    and the inputs of the models' forwards (`inputs`, packed or padded)."""
     rows: slice | None  # its rows in the step's batch; None for an all-padding one (FSDP2 keeps ranks in step)
     batch: SelectedBatch
+    inputs: ModelInputs | None = None
+
+    def __post_init__(self):
+        if self.inputs is None:
+            self.inputs = ModelInputs.padded(self.batch)
 
     @property
     def real(self) -> bool:
         return self.rows is not None
 
 
-def micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0) -> list[slice]:
+def micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0, packed: bool = False) -> list[slice]:
     """Consecutive slices of at most `max_seqs` sequences and, when `max_tokens` is set, at most
-    that many padded tokens (longest x count): dynamic batching keeps memory flat when response
-    lengths vary."""
-    out, start, longest = [], 0, 0
+    that many tokens: their sum when the rows are packed, longest x count when padded. Dynamic
+    batching keeps memory flat when response lengths vary; a row longer than the budget goes
+    alone."""
+    out, start, longest, total = [], 0, 0, 0
     for i, n in enumerate(lengths):
-        longest_with = max(longest, n)
-        full = i - start >= max_seqs or (max_tokens and i > start and longest_with * (i - start + 1) > max_tokens)
+        longest_with, total_with = max(longest, n), total + n
+        size = total_with if packed else longest_with * (i - start + 1)
+        full = i - start >= max_seqs or (max_tokens and i > start and size > max_tokens)
         if full:
             out.append(slice(start, i))
-            start, longest_with = i, n
-        longest = longest_with
+            start, longest_with, total_with = i, n, n
+        longest, total = longest_with, total_with
     if start < len(lengths):
         out.append(slice(start, len(lengths)))
     return out

@@ -73,7 +73,10 @@ class TrainConfig:
     batch_questions: int = setting(64, "questions per step (B)")
     samples: int = setting(16, "samples per question (K)")
     micro_batch: int = setting(64, "sequences per forward/backward")
-    micro_batch_tokens: int = setting(0, "also cap each micro-batch at this many padded tokens (0: off)")
+    micro_batch_tokens: int = setting(0, "also cap each micro-batch at this many tokens: their sum when packed, "
+                                         "longest x rows when padded (0: off)")
+    pack: bool = setting(True, "the models see each micro-batch's rows packed into one sequence, positions "
+                               "restarting per row: no compute on padding (false: rows padded to the longest)")
     fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")

@@ -37,7 +37,7 @@ class CreditStage:
         out = torch.zeros_like(batch.mask)
         with torch.no_grad():
             for mb in micro:
-                w = self.model.scores(mb.batch.ids, mb.batch.attn, mb.batch.targets)
+                w = _scores(self.model, mb)
                 if mb.real:
                     out[mb.rows] = w.float()
         return out
@@ -57,7 +57,7 @@ class CreditStage:
         self.opt.zero_grad(set_to_none=True)
         for mb in micro:
             b = mb.batch
-            w = self.model.scores(b.ids, b.attn, b.targets)
+            w = _scores(self.model, mb)
             loss = algo.credit_sequence_loss(w, b.mask, b.reward)
             if not mb.real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
                 loss = loss * 0.0
@@ -81,3 +81,9 @@ class CreditStage:
             stats.pair_rank = sums["pair_wins"] / sums["pairs"] if sums["pairs"] else None
         stats.seconds = self.clock() - t0
         return stats
+
+
+def _scores(model: CreditModel, mb: MicroBatch) -> torch.Tensor:
+    """[m, T] scores of a micro-batch's rows, from its forward inputs (packed or padded)."""
+    x = mb.inputs
+    return x.rows(model.scores(x.ids, x.attn, x.targets, x.position_ids))

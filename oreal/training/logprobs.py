@@ -15,12 +15,18 @@ import torch
 
 from .. import distributed as dist_utils
 from ..algo.chunked import DEFAULT_CHUNK, chunked_token_logprobs, scale, softcap
-from ..rollout.kv_cache import base_model
 from ..algo.losses import token_entropy, token_logprobs
+from ..errors import ModelError
+from ..models import forward_kwargs
+from ..rollout.kv_cache import base_model
 
 
-class LogitMismatchError(RuntimeError):
+class LogitMismatchError(ModelError):
     """The chunked log-probs do not reproduce the model's own logits."""
+
+
+class PackingError(ModelError):
+    """A model's attention lets rows packed into one sequence see each other."""
 
 
 def logit_transform(config):
@@ -36,13 +42,16 @@ def logit_transform(config):
     return softcap(float(cap)) if cap else scale(factor) if factor != 1.0 else None
 
 
-def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor,
-                      chunk: int = DEFAULT_CHUNK, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, targets: torch.Tensor,
+                      chunk: int = DEFAULT_CHUNK, entropy: bool = True,
+                      position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """[N, L-1] log pi(targets) (with gradient where the model has one) and the entropy at each
     position (no gradient); position t predicts input_ids[:, t + 1]. `chunk=0`: from the model's
-    full [N, L, V] logits (the entropy only when asked for)."""
+    full [N, L, V] logits (the entropy only when asked for). Packed rows: `position_ids` that
+    restart at each row and no attention mask (`oreal.training.batch.ModelInputs`)."""
+    kw = forward_kwargs(input_ids, attention_mask, position_ids)
     if not chunk:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+        logits = model(**kw).logits[:, :-1]
         return token_logprobs(logits, targets), token_entropy(logits) if entropy else None
     hf = base_model(model)  # PEFT: the model under the adapter, whose head and config are its own
     transform = logit_transform(hf.config.get_text_config(decoder=True))
@@ -50,27 +59,27 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     if fsdp:  # FSDP2: the root's own parameters (the output layer) stay gathered after its forward
         hf.set_reshard_after_forward(False, recurse=False)
     if not getattr(hf, "_oreal_logits_checked", False):
-        _check(model, hf, input_ids, attention_mask, transform, chunk)
-    result = _from_hidden(model, hf, input_ids, attention_mask, targets, chunk, transform)
+        _check(model, hf, input_ids[:1, :8], transform, chunk)
+    result = _from_hidden(model, hf, kw, targets, chunk, transform)
     if fsdp and not torch.is_grad_enabled():  # no backward will reshard them (the reference)
         hf.reshard()
     return result
 
 
-def _from_hidden(model, hf, input_ids, attention_mask, targets, chunk, transform):
+def _from_hidden(model, hf, kw: dict, targets, chunk, transform):
     """The model's last hidden states (one position's logits only), then its output layer a chunk
     at a time."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, logits_to_keep=1)
+    out = model(**kw, output_hidden_states=True, logits_to_keep=1)
     head = hf.get_output_embeddings()
     return chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform)
 
 
 @torch.no_grad()
-def _check(model, hf, input_ids, attention_mask, transform, chunk, tokens: int = 8) -> None:
-    ids, attn = input_ids[:1, :tokens], attention_mask[:1, :tokens]
-    full = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
+def _check(model, hf, ids, transform, chunk) -> None:
+    kw = forward_kwargs(ids, torch.ones_like(ids))
+    full = model(**kw).logits[:, :-1]
     want = token_logprobs(full, ids[:, 1:])
-    got, ent = _from_hidden(model, hf, ids, attn, ids[:, 1:], chunk, transform)
+    got, ent = _from_hidden(model, hf, kw, ids[:, 1:], chunk, transform)
     tol = 1e-4 if full.dtype == torch.float32 else 0.05
     gap = max((got - want).abs().max().item(), (ent - token_entropy(full)).abs().max().item())
     if gap > tol:
@@ -78,3 +87,25 @@ def _check(model, hf, input_ids, attention_mask, transform, chunk, tokens: int =
             f"{type(hf).__name__}: log-probs from its hidden states differ from its own logits by {gap:.3g} "
             f"(> {tol}): its forward transforms the logits in a way oreal does not apply; set logprob_chunk=0")
     hf._oreal_logits_checked = True
+
+
+@torch.no_grad()
+def check_packing(name: str, forward, vocab_size: int, device, lengths: tuple[int, int] = (7, 5)) -> float:
+    """Raise `PackingError` unless two rows packed into one sequence give what each gives alone:
+    `forward(ids, attn, targets, position_ids)` -> [1, n - 1] per-position values (log-probs,
+    scores). A model whose attention ignores restarting position ids would let a row see the
+    one before it, silently. Returns the largest gap."""
+    g = torch.Generator().manual_seed(0)
+    rows = [torch.randint(1, vocab_size, (1, n), generator=g).to(device) for n in lengths]
+    alone = [forward(r, torch.ones_like(r), r[:, 1:], None)[0] for r in rows]
+    ids = torch.cat(rows, 1)
+    pos = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
+    packed = forward(ids, None, ids[:, 1:], pos)[0]
+    a = lengths[0]
+    got = [packed[: a - 1], packed[a: a + lengths[1] - 1]]
+    gap = max((x.float() - y.float()).abs().max().item() for x, y in zip(got, alone))
+    tol = 1e-4 if packed.dtype == torch.float32 else 0.05
+    if not gap <= tol:
+        raise PackingError(f"{name}: rows packed into one sequence differ from the same rows alone by {gap:.3g} "
+                           f"(> {tol}): its attention does not keep packed rows apart; set pack=false")
+    return gap

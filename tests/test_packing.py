@@ -1,0 +1,116 @@
+"""Packed micro-batches (`pack`): each micro-batch's rows go to the models as one sequence,
+positions restarting per row, and every row's log-probs, entropy, credit scores and gradients are
+those of the same row alone; a model that would let packed rows see each other is refused."""
+import pytest
+import torch
+
+from oreal.models import LogProbCredit, TokenHeadCredit, load_token_head
+from oreal.training.batch import MicroBatch, ModelInputs, SelectedBatch, batch_tensors, micro_batches
+from oreal.training.logprobs import PackingError, check_packing, sequence_logprobs
+from tests.step_helpers import step_grads
+
+LENGTHS = [(4, 9), (6, 2), (3, 14), (5, 1)]  # (prompt, response) tokens: rows of 13, 8, 17 and 6
+
+
+def _batch(vocab: int, seed: int = 0) -> SelectedBatch:
+    g = torch.Generator().manual_seed(seed)
+    seqs = [(torch.randint(3, vocab, (p,), generator=g).tolist(), torch.randint(3, vocab, (r,), generator=g).tolist())
+            for p, r in LENGTHS]
+    ids, attn, targets, mask = batch_tensors(seqs, pad_id=0)
+    n = len(seqs)
+    return SelectedBatch([(i, 0) for i in range(n)], ids, attn, targets, mask, torch.ones(n), torch.ones(n),
+                         [p + r for p, r in LENGTHS])
+
+
+def test_packed_inputs_hold_every_row_end_to_end_and_map_back_by_hand():
+    b = _batch(50)
+    x = ModelInputs.packed(b)
+    assert x.ids.shape == (1, 13 + 8 + 17 + 6) and x.attn is None
+    assert x.position_ids[0].tolist() == [*range(13), *range(8), *range(17), *range(6)]
+    assert x.ids[0, 13:21].tolist() == b.ids[1, :8].tolist()
+    # a row's results come back to its row: the packed targets mapped back are the row's targets
+    back = x.rows(x.targets)
+    assert torch.equal(back * x.valid, b.targets * x.valid)
+    assert x.valid.sum(1).tolist() == [12, 7, 16, 5]  # n - 1 predictions per row
+    assert x.index[1, :3].tolist() == [13, 14, 15]
+    assert (b.mask * ~x.valid).sum() == 0  # every response token has its packed prediction
+
+
+def test_token_budget_micro_batches_count_the_sum_when_packed():
+    lengths = [10, 30, 5, 5, 40, 20]
+    assert micro_batches(lengths, 8, max_tokens=45, packed=True) == [slice(0, 3), slice(3, 5), slice(5, 6)]
+    # padded counts longest x rows: 10, 30 -> 60 > 45
+    assert micro_batches(lengths, 8, max_tokens=45) == [slice(0, 1), slice(1, 2), slice(2, 4), slice(4, 5),
+                                                        slice(5, 6)]
+    assert micro_batches([100, 3], 8, max_tokens=45, packed=True) == [slice(0, 1), slice(1, 2)]  # too long: alone
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("chunk", [0, 5], ids=["full_logits", "chunked"])
+def test_a_row_packed_gives_its_logprobs_entropy_and_gradients_alone(tiny, attn_impl, chunk):
+    from transformers import AutoModelForCausalLM
+
+    path, _, tok, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=attn_impl)
+    b = _batch(len(tok))
+    x = ModelInputs.packed(b)
+    lp, ent = sequence_logprobs(model, x.ids, None, x.targets, chunk, position_ids=x.position_ids)
+    lp, ent = x.rows(lp), x.rows(ent)
+    (lp * b.mask).sum().backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    for i, (p, r) in enumerate(LENGTHS):  # each row alone, no padding at all
+        n = p + r
+        alone, ent_alone = sequence_logprobs(model, b.ids[i:i + 1, :n], b.attn[i:i + 1, :n], b.targets[i:i + 1, :n - 1],
+                                             chunk)
+        assert torch.allclose(lp[i, :n - 1], alone[0], atol=1e-5, rtol=0), i
+        assert torch.allclose(ent[i, :n - 1], ent_alone[0], atol=1e-5, rtol=0), i
+        (alone * b.mask[i:i + 1, :n - 1]).sum().backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(packed_grads[n], p.grad, atol=1e-5, rtol=1e-4), n
+
+
+def test_credit_models_score_a_packed_row_as_alone(tiny):
+    path, model, tok, _ = tiny
+    b = _batch(len(tok), seed=1)
+    x = ModelInputs.packed(b)
+    for credit in (TokenHeadCredit(load_token_head(path)), LogProbCredit(model, scale=3.0, offset=0.5)):
+        packed = x.rows(credit.scores(x.ids, None, x.targets, x.position_ids))
+        padded = credit.scores(b.ids, b.attn, b.targets)
+        assert torch.allclose(packed * x.valid, padded * x.valid, atol=1e-5, rtol=0), type(credit).__name__
+
+
+def test_a_training_step_packed_equals_the_padded_step(tmp_path, verifier):
+    """pack=true against pack=false on the same step (micro-batches of 3 rows, chunked log-probs,
+    the log-prob credit model): the same losses, KL, entropy, credit metrics and policy gradients."""
+    padded, g_padded = step_grads(tmp_path / "padded", verifier, "pack=false", "logprob_chunk=5")
+    packed, g_packed = step_grads(tmp_path / "packed", verifier, "pack=true", "logprob_chunk=5")
+    assert packed["actor_updated"] and packed["selected"] == padded["selected"] > 3
+    for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "credit_loss", "credit_acc", "train_tokens"):
+        assert packed[k] == pytest.approx(padded[k], rel=1e-4, abs=1e-6), k
+    assert g_padded.keys() == g_packed.keys() and g_padded
+    for n in g_padded:
+        assert torch.allclose(g_packed[n], g_padded[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_a_model_that_lets_packed_rows_see_each_other_is_refused(tiny):
+    """A forward that drops the position ids (one causal sequence over the whole pack) would train
+    every row after the first on the rows before it: refused, naming the setting."""
+    _, model, tok, _ = tiny
+
+    def ignores_positions(ids, attn, targets, pos):
+        return sequence_logprobs(model, ids, torch.ones_like(ids), targets, 0, False)[0]
+
+    def keeps_rows_apart(ids, attn, targets, pos):
+        return sequence_logprobs(model, ids, attn, targets, 0, False, pos)[0]
+
+    assert check_packing("the policy", keeps_rows_apart, len(tok), "cpu") < 1e-5
+    with pytest.raises(PackingError, match="the policy: rows packed .* set pack=false"):
+        check_packing("the policy", ignores_positions, len(tok), "cpu")
+
+
+def test_an_all_padding_micro_batch_packs_too():
+    """FSDP2's filler micro-batch (a rank with fewer micro-batches runs it) goes through the packed path."""
+    mb = MicroBatch(None, SelectedBatch.padding(0), None)
+    x = ModelInputs.packed(mb.batch)
+    assert x.ids.shape == (1, 2) and x.rows(x.targets).shape == mb.batch.mask.shape
