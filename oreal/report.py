@@ -58,7 +58,10 @@ def render_response(row: dict) -> str:
     pos = row["reward"] > 0.5
     weights = row.get("weights") or [None] * len(row["tokens"])
     spans = []
-    for tok, w in zip(row["tokens"], weights):
+    cut = row.get("cut")  # a long response's dump keeps tokens [0, a) and [b, n)
+    for i, (tok, w) in enumerate(zip(row["tokens"], weights)):
+        if cut and i == cut[0]:
+            spans.append(f"<i> [... {cut[1] - cut[0]} tokens cut ...] </i>")
         tip = "" if w is None else f' title="w={w:.3f}"'
         spans.append(f'<span style="background:{_colour(w, pos)}"{tip}>{html.escape(tok)}</span>')
     verdict = "correct" if pos else "wrong"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oreal.algo.chunked import chunked_token_logprobs, scale, softcap
-from tests.step_helpers import step_grads
+from step_helpers import step_grads
 
 
 def _full(hidden, weight, bias, targets, transform=None):

@@ -46,19 +46,21 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp,credit,chunk", [(False, "token_head", 0), (True, "token_head", 0), (False, "logprob", 0),
-                                               (True, "logprob", 0), (True, "logprob", 7)],
-                         ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit",
-                              "fsdp2_chunked_logprobs"])
-def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk):
+@pytest.mark.parametrize("fsdp,credit,chunk,pack", [
+    (False, "token_head", 0, False), (True, "token_head", 0, False), (False, "logprob", 0, False),
+    (True, "logprob", 0, False), (True, "logprob", 7, False), (True, "logprob", 7, True)],
+    ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit", "fsdp2_chunked_logprobs",
+         "fsdp2_packed_against_padded"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack):
     env, cli = _write_cfg(tmp_path)
     # logprob: the demo's credit model; chunk: the log-probs from hidden states (the FSDP2 root's
-    # output layer read outside its forward), 7 tokens at a time
+    # output layer read outside its forward), 7 tokens at a time; pack: the two ranks' micro-batches
+    # packed (the filler micro-batch of the rank with fewer too), the one process's padded
     cli = [*cli, f"algo.credit={credit}", "algo.credit_init=[10,1]", f"logprob_chunk={chunk}"]
-    one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True,
-                         text=True, timeout=300)
+    one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}", "pack=false"], env=env,
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}")
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}", f"pack={str(pack).lower()}")
     assert two.returncode == 0, two.stderr[-3000:]
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}

@@ -7,7 +7,7 @@ import torch
 from oreal.models import LogProbCredit, TokenHeadCredit, load_token_head
 from oreal.training.batch import MicroBatch, ModelInputs, SelectedBatch, batch_tensors, micro_batches
 from oreal.training.logprobs import PackingError, check_packing, sequence_logprobs
-from tests.step_helpers import step_grads
+from step_helpers import step_grads
 
 LENGTHS = [(4, 9), (6, 2), (3, 14), (5, 1)]  # (prompt, response) tokens: rows of 13, 8, 17 and 6
 
@@ -114,3 +114,16 @@ def test_an_all_padding_micro_batch_packs_too():
     mb = MicroBatch(None, SelectedBatch.padding(0), None)
     x = ModelInputs.packed(mb.batch)
     assert x.ids.shape == (1, 2) and x.rows(x.targets).shape == mb.batch.mask.shape
+
+
+def test_pack_auto_packs_only_where_the_attention_is_varlen(tiny):
+    """auto: flash-attention takes packed rows as varlen segments (no work across rows); SDPA and
+    eager would compute each pack's whole [S x S] product, so auto pads there. true/false as said."""
+    from types import SimpleNamespace
+
+    from oreal.training.logprobs import packs
+
+    _, model, _, _ = tiny
+    assert model.config._attn_implementation == "sdpa" and not packs("auto", model)
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert packs("auto", flash) and packs(True, model) and not packs(False, flash)

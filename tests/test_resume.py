@@ -389,3 +389,28 @@ def test_an_ignored_sigint_stays_ignored_in_training_and_sigterm_is_still_handle
             assert signal.getsignal(signal.SIGINT) == stop._handle
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_long_responses_dump_keeps_its_head_and_tail_with_their_weights(tiny):
+    """A 16k-token response would make a 0.4 MB record (and end the dumps in a few steps): the
+    record keeps its first and last 2,048 tokens, their weights aligned, and says what was cut."""
+    from oreal.data import Problem
+    from oreal.rollout import Rollout
+    from oreal.training.batch import RolloutBatch
+    from oreal.training.rundir import DUMP_TOKENS, trajectory_records
+
+    _, _, tok, _ = tiny
+    n, prompt = 5000, [5, 6, 7]
+    resp = [int(x) for x in torch.randint(3, len(tok), (n,), generator=torch.Generator().manual_seed(0))]
+    roll = RolloutBatch([Problem("q", "1+1?", "2")], [[Rollout(0, 0, prompt, resp, "", False)]],
+                        torch.zeros(1, 1), 0, 1)
+    weights = torch.arange(len(prompt) + n - 1, dtype=torch.float)[None] / 10_000  # position p-1 scores token p
+    rec, = trajectory_records(roll, [(0, 0)], torch.zeros(1, 1), weights, tok, step=1, limit=8)
+    half = DUMP_TOKENS // 2
+    assert rec["response_tokens"] == n and rec["cut"] == [half, n - half]
+    assert len(rec["tokens"]) == len(rec["weights"]) == DUMP_TOKENS
+    assert rec["tokens"][half] == tok.decode([resp[n - half]])
+    assert rec["weights"][0] == round((len(prompt) - 1) / 10_000, 4)  # the first response token's weight
+    assert rec["weights"][half] == round((len(prompt) - 1 + n - half) / 10_000, 4)
+    assert f"[... {n - DUMP_TOKENS} tokens cut ...]" in rec["response"]
+    assert len(json.dumps(rec)) < 150_000

@@ -7,6 +7,11 @@ logit transform (Gemma 2's soft-capping, Granite's scaling, Cohere's scale, a sa
 temperature) is a function of the chunk's logits (`logit_transform`), recomputed with them, so
 its gradient is exact. The entropy is a metric: computed in the forward, no gradient.
 
+Only each token's log-sum-exp is kept for backward. Without a transform the backward builds
+d log p(y) / dz = onehot(y) - softmax(z) in place from the recomputed logits and that log-sum-exp
+(one matmul, three passes over the chunk, then the two matmuls of the gradients); with one it
+lets autograd differentiate the recomputed chunk through the transform.
+
 Shapes: hidden [N, H] (rows of a packed or flattened batch), weight [V, H] (the output
 embedding), bias [V] or None, targets [N] (negative ids are padding: log-prob 0 there).
 """
@@ -22,7 +27,10 @@ DEFAULT_CHUNK = 512
 def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                     targets: torch.Tensor, transform: Callable | None):
     """log softmax(transform(hidden @ weight.T + bias))[target] of one chunk, in float32."""
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return _chunk_logprobs_from(torch.nn.functional.linear(hidden, weight, bias).float(), targets, transform)
+
+
+def _chunk_logprobs_from(logits: torch.Tensor, targets: torch.Tensor, transform: Callable | None):
     if transform is not None:
         logits = transform(logits)
     lse = torch.logsumexp(logits, -1)
@@ -32,61 +40,71 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 class _ChunkedLogProbs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, transform):
+    def forward(ctx, hidden, weight, bias, targets, chunk, transform, with_entropy):
         logp = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-        entropy = torch.empty_like(logp)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else None
         with torch.no_grad():
             for s in range(0, hidden.shape[0], chunk):
-                lp, logits, lse = _chunk_logprobs(hidden[s:s + chunk], weight, bias, targets[s:s + chunk], transform)
-                logp[s:s + chunk] = lp
-                p = torch.softmax(logits, -1)
-                entropy[s:s + chunk] = lse - (p * logits).sum(-1)
-                del logits, p
-        ctx.save_for_backward(hidden, weight, bias, targets)
+                sl = slice(s, s + chunk)
+                lp, logits, lse[sl] = _chunk_logprobs(hidden[sl], weight, bias, targets[sl], transform)
+                logp[sl] = lp
+                if with_entropy:  # H = -sum_v p_v log p_v, log p = z - lse made in place
+                    log_p = logits.sub_(lse[sl, None])
+                    entropy[sl] = -torch.linalg.vecdot(log_p.exp(), log_p)
+                    del log_p
+                del logits
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk, ctx.transform = chunk, transform
-        ctx.mark_non_differentiable(entropy)
+        if with_entropy:
+            ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, bias, targets = ctx.saved_tensors
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and bias is not None
         grad_h = torch.zeros_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b and bias is not None else None
-        inputs_of = lambda h: [x for x, need in ((h, need_h), (weight, need_w), (bias, need_b))  # noqa: E731
-                               if need and x is not None]
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
         for s in range(0, hidden.shape[0], ctx.chunk):
-            with torch.enable_grad():  # recompute this chunk's logits, then let autograd differentiate them
-                h = hidden[s:s + ctx.chunk].detach().requires_grad_(need_h)
-                lp, _, _ = _chunk_logprobs(h, weight, bias, targets[s:s + ctx.chunk], ctx.transform)
-                grads = torch.autograd.grad(lp, inputs_of(h), grad_logp[s:s + ctx.chunk], allow_unused=True)
-            grads = list(grads)
+            sl = slice(s, s + ctx.chunk)
+            h, t = hidden[sl], targets[sl]
+            g = grad_logp[sl].float() * (t >= 0)
+            if ctx.transform is None:  # d log p(y) / dz = onehot(y) - softmax(z): built in place
+                with torch.no_grad():
+                    dz = torch.nn.functional.linear(h, weight, bias).float().sub_(lse[sl, None]).exp_()
+                    dz.mul_(-g[:, None]).scatter_add_(-1, t.clamp(min=0)[:, None], g[:, None])
+            else:  # recompute the chunk through the transform and let autograd differentiate it
+                with torch.enable_grad():
+                    z = torch.nn.functional.linear(h, weight, bias).float().requires_grad_()
+                    lp, _, _ = _chunk_logprobs_from(z, t, ctx.transform)
+                    dz, = torch.autograd.grad(lp, z, grad_logp[sl])
+            dz = dz.to(weight.dtype)
             if need_h:
-                grad_h[s:s + ctx.chunk] = grads.pop(0)
+                grad_h[sl] = dz @ weight
             if need_w:
-                g = grads.pop(0)
-                if g is not None:
-                    grad_w += g.float()
-            if grad_b is not None:
-                g = grads.pop(0)
-                if g is not None:
-                    grad_b += g.float()
+                grad_w += (dz.T @ h).float()
+            if need_b:
+                grad_b += dz.float().sum(0)
         return (grad_h, grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None)
+                grad_b.to(bias.dtype) if grad_b is not None else None, None, None, None, None)
 
 
 def chunked_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                            bias: torch.Tensor | None = None, chunk: int = DEFAULT_CHUNK,
-                           logit_transform: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           logit_transform: Callable | None = None,
+                           entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log-prob of each target [N] with gradient, entropy of each position's distribution [N]
-    without), computed `chunk` tokens at a time; `hidden` may be [..., H] with `targets` [...]."""
+    without, or None when not asked for), computed `chunk` tokens at a time; `hidden` may be
+    [..., H] with `targets` [...]."""
     if chunk < 1:
         raise ValueError("chunk must be at least 1")
     shape = targets.shape
-    logp, entropy = _ChunkedLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
-                                           targets.reshape(-1), chunk, logit_transform)
-    return logp.reshape(shape), entropy.reshape(shape)
+    logp, ent = _ChunkedLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, bias,
+                                       targets.reshape(-1), chunk, logit_transform, entropy)
+    return logp.reshape(shape), ent.reshape(shape) if ent is not None else None
 
 
 def softcap(cap: float) -> Callable[[torch.Tensor], torch.Tensor]:

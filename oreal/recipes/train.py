@@ -25,7 +25,7 @@ from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
                       torch_dtype)
-from ..training.logprobs import check_packing, sequence_logprobs
+from ..training.logprobs import check_packing, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
@@ -91,6 +91,7 @@ class Trainer(Checkpointing):
             partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)))
         self._exit.callback(self.engine.close)
         self._check_prompt_lengths()
+        self.pack = packs(cfg.pack, self.policy)
         self._check_packing()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
@@ -155,7 +156,7 @@ class Trainer(Checkpointing):
     def _check_packing(self) -> None:
         """With `pack`, each model must keep packed rows apart (its attention reads the restarting
         position ids): checked once on two short rows, before the first step, never assumed."""
-        if not self.cfg.pack:
+        if not self.pack:
             return
         chunk = self.cfg.logprob_chunk
 
@@ -286,11 +287,11 @@ class Trainer(Checkpointing):
         collective, so every rank runs as many micro-batches as the busiest one: the extra ones
         are all-padding rows that add zero to every sum."""
         cfg = self.cfg
-        slices = batch.micro_batches(cfg.micro_batch, cfg.micro_batch_tokens, cfg.pack)
+        slices = batch.micro_batches(cfg.micro_batch, cfg.micro_batch_tokens, self.pack)
         n = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
         parts = [(sl, batch[sl]) for sl in slices] + [
             (None, SelectedBatch.padding(self.tok.pad_token_id, self.device)) for _ in range(n - len(slices))]
-        return [MicroBatch(sl, b, ModelInputs.packed(b) if cfg.pack else None) for sl, b in parts]
+        return [MicroBatch(sl, b, ModelInputs.packed(b) if self.pack else None) for sl, b in parts]
 
     def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
                      counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor | None, CreditStats]:

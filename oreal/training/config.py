@@ -75,8 +75,9 @@ class TrainConfig:
     micro_batch: int = setting(64, "sequences per forward/backward")
     micro_batch_tokens: int = setting(0, "also cap each micro-batch at this many tokens: their sum when packed, "
                                          "longest x rows when padded (0: off)")
-    pack: bool = setting(True, "the models see each micro-batch's rows packed into one sequence, positions "
-                               "restarting per row: no compute on padding (false: rows padded to the longest)")
+    pack: bool | str = setting("auto", "the models see each micro-batch's rows packed into one sequence, positions "
+                                       "restarting per row: no compute on padding (false: rows padded to the "
+                                       "longest; auto: packed where the attention is varlen, flash-attention)")
     fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
@@ -120,6 +121,8 @@ class TrainConfig:
         self.validate()
 
     def validate(self):
+        if self.pack not in (True, False, "auto"):
+            raise ConfigError(f"pack: expected true, false or auto, got {self.pack!r}")
         if self.logprob_chunk < 0:
             raise ConfigError("logprob_chunk: must be >= 0 (0: the full logits)")
         for k in ("steps", "batch_questions", "samples", "micro_batch"):

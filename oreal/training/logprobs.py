@@ -60,18 +60,19 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         hf.set_reshard_after_forward(False, recurse=False)
     if not getattr(hf, "_oreal_logits_checked", False):
         _check(model, hf, input_ids[:1, :8], transform, chunk)
-    result = _from_hidden(model, hf, kw, targets, chunk, transform)
+    result = _from_hidden(model, hf, kw, targets, chunk, transform, entropy)
     if fsdp and not torch.is_grad_enabled():  # no backward will reshard them (the reference)
         hf.reshard()
     return result
 
 
-def _from_hidden(model, hf, kw: dict, targets, chunk, transform):
+def _from_hidden(model, hf, kw: dict, targets, chunk, transform, entropy: bool = True):
     """The model's last hidden states (one position's logits only), then its output layer a chunk
     at a time."""
     out = model(**kw, output_hidden_states=True, logits_to_keep=1)
     head = hf.get_output_embeddings()
-    return chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform)
+    return chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform,
+                                  entropy)
 
 
 @torch.no_grad()
@@ -87,6 +88,18 @@ def _check(model, hf, ids, transform, chunk) -> None:
             f"{type(hf).__name__}: log-probs from its hidden states differ from its own logits by {gap:.3g} "
             f"(> {tol}): its forward transforms the logits in a way oreal does not apply; set logprob_chunk=0")
     hf._oreal_logits_checked = True
+
+
+def packs(setting, model) -> bool:
+    """Whether micro-batches go to the models packed (`pack`): true and false as said; auto packs
+    where the attention is varlen (flash-attention reads the restarting position ids as separate
+    rows and never computes across them). SDPA and eager attention keep packed rows apart with a
+    block-diagonal mask but still compute the whole [S x S] product of a pack, which for many short
+    rows costs more than their padding saves: auto pads there."""
+    if setting != "auto":
+        return bool(setting)
+    impl = getattr(base_model(model).config, "_attn_implementation", None) or ""
+    return "flash" in impl
 
 
 @torch.no_grad()

@@ -118,15 +118,41 @@ def trajectory_records(roll, rows: list[tuple[int, int]], adv, weights, tokenize
     for b, k in order[:limit]:
         r, q = roll.rollout(b, k), roll.questions[b]
         ids = r.response_ids
-        rec = {"step": step, "id": q.id, "prompt": tokenizer.decode(r.prompt_ids),
-               "gold": q.gold, "response": tokenizer.decode(ids), "reward": roll.rewards[b, k].item(),
+        kept = _kept_positions(len(ids))  # a long response: its head and tail only
+        rec = {"step": step, "id": q.id, "prompt": tokenizer.decode(r.prompt_ids), "gold": q.gold,
+               "response": _cut_text([ids[i] for i in kept], len(ids), tokenizer),
+               "response_tokens": len(ids), "reward": roll.rewards[b, k].item(),
                "advantage": adv[b, k].item(), "pass_rate": roll.rewards[b].mean().item(),
-               "selected": (b, k) in row_of, "tokens": [tokenizer.decode([t]) for t in ids]}
+               "selected": (b, k) in row_of, "tokens": tokenizer.batch_decode([[ids[i]] for i in kept])}
+        if len(kept) < len(ids):
+            rec["cut"] = [DUMP_TOKENS // 2, len(ids) - DUMP_TOKENS // 2]  # tokens [a, b) are not in the record
         if weights is not None and (b, k) in row_of:
             start = len(r.prompt_ids) - 1  # shifted targets: position p-1 predicts token p
-            rec["weights"] = [round(x, 4) for x in weights[row_of[(b, k)], start:start + len(ids)].tolist()]
+            w = weights[row_of[(b, k)], start:start + len(ids)].tolist()
+            rec["weights"] = [round(w[i], 4) for i in kept]
         out.append(rec)
     return out
+
+
+# a dumped response keeps this many tokens (its first and last halves) and says where it was cut:
+# at 16k-token responses a whole record is about 0.4 MB, and the file's cap would end the dumps
+# within a few steps
+DUMP_TOKENS = 4096
+
+
+def _kept_positions(n: int) -> list[int]:
+    if n <= DUMP_TOKENS:
+        return list(range(n))
+    half = DUMP_TOKENS // 2
+    return [*range(half), *range(n - half, n)]
+
+
+def _cut_text(kept_ids: list[int], n: int, tokenizer) -> str:
+    if n <= DUMP_TOKENS:
+        return tokenizer.decode(kept_ids)
+    half = DUMP_TOKENS // 2
+    return (tokenizer.decode(kept_ids[:half]) + f" [... {n - DUMP_TOKENS} tokens cut ...] "
+            + tokenizer.decode(kept_ids[half:]))
 
 
 # What a run leaves in its directory; any of them means a fresh start there would replace a run
