@@ -28,7 +28,8 @@ from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, 
 from ..training.logprobs import check_packing, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
-from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
+from ..rollout import (EngineSetup, SamplingConfig, check_length, engine_class, eval_mode, make_engine, options_class,
+                       resolve_engine)
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
@@ -92,7 +93,7 @@ class Trainer(Checkpointing):
         self._exit.callback(self.engine.close)
         self._check_prompt_lengths()
         self.pack = packs(cfg.pack, self.policy)
-        self._check_packing()
+        self._check_forwards()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
@@ -153,21 +154,24 @@ class Trainer(Checkpointing):
         longest = longest_prompt_tokens([p.question for p in self.problems], self.tok, self.cfg.prompt)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
-    def _check_packing(self) -> None:
-        """With `pack`, each model must keep packed rows apart (its attention reads the restarting
-        position ids): checked once on two short rows, before the first step, never assumed."""
-        if not self.pack:
-            return
+    def _check_forwards(self) -> None:
+        """Before the first rollout, on two short rows: each model's log-probs from its hidden
+        states must reproduce its own logits (`logprob_chunk`) and, with `pack`, packed rows must
+        stay apart (its attention reads the restarting position ids). Checked, never assumed."""
         chunk = self.cfg.logprob_chunk
 
         def logprobs(model):
             return lambda ids, attn, targets, pos: sequence_logprobs(model, ids, attn, targets, chunk, False, pos)[0]
 
-        models = [("the policy", logprobs(self.policy)), ("the reference", logprobs(self.ref) if self.ref else None),
-                  ("the credit model", self._credit_model.scores if self._credit_model is not None else None)]
-        for name, forward in models:
+        models = [("the policy", self.policy, logprobs(self.policy)),
+                  ("the reference", self.ref, logprobs(self.ref) if self.ref else None),
+                  ("the credit model", self._credit_model,
+                   self._credit_model.scores if self._credit_model is not None else None)]
+        vocab = min(len(self.tok), self.policy.get_input_embeddings().num_embeddings)
+        for name, model, forward in models:
             if forward is not None:
-                check_packing(name, forward, len(self.tok), self.device)
+                with eval_mode(model):  # no dropout: the rows alone and packed must see the same model
+                    check_packing(name, forward, vocab, self.device, packed=self.pack)
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""

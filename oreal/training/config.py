@@ -82,9 +82,9 @@ class TrainConfig:
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
     activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
-    logprob_chunk: int = setting(0, "policy and reference log-probs from hidden states, the output layer this many "
-                                    "tokens at a time, recomputed in backward: no [tokens x vocab] tensor (0: from "
-                                    "the full logits)")
+    logprob_chunk: int = setting(512, "log-probs (policy, reference, log-prob credit) from hidden states, the output "
+                                      "layer this many tokens at a time, recomputed in backward: no [tokens x vocab] "
+                                      "tensor (0: from the full logits)")
     engine: str = setting("auto", "rollout engine: " + " | ".join(ENGINE_NAMES) + " (auto: hf_sampler on CPU, "
                                   "hf_device on GPU; an engine's own settings: its section, vllm.*)")
     seed: int = setting(0, "seed of the run")

@@ -103,14 +103,19 @@ def packs(setting, model) -> bool:
 
 
 @torch.no_grad()
-def check_packing(name: str, forward, vocab_size: int, device, lengths: tuple[int, int] = (7, 5)) -> float:
+def check_packing(name: str, forward, vocab_size: int, device, lengths: tuple[int, int] = (7, 5),
+                  packed: bool = True) -> float:
     """Raise `PackingError` unless two rows packed into one sequence give what each gives alone:
     `forward(ids, attn, targets, position_ids)` -> [1, n - 1] per-position values (log-probs,
     scores). A model whose attention ignores restarting position ids would let a row see the
-    one before it, silently. Returns the largest gap."""
+    one before it, silently. Returns the largest gap. The rows alone go through `forward` first,
+    so its own first-call checks (`sequence_logprobs`: the logits) run here too; `packed=False`:
+    those only."""
     g = torch.Generator().manual_seed(0)
     rows = [torch.randint(1, vocab_size, (1, n), generator=g).to(device) for n in lengths]
     alone = [forward(r, torch.ones_like(r), r[:, 1:], None)[0] for r in rows]
+    if not packed:
+        return 0.0
     ids = torch.cat(rows, 1)
     pos = torch.cat([torch.arange(n, device=device) for n in lengths])[None]
     packed = forward(ids, None, ids[:, 1:], pos)[0]
