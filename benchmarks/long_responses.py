@@ -24,24 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
-
 from oreal import OREALConfig, OREALTrainer
 from oreal.data import Problem, save_problems
-from oreal.models import load_tokenizer, save_model
+from oreal.models import TinyModelConfig, build_tiny_policy, load_tokenizer, save_model
 
 VOCAB = 151_936
 
 
 def build_model(path: Path, max_new: int) -> None:
-    torch.manual_seed(0)
     tok = load_tokenizer("default")
-    cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_new + 256,
-                      tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    save_model(Qwen2ForCausalLM(cfg), tok, path)
+    model = build_tiny_policy(tok, TinyModelConfig(hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128,
+                                                   max_positions=max_new + 256, output_rows=VOCAB))
+    save_model(model, tok, path)
 
 
 def even_length(question, response: str, gold) -> bool:

@@ -1,5 +1,6 @@
 """One OREAL step through `Trainer` on the embedded policy, with its metrics and the policy's
 gradients at the optimiser step: two settings that must not change the update are compared on it."""
+import pytest
 import torch
 
 
@@ -21,3 +22,15 @@ def step_grads(tmp_path, verifier, *extra):
     finally:
         tr.close()
     return m, grads
+
+
+def assert_same_step(a: tuple[dict, dict], b: tuple[dict, dict], keys) -> None:
+    """Two `step_grads` results: both updated the policy, the metrics `keys` agree to 1e-4 and
+    every gradient to rtol 1e-4 / atol 1e-6."""
+    (ma, ga), (mb, gb) = a, b
+    assert ma["actor_updated"] and mb["actor_updated"] and ma["selected"] == mb["selected"] > 3
+    for k in keys:
+        assert mb[k] == pytest.approx(ma[k], rel=1e-4, abs=1e-6), k
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        assert torch.allclose(gb[n], ga[n], rtol=1e-4, atol=1e-6), n

@@ -7,7 +7,7 @@ import torch
 from oreal.models import LogProbCredit, TokenHeadCredit, load_token_head
 from oreal.training.batch import MicroBatch, ModelInputs, SelectedBatch, batch_tensors, micro_batches
 from oreal.training.logprobs import PackingError, check_packing, sequence_logprobs
-from step_helpers import step_grads
+from step_helpers import assert_same_step, step_grads
 
 LENGTHS = [(4, 9), (6, 2), (3, 14), (5, 1)]  # (prompt, response) tokens: rows of 13, 8, 17 and 6
 
@@ -83,14 +83,9 @@ def test_credit_models_score_a_packed_row_as_alone(tiny):
 def test_a_training_step_packed_equals_the_padded_step(tmp_path, verifier):
     """pack=true against pack=false on the same step (micro-batches of 3 rows, chunked log-probs,
     the log-prob credit model): the same losses, KL, entropy, credit metrics and policy gradients."""
-    padded, g_padded = step_grads(tmp_path / "padded", verifier, "pack=false", "logprob_chunk=5")
-    packed, g_packed = step_grads(tmp_path / "packed", verifier, "pack=true", "logprob_chunk=5")
-    assert packed["actor_updated"] and packed["selected"] == padded["selected"] > 3
-    for k in ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "credit_loss", "credit_acc", "train_tokens"):
-        assert packed[k] == pytest.approx(padded[k], rel=1e-4, abs=1e-6), k
-    assert g_padded.keys() == g_packed.keys() and g_padded
-    for n in g_padded:
-        assert torch.allclose(g_packed[n], g_padded[n], rtol=1e-4, atol=1e-6), n
+    assert_same_step(step_grads(tmp_path / "padded", verifier, "pack=false", "logprob_chunk=5"),
+                     step_grads(tmp_path / "packed", verifier, "pack=true", "logprob_chunk=5"),
+                     ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "credit_loss", "credit_acc", "train_tokens"))
 
 
 def test_a_model_that_lets_packed_rows_see_each_other_is_refused(tiny):

@@ -195,3 +195,41 @@ def _flat(cfg) -> dict:
     from oreal.config import to_dict
 
     return to_dict(cfg)
+
+
+LONG = r"""
+import json, sys
+from functools import partial
+from oreal.models import TinyModelConfig, build_tiny_policy, load_tokenizer, save_model
+from oreal.rollout import EngineSetup, SamplingConfig, make_engine
+from oreal.rollout.vllm_engine import VLLMConfig
+from oreal.training.logprobs import sequence_logprobs
+from oreal.verify import Verifier
+tok = load_tokenizer("default")
+model = build_tiny_policy(tok, TinyModelConfig(hidden_size=64, layers=2, heads=2, kv_heads=1, intermediate_size=128,
+                                               max_positions=16640, output_rows=151936))
+save_model(model, tok, sys.argv[1])
+engine = make_engine("vllm", model, tok, EngineSetup(sys.argv[1], VLLMConfig(check_rows=2), log=lambda *a: None,
+                     token_logprobs=partial(sequence_logprobs, chunk=512, entropy=False)))
+rows = [r for g in engine.sample(["Question: What is 2+2?\nAnswer: "], 2, SamplingConfig(max_new_tokens=16384),
+                                 seed=[5]) for r in g]
+gap = engine.check_logprobs(rows)
+with Verifier(workers=1) as v:
+    verdicts = v.verify_batch([("4", r.text, r.finished) for r in rows])
+print(json.dumps({"lengths": [len(r.response_ids) for r in rows], "finished": [r.finished for r in rows],
+                  "logprobs": [len(r.logprobs) for r in rows], "gap": gap, "status": [x.status for x in verdicts]}))
+engine.close()
+"""
+
+
+def test_responses_of_16k_tokens_at_a_152k_vocabulary(tmp_path):
+    """sampling.max_new_tokens=16384 on a model with Qwen2.5's output layer (its own process: one
+    vLLM engine per model per process): a model that never stops is cut at the limit, graded
+    unfinished, and its log-probs pass the engine's check through the trainer's chunked path
+    (the full logits would be a 10 GB tensor)."""
+    out = subprocess.run([sys.executable, "-c", LONG, str(tmp_path / "model")], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["lengths"] == r["logprobs"] == [16384, 16384] and r["finished"] == [False, False]
+    assert r["gap"] < 1e-3 and r["status"] == ["unfinished", "unfinished"]

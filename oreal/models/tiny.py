@@ -36,6 +36,10 @@ class TinyModelConfig:
     intermediate_size: int = 384
     max_positions: int = 256
     vocab_size: int = 320  # tokenizer vocabulary target
+    # the embedding's and output layer's rows (None: the tokenizer's size); 151,936 is Qwen2.5's,
+    # for memory and long-response checks at a real output layer (the ids past the tokenizer's
+    # end decode to nothing, as they do for a real model's padded rows)
+    output_rows: int | None = None
 
 
 def build_tiny_policy(tokenizer, cfg: TinyModelConfig, seed: int = 0) -> Qwen2ForCausalLM:
@@ -43,7 +47,7 @@ def build_tiny_policy(tokenizer, cfg: TinyModelConfig, seed: int = 0) -> Qwen2Fo
 
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        vocab_size=cfg.output_rows or len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.kv_heads,
         max_position_embeddings=cfg.max_positions, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
