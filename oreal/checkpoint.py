@@ -44,7 +44,17 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        restore_cuda_rng(state["cuda"], torch.cuda.device_count(), torch.cuda.set_rng_state)
+
+
+def restore_cuda_rng(states: list, device_count: int, set_state) -> int:
+    """Each visible device gets its saved generator state; returns how many did. A checkpoint
+    saved where more GPUs were visible (every visible device's state is saved) restores the first
+    `device_count` (`set_rng_state_all` raised IndexError); devices beyond the saved keep theirs."""
+    n = min(len(states), device_count)
+    for i in range(n):
+        set_state(states[i], i)
+    return n
 
 
 # --------------------------------------------------------------------------- writing

@@ -9,33 +9,53 @@ summed across ranks (all-reduce for replicated models, reduce-scatter under FSDP
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 
-def setup(device: str = "cpu", force: bool = False) -> tuple[int, int]:
+def setup(device: str = "cpu", force: bool = False, timeout_s: float = 3600.0) -> tuple[int, int]:
     """(rank, world size); initialises the process group when launched by torchrun with more than
-    one process, or when `force` (FSDP2 on a single GPU still needs a process group)."""
+    one process, or when `force` (FSDP2 on a single GPU still needs a process group: it gets a
+    free port, so two such jobs on one node do not collide). `timeout_s`: how long a rank waits
+    in a collective for the others (NCCL's default 10 minutes is shorter than what rank 0 does
+    alone while the others wait: evaluation, hashing a checkpoint's shards)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not force:
         return 0, 1
-    if force:
-        for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29511"), ("RANK", "0"), ("WORLD_SIZE", "1")):
-            os.environ.setdefault(k, v)
+    if force and "MASTER_PORT" not in os.environ:
+        os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"), MASTER_PORT=str(free_port()))
+    for k, v in (("RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
         if device.startswith("cuda"):
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+            torch.cuda.set_device(torch.device(local_device(device)))
+        dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s))
     return dist.get_rank(), dist.get_world_size()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def backend_for(device: str) -> str:
+    """The process group's backend: on CUDA, NCCL for CUDA tensors and gloo beside it for CPU ones
+    (`cpu_offload` keeps shards, and so the gradient norm's all-reduce and the weight push's
+    `full_tensor()`, on the CPU, which NCCL alone cannot move); gloo on CPU."""
+    return "cuda:nccl,cpu:gloo" if device.startswith("cuda") else "gloo"
 
 
 def local_device(device: str) -> str:
     """This process's device: under torchrun each rank takes the GPU of its LOCAL_RANK, whatever
-    index the config names; CPU stays CPU."""
+    index the config names; one process keeps the index it names (`cuda` is `cuda:0`); CPU stays
+    CPU."""
     if device.startswith("cuda") and "LOCAL_RANK" in os.environ:
         return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-    return device
+    return "cuda:0" if device == "cuda" else device
 
 
 def active() -> bool:
@@ -44,7 +64,7 @@ def active() -> bool:
 
 def comm_device() -> torch.device:
     """Where collective buffers must live: NCCL moves only CUDA tensors, gloo CPU ones."""
-    if active() and dist.get_backend() == "nccl":
+    if active() and "nccl" in dist.get_backend():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
@@ -75,6 +95,16 @@ def sum_floats(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def sum_tensor(t: torch.Tensor) -> list[float]:
+    """A device tensor of per-step sums, summed over ranks and read to the host: the step's one
+    synchronisation for them (the hot loops add to it on the device, no `.item()` per term)."""
+    if active():
+        c = t.to(comm_device(), torch.float64)
+        dist.all_reduce(c)
+        t = c
+    return t.tolist()
+
+
 def any_flag(flag: bool) -> bool:
     """True on every rank when it is true on any (stop requests, time limits)."""
     if not active():
@@ -89,14 +119,18 @@ def all_reduce_grads(model: torch.nn.Module) -> None:
     if not active():
         return
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    offset = 0
-    for p, g in zip(params, grads):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
+    by_dtype: dict[torch.dtype, list] = {}  # one flat buffer per dtype: a bf16 LM beside fp32 calibration
+    for p in params:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    for group in by_dtype.values():
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in group]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(group, grads):
+            n = g.numel()
+            p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
 
 
 def barrier() -> None:
@@ -142,6 +176,7 @@ class gathered:
 
         self.mods = [m for model in models if model is not None for m in model.modules()
                      if isinstance(m, FSDPModule)]
+        self.roots = {id(model) for model in models if model is not None}
 
     def __enter__(self):
         for m in self.mods:
@@ -152,7 +187,9 @@ class gathered:
     def __exit__(self, *exc):
         for m in self.mods:
             m.reshard()
-            m.set_reshard_after_forward(True)
+            # FSDP2's own choice back: the layers reshard after forward, the root does not (its
+            # embeddings and output layer are needed again at once in backward)
+            m.set_reshard_after_forward(id(m) not in self.roots, recurse=False)
 
 
 def full_state_dict(model) -> dict:

@@ -139,3 +139,36 @@ def test_dynamic_micro_batches_respect_both_caps():
         assert n == 1 or max(lengths[sl]) * n <= 60
     assert [i for sl in got for i in range(sl.start, sl.stop)] == list(range(len(lengths)))
     assert got == [slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 7), slice(7, 8)]  # greedy fill
+
+
+@pytest.mark.slow
+def test_bf16_compute_with_the_logprob_credit_on_two_ranks(tmp_path):
+    """Issue 32: bf16 with the demo's log-prob credit on 2 gloo ranks. Replicated bf16 weights
+    crashed (`all_reduce_grads` concatenated the bf16 LM's and the float32 calibration's
+    gradients) and would have trained bf16 weights with no float32 master copy: refused in one
+    line, before any model loads. FSDP2 with float32 master weights and bf16 compute trains, on 2
+    ranks as in one process (bf16 round-off apart)."""
+    env, cli = _write_cfg(tmp_path)
+    cli = [*cli, "algo.credit=logprob", "algo.credit_init=[10,1]", "steps=2"]
+    refused = _torchrun(env, cli, f"out={tmp_path / 'bf16'}", "dtype=bfloat16")
+    assert refused.returncode != 0
+    assert "no float32 master copy" in refused.stderr and "oreal/" not in refused.stderr  # no traceback of ours
+    one = _torchrun(env, cli, f"out={tmp_path / 'one'}", "fsdp=true", "mixed_precision=true", nproc=1)
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", "fsdp=true", "mixed_precision=true")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    for a, b in zip(rows["one"], rows["two"]):
+        assert a["reward"] == b["reward"] and a["selected"] == b["selected"]
+        for k in ("credit_loss", "loss"):
+            if a[k] is not None:
+                assert math.isfinite(b[k]) and b[k] == pytest.approx(a[k], rel=5e-2, abs=1e-3), k
+
+
+@pytest.mark.slow
+def test_fewer_questions_than_ranks_is_refused_before_any_collective(tmp_path):
+    """Issue 32: batch_questions=1 on 2 FSDP2 ranks aborted in gloo (a rank without questions
+    never entered the sampler's all-gather; on NCCL it hangs). Now a one-line error on every rank."""
+    env, cli = _write_cfg(tmp_path)
+    out = _torchrun(env, cli, f"out={tmp_path / 'run'}", "fsdp=true", "batch_questions=1")
+    assert out.returncode != 0
+    assert "batch_questions=1 on 2 ranks" in out.stderr and "oreal/" not in out.stderr  # no traceback of ours

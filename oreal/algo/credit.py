@@ -25,10 +25,15 @@ def credit_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
     return F.binary_cross_entropy_with_logits(seq_logit, rewards.float(), reduction="sum")
 
 
-def credit_correct_count(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> int:
-    """How many non-empty sequences the RM classifies right (sequence logit > 0 <=> correct)."""
+def credit_correct(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """How many non-empty sequences the RM classifies right (sequence logit > 0 <=> correct), as
+    a 0-d tensor on the logits' device (no host sync)."""
     seq_score = masked_mean(token_logits.detach(), mask)
-    return int((((seq_score > 0) == positive) & (mask.sum(-1) > 0)).sum().item())
+    return (((seq_score > 0) == positive) & (mask.sum(-1) > 0)).sum()
+
+
+def credit_correct_count(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> int:
+    return int(credit_correct(token_logits, mask, positive).item())
 
 
 def running_correctness(token_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

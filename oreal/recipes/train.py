@@ -23,8 +23,8 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import (add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer, resolve_model_path,
-                      torch_dtype)
+from ..models import (CreditModel, add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer,
+                      resolve_model_path, torch_dtype)
 from ..training.logprobs import check_packing, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
@@ -39,7 +39,7 @@ from ..training.config import TrainConfig
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.state import CreditStats, PolicyStats, RunState, StepControl, StepResult
+from ..training.state import CreditStats, DeviceSums, PolicyStats, RunState, StepControl, StepResult
 from ..training.threads import auto_threads, usable_cores
 from ..verify import count_statuses
 
@@ -71,7 +71,11 @@ class Trainer(Checkpointing):
 
     def __init__(self, cfg: TrainConfig, verifier, log=print, *, policy=None, tokenizer=None,
                  problems: list[Problem] | None = None, callbacks: list[Callback] | None = None):
-        self.rank, self.world = dist_utils.setup(cfg.device, force=cfg.fsdp)
+        self.rank, self.world = dist_utils.setup(cfg.device, force=cfg.fsdp, timeout_s=cfg.dist_timeout)
+        if cfg.batch_questions < self.world:  # before any model loads
+            raise ConfigError(f"batch_questions={cfg.batch_questions} on {self.world} ranks: each rank samples its "
+                              f"share of a step's questions, and a rank without one would miss the collectives of "
+                              f"sampling; set batch_questions to at least {self.world}")
         self.fsdp = cfg.fsdp
         self.cfg, self.verifier = cfg, verifier
         self.callbacks = list(callbacks or [])
@@ -88,7 +92,7 @@ class Trainer(Checkpointing):
         self._setup_data(problems)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
-            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log,
+            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device,
             partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)))
         self._exit.callback(self.engine.close)
         self._check_prompt_lengths()
@@ -123,30 +127,39 @@ class Trainer(Checkpointing):
             tokenizer.save_pretrained(self.policy_dir)
             self.policy = policy.to(self.device)
         self.tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
+        # FSDP2: each model loads into host memory and is sharded before the next one loads;
+        # fully_shard moves one unit at a time to the device, so no GPU ever holds a whole model
+        # (a 7B policy, reference and credit model in float32 would be about 91 GB on each)
+        load_to = "cpu" if cfg.fsdp else self.device
         if policy is None:
-            self.policy = load_policy(cfg.policy, cfg.dtype, self.device)
+            self.policy = load_policy(cfg.policy, cfg.dtype, load_to)
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
             lc = cfg.lora
             self.policy = add_lora(self.policy, lc.r, lc.alpha, lc.dropout, lc.target_modules)
-            self.ref = None
-        else:
-            self.ref = load_policy(self.policy_dir, cfg.dtype, self.device).eval().requires_grad_(False)
+        self._place(self.policy, trains=True)
+        self.ref = None
+        if not cfg.lora.enabled:
+            self.ref = self._place(load_policy(self.policy_dir, cfg.dtype, load_to).eval().requires_grad_(False))
         self._credit_model = None
         if cfg.algo.uses_credit:
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
-                                                   self.device, tuple(cfg.algo.credit_init))
+                                                   load_to, tuple(cfg.algo.credit_init))
             if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
                 self._credit_model.use_token_logprobs(partial(sequence_logprobs, chunk=cfg.logprob_chunk))
-        if cfg.activation_checkpointing:
-            for m in (self.policy, self._credit_model):
-                if m is not None:
-                    m.gradient_checkpointing_enable()
-        if cfg.fsdp:  # before the optimisers: fully_shard swaps parameters for sharded DTensors
-            for m in (self.policy, self.ref):
-                if m is not None:
-                    dist_utils.fsdp_wrap(m, decoder_layers(m), cfg.mixed_precision, cfg.cpu_offload)
-            if self._credit_model is not None:
-                self._credit_model.shard(cfg.mixed_precision, cfg.cpu_offload)
+            self._place(self._credit_model, trains=True)
+
+    def _place(self, model, trains: bool = False):
+        """Activation checkpointing on a model that trains, then FSDP2 sharding (before the
+        optimisers: fully_shard swaps parameters for sharded DTensors)."""
+        cfg = self.cfg
+        if trains and cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        if cfg.fsdp:
+            if isinstance(model, CreditModel):  # its inner model's layers, then itself
+                model.shard(cfg.mixed_precision, cfg.cpu_offload)
+            else:
+                dist_utils.fsdp_wrap(model, decoder_layers(model), cfg.mixed_precision, cfg.cpu_offload)
+        return model
 
     def _check_prompt_lengths(self) -> None:
         """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
@@ -317,19 +330,19 @@ class Trainer(Checkpointing):
         step; `update=False` (the actor is frozen) does neither. A non-finite loss or gradient
         skips the step. The engine samples from the new weights afterwards."""
         stats = PolicyStats(tokens=counts.all)
-        sums = dict.fromkeys(_POLICY_SUMS, 0.0)
-        ratio_max = 0.0
+        sums = DeviceSums(_POLICY_SUMS, self.device)
+        ratio_max = torch.zeros((), device=self.device)
         if update:
             t0 = self._clock()
             self.opt.zero_grad(set_to_none=True)
             for mb in micro:
                 w = weights[mb.rows] if mb.real else torch.ones_like(mb.batch.mask)
-                ratio_max = max(ratio_max, self._policy_backward(mb, w, counts, sums))
+                ratio_max = torch.maximum(ratio_max, self._policy_backward(mb, w, counts, sums))
             if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
                 dist_utils.all_reduce_grads(self.policy)
             stats.seconds = self._clock() - t0
-        stats.sums = dict(zip(_POLICY_SUMS, dist_utils.sum_floats([sums[k] for k in _POLICY_SUMS])))
-        stats.ratio_max = dist_utils.max_float(ratio_max)
+        stats.sums = sums.total()  # the step's one host sync for its sums
+        stats.ratio_max = dist_utils.max_float(ratio_max.item())
         t0 = self._clock()
         if update:
             total = stats.sums["loss_pos"] + stats.sums["loss_neg"] + stats.sums["loss_kl"]
@@ -350,10 +363,11 @@ class Trainer(Checkpointing):
                 self.engine.update_weights(named)
 
     def _policy_backward(self, micro: MicroBatch, weights: torch.Tensor, counts: algo.TokenCounts,
-                         sums: dict) -> float:
-        """One micro-batch's policy gradients, its loss sums added to `sums`; returns the largest
-        pi_trainer / pi_engine of its sampled tokens (0 without the engine's log-probs). The
-        models see the micro-batch's inputs (packed or padded); the loss sees its rows."""
+                         sums: DeviceSums) -> torch.Tensor:
+        """One micro-batch's policy gradients, its loss sums added to `sums` (on the device);
+        returns the largest pi_trainer / pi_engine of its sampled tokens (0 without the engine's
+        log-probs). The models see the micro-batch's inputs (packed or padded); the loss sees its
+        rows."""
         a = self.cfg.algo
         mb, x = micro.batch, micro.inputs
         logp, entropy = self._logprobs(self.policy, x)
@@ -363,29 +377,30 @@ class Trainer(Checkpointing):
             else:  # LoRA: the reference is the base model, the adapter off
                 with self.policy.disable_adapter():
                     ref_logp = self._logprobs(self.policy, x, entropy=False)[0]
-        sums["entropy"] += (entropy * mb.mask).sum().item()
-        ratio_max = 0.0
+        sums.add("entropy", (entropy * mb.mask).sum())
+        ratio_max = torch.zeros((), device=logp.device)
         if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
-            ratio = algo.engine_ratio(logp, mb.engine_logp)[mb.mask.bool()]
-            sums["ratio_sum"] += ratio.sum().item()
-            sums["ratio_outside"] += ((ratio < 0.8) | (ratio > 1.25)).sum().item()
-            sums["ratio_tokens"] += ratio.numel()
-            ratio_max = ratio.max().item() if ratio.numel() else 0.0
+            ratio = algo.engine_ratio(logp, mb.engine_logp)
+            on = mb.mask.bool()
+            sums.add("ratio_sum", (ratio * mb.mask).sum())
+            sums.add("ratio_outside", (((ratio < 0.8) | (ratio > 1.25)) & on).sum())
+            sums.add("ratio_tokens", mb.mask.sum())
+            ratio_max = ratio.masked_fill(~on, 0.0).max()
             if a.tis_cap:  # a named factor on the token weights, logged as tis_mean / tis_capped
                 tis = algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
                 weights = weights * tis
-                sums["tis_sum"] += tis[mb.mask.bool()].sum().item()
-                sums["tis_capped"] += ratio.gt(a.tis_cap).sum().item()
-                sums["tis_tokens"] += ratio.numel()
+                sums.add("tis_sum", tis.sum())
+                sums.add("tis_capped", (ratio.gt(a.tis_cap) & on).sum())
+                sums.add("tis_tokens", mb.mask.sum())
         elif a.tis_cap:
             raise TrainingError("algo.tis_cap needs the engine's log-probs of the sampled tokens "
                                 "(sampling.return_logprobs=true)")
         out = algo.policy_loss(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, a)
         out.loss.backward()
-        sums["loss_pos"] += out.pos.item()
-        sums["loss_neg"] += out.neg.item()
-        sums["loss_kl"] += a.kl_coef * out.kl.item()
-        sums["kl"] += out.kl_sum.item()
+        sums.add("loss_pos", out.pos)
+        sums.add("loss_neg", out.neg)
+        sums.add("loss_kl", a.kl_coef * out.kl)
+        sums.add("kl", out.kl_sum)
         return ratio_max
 
     def _logprobs(self, model, x: ModelInputs, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -52,6 +52,9 @@ class EngineSetup:
     seed: int = 0
     compute_dtype: torch.dtype | None = None  # the trainer's compute dtype (bf16 under mixed precision)
     log: Callable = print
+    # where the trainer's model computes (None: where its parameters are); FSDP2's cpu_offload keeps
+    # the shards in host memory and gathers them onto the GPU for each forward
+    device: torch.device | None = None
     # the trainer's log-probs, fn(model, ids, attn, targets) -> (logp [N, L-1], _), for an engine
     # that checks its own against them (vllm); None: from the model's full logits
     token_logprobs: Callable | None = None
@@ -122,6 +125,14 @@ def eval_mode(model):
         model.train(was_training)
 
 
+def compute_device(model, setup: EngineSetup | None = None) -> torch.device:
+    """Where `model` computes: the trainer's device when the setup says (its parameters may sit in
+    host memory under FSDP2's cpu_offload), else its parameters'."""
+    if setup is not None and setup.device is not None:
+        return torch.device(setup.device)
+    return next(model.parameters()).device
+
+
 class HFEngine:
     """An engine over the live HF model the trainer updates: nothing to push, nothing to release.
     Each call runs in inference mode, in eval mode, and under FSDP2 on gathered full weights (one
@@ -133,6 +144,7 @@ class HFEngine:
     def __init__(self, model, tokenizer, setup: EngineSetup | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.device = compute_device(model, setup)
         self.max_model_len = model_max_len(model)
 
     def sample(self, prompts, k, cfg, seed=None):
@@ -224,7 +236,7 @@ class HFSampler(HFEngine):
         seed = self._prepare(prompts, seed)
         # one key per (question, sample); one seed for the call gives question i the seed + i
         seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
-        keys = row_keys(seeds, k, next(self.model.parameters()).device)
+        keys = row_keys(seeds, k, self.device)
         return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, keys[s:s + len(chunk)]))
 
     def _prepare(self, prompts, seed):
@@ -288,7 +300,7 @@ class HFSampler(HFEngine):
     def _cache_gap(self, prompts: list[str], steps: int) -> tuple[float, bool]:
         """The largest log-prob gap, and whether the full forward ran in float32."""
         model, tok = self.model, self.tokenizer
-        device = next(model.parameters()).device
+        device = self.device
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         rows = [r[m.bool()].tolist() for r, m in zip(ids, mask)]
@@ -409,7 +421,7 @@ class HFGenerateEngine(HFEngine):
                           top_k=cfg.top_k or None)
         if cfg.stop_strings:
             kwargs.update(stop_strings=cfg.stop_strings, tokenizer=tok)
-        dev = next(model.parameters()).device
+        dev = self.device
         with torch.random.fork_rng():  # generate draws from the global RNG: seed a private copy
             if seed is not None:
                 torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Build a registered engine by name."""
 from __future__ import annotations
 
-from .engine import EngineSetup, RolloutEngine
+from .engine import EngineSetup, RolloutEngine, compute_device
 from .registry import engine_class
 
 
@@ -9,5 +9,6 @@ def make_engine(name: str, model, tokenizer, setup: EngineSetup | None = None) -
     """The engine `name` (or `auto`) over `model`. `setup` (model directory, the engine's options,
     dtype, seed, ...) is for engines that hold their own copy of the weights; the HF engines
     sample from `model` itself."""
-    cls = engine_class(name, next(model.parameters()).device)
-    return cls(model, tokenizer, setup or EngineSetup())
+    setup = setup or EngineSetup()
+    cls = engine_class(name, compute_device(model, setup))
+    return cls(model, tokenizer, setup)

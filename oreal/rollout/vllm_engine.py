@@ -25,7 +25,7 @@ import torch
 
 from ..config import setting
 from ..errors import ConfigError
-from .engine import EngineSetup, Rollout, SamplingConfig, _stop_ids, check_length, eval_mode
+from .engine import EngineSetup, Rollout, SamplingConfig, _stop_ids, check_length, compute_device, eval_mode
 from .registry import VLLM_INSTALL as INSTALL
 from .weights import unmergeable_lora
 
@@ -94,12 +94,29 @@ def _repack_embeddings(worker) -> None:
             method.process_weights_after_loading(m)
 
 
-def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int, token_logprobs=None) -> list[float]:
+def engine_dtype(setup: EngineSetup, device: torch.device) -> str:
+    """The dtype vLLM serves in: the trainer's compute dtype on a GPU (bf16 under FSDP2 mixed
+    precision, whose master weights are float32: a float32 7B engine is 30 GB, past a 0.35 x 80 GB
+    budget with no room for a KV cache), the weights' dtype on CPU (where the log-prob check is
+    exact in float32)."""
+    if device.type != "cpu" and setup.compute_dtype == torch.bfloat16:
+        return "bfloat16"
+    return setup.dtype
+
+
+def wake_tags(asleep: set, sampling: bool) -> list[str]:
+    """What to wake, in vLLM's tags: the weights for a push or a rollout, the KV cache only for
+    sampling (TRL wakes them in this order too); nothing that is awake."""
+    want = ("weights", "kv_cache") if sampling else ("weights",)
+    return [t for t in want if t in asleep]
+
+
+def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int, token_logprobs=None, device=None) -> list[float]:
     """log pi(y_t) of every response token of `rollouts` (flattened in order) under `model`, in
     eval mode without gradients: one right-padded forward, through the trainer's own log-prob
     path `token_logprobs(model, ids, attn, targets) -> (logp, _)` when given (chunked: no
     [tokens x vocab] tensor), else from the full logits."""
-    device = next(model.parameters()).device
+    device = device or next(model.parameters()).device
     seqs = [r.prompt_ids + r.response_ids for r in rollouts]
     L = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
@@ -138,9 +155,10 @@ class VLLMEngine:
         if bad:
             raise ConfigError(f"engine=vllm: LoRA on {', '.join(bad)} cannot be merged into the base weights vLLM "
                               f"serves; target Linear modules only (lora.target_modules)")
-        self.device = next(model.parameters()).device
+        self.device = compute_device(model, setup)
         self.compute_dtype = setup.compute_dtype or next(model.parameters()).dtype
-        kw = dict(model=setup.model_dir, tokenizer=setup.model_dir, dtype=setup.dtype, seed=setup.seed,
+        kw = dict(model=setup.model_dir, tokenizer=setup.model_dir, dtype=engine_dtype(setup, self.device),
+                  seed=setup.seed,
                   enable_prefix_caching=True, max_num_batched_tokens=o.max_num_batched_tokens,
                   tensor_parallel_size=o.tensor_parallel_size)
         if o.max_model_len:
@@ -160,7 +178,7 @@ class VLLMEngine:
             torch.set_num_threads(threads)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.stop = sorted(_stop_ids(tokenizer, model))
-        self.asleep, self._check_next = False, o.check_rows > 0
+        self.asleep, self._check_next = set(), o.check_rows > 0  # what sleeps: "weights", "kv_cache"
         self.can_sleep = o.sleep and self.device.type != "cpu"
         if o.sleep and self.device.type == "cpu":
             self.log("vllm.sleep: vLLM's CPU build cannot sleep; the engine keeps its memory between rollouts")
@@ -178,8 +196,9 @@ class VLLMEngine:
         seeds = [int(s) for s in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        if self.asleep:
+        if "weights" in self.asleep:
             raise RuntimeError("engine=vllm: sample() on a released engine; call resume() first")
+        self._wake(wake_tags(self.asleep, sampling=True))  # the KV cache only now
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         check_length(self, max((len(x) for x in ids), default=0), cfg.max_new_tokens)
         params = [SamplingParams(n=k, seed=s % 2**63, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -204,7 +223,7 @@ class VLLMEngine:
     def update_weights(self, named_tensors) -> None:
         """Load these weights into the engine one tensor at a time in the engine's dtype, drop the
         prefix cache, and check the next rollout's log-probs against the trainer's model."""
-        if self.asleep:
+        if "weights" in self.asleep:
             raise RuntimeError("engine=vllm: update_weights() on a released engine; call resume() first")
         dtype = self.llm.llm_engine.model_config.dtype
         weights = ((name, t.to(dtype)) for name, t in named_tensors)
@@ -222,7 +241,8 @@ class VLLMEngine:
             return 0.0
         engine = torch.tensor([x for r in rows for x in r.logprobs], dtype=torch.float64)
         pad = self.tokenizer.pad_token_id or 0
-        trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs), dtype=torch.float64)
+        trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs, self.device),
+                               dtype=torch.float64)
         gap = (engine - trainer).abs()
         exact = self.compute_dtype == torch.float32 and self.llm.llm_engine.model_config.dtype == torch.float32
         bad = gap.max().item() > 1e-3 if exact else gap.mean().item() > 0.05
@@ -234,14 +254,23 @@ class VLLMEngine:
         return gap.max().item()
 
     def release(self) -> None:
+        """Level-1 sleep: weights to host memory, the KV cache dropped (GPU only)."""
         if self.can_sleep and not self.asleep:
             self.llm.sleep(level=1)
-            self.asleep = True
+            self.asleep = {"weights", "kv_cache"}
 
     def resume(self) -> None:
-        if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+        """The weights back (for a push or a rollout); the KV cache waits for the next sample(), so
+        a push, a checkpoint or an evaluation's set-up do not hold it."""
+        self._wake(wake_tags(self.asleep, sampling=False))
+
+    def _wake(self, tags: list[str]) -> None:
+        if not tags:
+            return
+        if self.device.type == "cuda":  # what training freed goes back to the pool vLLM allocates from
+            torch.cuda.empty_cache()
+        self.llm.wake_up(tags=tags)
+        self.asleep -= set(tags)
 
     def close(self) -> None:
         import gc

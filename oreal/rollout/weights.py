@@ -32,21 +32,38 @@ def unmergeable_lora(model: nn.Module) -> list[str]:
     return bad
 
 
+def lora_deltas(model: nn.Module) -> dict[str, nn.Module]:
+    """{plain name of a LoRA-wrapped Linear's weight: the LoRA module}: each merged out of place."""
+    out = {}
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_A") and isinstance(getattr(m, "base_layer", None), nn.Linear):
+            out[f"{name}.base_layer.weight".removeprefix("base_model.model.").replace(".base_layer.", ".")] = m
+    return out
+
+
+def merged_weight(weight: torch.Tensor, lora: nn.Module) -> torch.Tensor:
+    """base weight + each active adapter's delta, computed in float32 into a new tensor of the
+    weight's dtype: the base itself is never written (an in-place merge and unmerge in bf16 rounds
+    it a little every step, and the base is also the reference policy)."""
+    if getattr(lora, "disable_adapters", False):
+        return weight
+    total = weight.float()
+    for name in lora.active_adapters:
+        if name in lora.lora_A:
+            total = total + lora.get_delta_weight(name).float()
+    return total.to(weight.dtype)
+
+
 @contextmanager
 def full_weights(model: nn.Module) -> Iterator[Iterator[tuple[str, torch.Tensor]]]:
-    """A generator of (name, full detached tensor) for the block: LoRA merged while it lasts
-    (unmerged after, whatever happens), each FSDP2 parameter gathered when it is read (every rank
-    must read them all, in the same order: `full_tensor` is a collective)."""
-    lora = hasattr(model, "merge_adapter")
-    if lora:
-        model.merge_adapter()
+    """A generator of (name, full detached tensor) for the block: a LoRA policy's adapters merged
+    into new tensors (the model is not changed), each FSDP2 parameter gathered when it is read
+    (every rank must read them all, in the same order: `full_tensor` is a collective)."""
+    deltas = lora_deltas(model)
 
     def tensors():
         with torch.no_grad():
             for name, p in plain_names(model):
-                yield name, (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
-    try:
-        yield tensors()
-    finally:
-        if lora:
-            model.unmerge_adapter()
+                t = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
+                yield name, merged_weight(t, deltas[name]) if name in deltas else t
+    yield tensors()

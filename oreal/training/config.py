@@ -80,6 +80,9 @@ class TrainConfig:
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
     fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
+    dist_timeout: float = setting(3600.0, "seconds a rank waits for the others in a collective (NCCL's default "
+                                          "600 is shorter than what rank 0 does alone: evaluation, hashing "
+                                          "checkpoint shards)")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
     activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
     logprob_chunk: int = setting(512, "log-probs (policy, reference, log-prob credit) from hidden states, the output "
@@ -120,6 +123,23 @@ class TrainConfig:
             setattr(self, key, as_config(cls, getattr(self, key), key))
         self.validate()
 
+    def _check_precision(self) -> None:
+        """bf16 or fp16 trainable weights have no float32 master copy here: AdamW's update at the
+        reference lr 5e-7 is about 1e-4 of a weight, under bf16's resolution (about 4e-3), so most
+        updates would round away without a word. fp16 has no loss scaler."""
+        if self.mixed_precision and not self.fsdp:
+            raise ConfigError("mixed_precision=true needs fsdp=true (FSDP2 keeps float32 master weights and "
+                              "computes in bf16; it runs as one process too)")
+        if self.dtype in ("float16", "fp16"):
+            raise ConfigError("dtype=float16: oreal has no loss scaler; use dtype=float32 with fsdp=true "
+                              "mixed_precision=true (bf16 compute)")
+        low = trained_in_low_precision(self)
+        if low:
+            other = " or lora.enabled=true" if "the policy" in low else " or algo.credit=surprise (float32 a, b)"
+            raise ConfigError(f"dtype={self.dtype}: {' and '.join(low)} would train {self.dtype} weights with no "
+                              f"float32 master copy (updates under bf16's resolution round away); use dtype=float32 "
+                              f"with fsdp=true mixed_precision=true (bf16 compute){other if len(low) == 1 else ''}")
+
     def validate(self):
         if self.pack not in (True, False, "auto"):
             raise ConfigError(f"pack: expected true, false or auto, got {self.pack!r}")
@@ -130,6 +150,7 @@ class TrainConfig:
                 raise ConfigError(f"{k}: must be at least 1")
         resolve_engine(self.engine, self.device)  # an unknown name is a ConfigError naming the choices
         check_installed(self.engine)
+        self._check_precision()
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
         if self.samples < 2 and self.algo.advantage == "rloo":
@@ -137,6 +158,17 @@ class TrainConfig:
         for t in self.trackers:
             if t not in TRACKERS:
                 raise ConfigError(f"trackers: {t!r} is not one of {list(TRACKERS)}")
+
+
+def trained_in_low_precision(cfg: "TrainConfig") -> list[str]:
+    """The models whose trainable weights would be `cfg.dtype` when that is bf16 or fp16 (a LoRA
+    adapter is float32 whatever its base; the `surprise` credit trains only its float32 a, b)."""
+    if cfg.dtype in ("float32", "fp32"):
+        return []
+    out = [] if cfg.lora.enabled else ["the policy"]
+    if cfg.algo.uses_credit and cfg.algo.credit != "surprise":
+        out.append(f"the credit model ({cfg.algo.credit})")
+    return out
 
 
 def build_config(path: str | None, overrides: list[str] | dict | None) -> TrainConfig:

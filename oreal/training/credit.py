@@ -19,7 +19,7 @@ from .. import distributed as dist_utils
 from ..models.credit import CreditModel
 from ..optim import guarded_step, make_optimizer
 from .batch import MicroBatch, SelectedBatch
-from .state import CreditStats
+from .state import CreditStats, DeviceSums
 
 _SUMS = ("loss", "correct", "pair_wins", "pairs")
 
@@ -52,7 +52,7 @@ class CreditStage:
         """The credit model's BCE on the outcomes (backward over all micro-batches, summed over
         ranks) and its optimiser step; `scores` in the stats are those before the step."""
         t0 = self.clock()
-        sums = dict.fromkeys(_SUMS, 0.0)
+        sums = DeviceSums(_SUMS, batch.mask.device)
         scores = torch.zeros_like(batch.mask)
         self.opt.zero_grad(set_to_none=True)
         for mb in micro:
@@ -62,15 +62,16 @@ class CreditStage:
             if not mb.real:  # an all-padding row would otherwise add BCE(0.5, 0) = ln 2
                 loss = loss * 0.0
             (loss / counts.seqs).backward()
-            sums["loss"] += loss.item()
-            sums["correct"] += algo.credit_correct_count(w, b.mask, b.positive)
+            sums.add("loss", loss)
+            sums.add("correct", algo.credit_correct(w, b.mask, b.positive))
             if mb.real:
                 scores[mb.rows] = w.detach().float()
         # a question's rows all live on one rank
         seq_scores = algo.masked_mean(scores, batch.mask).cpu()
-        sums["pair_wins"], sums["pairs"] = algo.pair_ranking(seq_scores.tolist(), batch.positive.tolist(),
-                                                             [q for q, _ in batch.rows])
-        sums = dict(zip(_SUMS, dist_utils.sum_floats([sums[k] for k in _SUMS])))
+        wins, pairs = algo.pair_ranking(seq_scores.tolist(), batch.positive.tolist(), [q for q, _ in batch.rows])
+        sums.add("pair_wins", wins)
+        sums.add("pairs", pairs)
+        sums = sums.total()
         if not self.fsdp:
             dist_utils.all_reduce_grads(self.model)
         stats = CreditStats(lr=self.sched.get_last_lr()[0], scores=scores)

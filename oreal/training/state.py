@@ -7,6 +7,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
+from .. import distributed as dist_utils
+
+
+class DeviceSums:
+    """Named per-step sums that stay on the device while micro-batches add to them (no host sync
+    per term), read once, summed over ranks, by `total()`."""
+
+    def __init__(self, keys, device):
+        self.keys = tuple(keys)
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.values = torch.zeros(len(self.keys), dtype=torch.float64, device=device)
+
+    def add(self, key: str, value) -> None:
+        self.values[self.index[key]] += value.detach().double() if torch.is_tensor(value) else float(value)
+
+    def total(self) -> dict[str, float]:
+        return dict(zip(self.keys, dist_utils.sum_tensor(self.values)))
+
 
 @dataclass
 class RunState:
