@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Everything only a GPU can show, as one script for the GPU machine (../shared/device/README.md):
-#   bash ../shared/device/prepare            # here: copies the missing wheels into .whl/
-#   (device run, carry .whl)  bash benchmarks/gpu_check.sh
-# Writes under $OUT: versions.txt, cuda_tests.log, gpu_smoke.json + gpu_smoke.log, demo_cuda.log +
-# demo/summary.json. Each part runs even if an earlier one failed; the exit code is the worst.
+# Everything only a GPU can show, in parts that each fit one command on the lent GPU machine (at
+# most 600 s a command, about 12 minutes in all: ../shared/device/README.md). Most important first,
+# so the first parts show the most if the time runs out:
+#   cuda     the `cuda` tests: every preset plain / FSDP2 / FSDP2+bf16, the log-prob credit with
+#            bf16 and cpu_offload, LoRA, save + resume, evaluation (2 NCCL ranks where 2 GPUs are)
+#   memory   issue 30's memory benchmark on a Qwen2.5-1.5B-shaped model, 1k / 4k / 16k tokens,
+#            full logits against the chunked path
+#   smoke    4 FSDP2 + bf16 steps of a ~0.2B policy: tokens/s and MFU
+#   demo     60 steps of `oreal demo device=cuda`
+# Usage (after `bash ../shared/device/prepare` here, carrying .whl):
+#   bash benchmarks/gpu_check.sh cuda            # one part per device command
+#   bash benchmarks/gpu_check.sh memory smoke    # parts that fit one command together
+# Writes under $OUT: versions.txt and PART.log for each part (gpu_smoke.json from smoke). Each part
+# runs even if an earlier one failed; the exit code is the worst.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_check}
@@ -17,8 +26,25 @@ rc=0
 { nvidia-smi --query-gpu=name,memory.total --format=csv
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)'
 } > "$OUT/versions.txt" 2>&1 || rc=1
-timeout 240 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py > "$OUT/cuda_tests.log" 2>&1 || rc=1
-OUT="$OUT" timeout 180 torchrun --standalone --nproc_per_node 1 benchmarks/gpu_smoke.py > "$OUT/gpu_smoke.log" 2>&1 || rc=1
-( time timeout 240 python3 -m oreal.cli demo --out "$OUT/demo" device=cuda ) > "$OUT/demo_cuda.log" 2>&1 || rc=1
-tail -n 3 "$OUT"/*.log
+
+part() {  # name, timeout in seconds (each at most 480: a part and the set-up fit one 600 s command)
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name (at most ${limit}s)"
+  ( time timeout "$limit" "$@" ) > "$OUT/$name.log" 2>&1 || rc=1
+  tail -n 4 "$OUT/$name.log"
+}
+
+for p in "${@:-cuda memory smoke demo}"; do
+  for name in $p; do
+    case $name in
+      cuda) part cuda 480 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda.py ;;
+      memory) part memory 420 python3 benchmarks/policy_update_memory.py --device cuda --size 1.5b \
+                --tokens 1024 4096 16384 --full-up-to 16384 ;;
+      smoke) OUT="$OUT" part smoke 240 torchrun --standalone --nproc_per_node 1 benchmarks/gpu_smoke.py ;;
+      demo) part demo 300 python3 -m oreal.cli demo --steps 60 --out "$OUT/demo" device=cuda ;;
+      *) echo "unknown part $name (cuda, memory, smoke, demo)"; rc=2 ;;
+    esac
+  done
+done
 exit $rc

@@ -105,6 +105,24 @@ def sum_tensor(t: torch.Tensor) -> list[float]:
     return t.tolist()
 
 
+def from_rank0(fn):
+    """`fn()` run on rank 0 alone, its result (or the one-line error it raised) on every rank: the
+    others wait in one broadcast instead of repeating the work (hashing every file of a checkpoint)."""
+    if not active():
+        return fn()
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # every rank raises it, so none waits in a later collective
+            box[0] = ("error", e)
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value
+
+
 def any_flag(flag: bool) -> bool:
     """True on every rank when it is true on any (stop requests, time limits)."""
     if not active():

@@ -42,8 +42,8 @@ def test_sampler_matches_a_full_forward_on_cuda(dtype):
     prompts = [f"Question: {a}+{b}?\nAnswer: " for a, b in ((3, 4), (12, 30), (7, 8))]
     a = sampler.sample(prompts, 4, SamplingConfig(max_new_tokens=32), seed=[1, 2, 3])
     b = sampler.sample(prompts[1:], 4, SamplingConfig(max_new_tokens=32), seed=[2, 3])
-    assert [[r.response_ids for r in g] for g in a[1:]] == [[r.response_ids for r in g] for g in b]
-    if dtype == "float32":
+    if dtype == "float32":  # bf16 kernels round differently with another batch's padding and size: draws may flip
+        assert [[r.response_ids for r in g] for g in a[1:]] == [[r.response_ids for r in g] for g in b]
         for g in a:
             for r in g:
                 ids = torch.tensor([r.prompt_ids + r.response_ids], device="cuda")
@@ -109,3 +109,35 @@ def test_evaluation_on_cuda_is_close_to_cpu(verifier):
                    sampling=SamplingConfig(max_new_tokens=64), prompt=PLAIN, seed=0)
     # 0.455 on CPU (tests/test_compat.py); CUDA draws other random numbers, so allow sampling noise
     assert res["pass@1"] == pytest.approx(0.455, abs=0.06) and res["unfinished"] < 30
+
+
+@pytest.mark.parametrize("offload", [False, True], ids=["fsdp2_bf16", "fsdp2_bf16_cpu_offload"])
+def test_bf16_compute_with_the_logprob_credit_on_cuda(data, tmp_path, verifier, offload):
+    """Issue 32 on a GPU: FSDP2 with float32 master weights and bf16 compute, the demo's log-prob
+    credit, and with cpu_offload (shards in host memory: the sampler must still run on the GPU,
+    and the gradient norm's all-reduce of CPU shards needs the gloo half of the group)."""
+    from oreal.recipes.train import train
+
+    extra = ["fsdp=true", "mixed_precision=true", "algo.credit=logprob", "algo.credit_init=[10,1]"]
+    cfg = _cfg(data, tmp_path / "run", *extra, f"cpu_offload={str(offload).lower()}")
+    result = train(cfg, verifier, log=lambda *a: None)
+    assert result.trainer.engine.device.type == "cuda"
+    assert any(h["actor_updated"] for h in result.history)
+    for h in result.history:
+        for k in ("loss", "credit_loss"):
+            assert h[k] is None or torch.isfinite(torch.tensor(h[k])), (k, h[k])
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_two_nccl_ranks_with_bf16_and_the_logprob_credit(data, tmp_path):
+    """torchrun with NCCL on 2 GPUs: FSDP2, bf16 compute, the log-prob credit; 3 steps."""
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "oreal.cli",
+           "train", f"data={data / 'train.jsonl'}", "eval_data=null", "device=cuda", "steps=3",
+           "batch_questions=8", "samples=4", "sampling.max_new_tokens=48", "fsdp=true", "mixed_precision=true",
+           "algo.credit=logprob", "prompt.use_chat_template=false", "prompt.system=null", f"out={tmp_path / 'run'}"]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "run" / "final" / "policy" / "model.safetensors").exists()

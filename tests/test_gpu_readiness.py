@@ -235,3 +235,17 @@ def test_a_steps_host_syncs_do_not_grow_with_its_micro_batches(tmp_path, verifie
     (few, s_few), (one, s_one) = counts[2], counts[64]
     assert few >= 3 and one == 1, counts
     assert s_few == s_one, counts  # the same syncs whatever the number of micro-batches
+
+
+def test_the_gpu_check_fits_the_lent_machine():
+    """The GPU check's timeouts added up to 660 s in one command; the machine gives a command at
+    most 600 s and the whole check about 12 minutes. Now parts of at most 480 s, each runnable as
+    its own command, the most important first."""
+    import re
+    from pathlib import Path
+
+    script = (Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    parts = re.findall(r"^\s+(\w+)\) (?:OUT=\"\$OUT\" )?part (\w+) (\d+) ", script, flags=re.M)
+    assert [p[0] for p in parts] == ["cuda", "memory", "smoke", "demo"]
+    assert all(int(limit) <= 480 for _, _, limit in parts)
+    assert sum(int(limit) for _, _, limit in parts[:2]) <= 900  # the first two parts within the budget

@@ -467,7 +467,8 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None,
     if eval_set is None:
         eval_set = load_list(cfg.eval_data, data_dir_=cfg.data_dir)[: cfg.eval_limit] if cfg.eval_data and cfg.eval_every else []
     prepare_run_dir(cfg, main)
-    path = ckpt.resolve_resume(root, cfg.resume, log) if cfg.resume else None
+    # rank 0 validates (hashes every file of) the checkpoint once; the others wait for its answer
+    path = dist_utils.from_rank0(lambda: ckpt.resolve_resume(root, cfg.resume, log)) if cfg.resume else None
     if path is not None:
         trainer.load_checkpoint(path)
         log(f"resumed from {path} (step {trainer.state.step})")
