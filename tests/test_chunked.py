@@ -27,14 +27,18 @@ def _inputs(n=37, h=16, v=101, seed=0, bias=True):
     return hidden, weight, b, targets
 
 
+@pytest.mark.parametrize("vocab_chunk", [7, 50, 32768], ids=["vocab_in_15_blocks", "vocab_in_3_blocks", "vocab_whole"])
 @pytest.mark.parametrize("chunk", [1, 5, 16, 37, 512])
 @pytest.mark.parametrize("transform", [None, softcap(2.0), scale(0.7)], ids=["plain", "softcap", "scale"])
-def test_values_entropy_and_gradients_equal_the_full_logits(chunk, transform):
+def test_values_entropy_and_gradients_equal_the_full_logits(chunk, transform, vocab_chunk):
+    """Chunks of tokens that cut the rows, blocks of the vocabulary that cut it unevenly (101 rows:
+    the running log-sum-exp across blocks), each transform."""
     hidden, weight, bias, targets = _inputs()
     grad_out = torch.randn(targets.shape, generator=torch.Generator().manual_seed(1))
     ref_lp, ref_ent = _full(hidden, weight, bias, targets, transform)
     ref = torch.autograd.grad((ref_lp * grad_out).sum(), (hidden, weight, bias))
-    lp, ent = chunked_token_logprobs(hidden, weight, targets, bias, chunk=chunk, logit_transform=transform)
+    lp, ent = chunked_token_logprobs(hidden, weight, targets, bias, chunk=chunk, logit_transform=transform,
+                                     vocab_chunk=vocab_chunk)
     got = torch.autograd.grad((lp * grad_out).sum(), (hidden, weight, bias))
     assert torch.allclose(lp, ref_lp, atol=1e-5) and torch.allclose(ent, ref_ent, atol=1e-5)
     assert lp[3] == 0 and lp[20] == 0 and not ent.requires_grad

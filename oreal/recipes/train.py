@@ -25,11 +25,10 @@ from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (CreditModel, add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer,
                       resolve_model_path, torch_dtype)
-from ..training.logprobs import check_packing, packs, sequence_logprobs
+from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
-from ..rollout import (EngineSetup, SamplingConfig, check_length, engine_class, eval_mode, make_engine, options_class,
-                       resolve_engine)
+from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
@@ -168,23 +167,10 @@ class Trainer(Checkpointing):
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
     def _check_forwards(self) -> None:
-        """Before the first rollout, on two short rows: each model's log-probs from its hidden
-        states must reproduce its own logits (`logprob_chunk`) and, with `pack`, packed rows must
-        stay apart (its attention reads the restarting position ids). Checked, never assumed."""
-        chunk = self.cfg.logprob_chunk
-
-        def logprobs(model):
-            return lambda ids, attn, targets, pos: sequence_logprobs(model, ids, attn, targets, chunk, False, pos)[0]
-
-        models = [("the policy", self.policy, logprobs(self.policy)),
-                  ("the reference", self.ref, logprobs(self.ref) if self.ref else None),
-                  ("the credit model", self._credit_model,
-                   self._credit_model.scores if self._credit_model is not None else None)]
+        """Each model's forwards checked before the first rollout (`check_forwards`)."""
         vocab = min(len(self.tok), self.policy.get_input_embeddings().num_embeddings)
-        for name, model, forward in models:
-            if forward is not None:
-                with eval_mode(model):  # no dropout: the rows alone and packed must see the same model
-                    check_packing(name, forward, vocab, self.device, packed=self.pack)
+        models = [("the policy", self.policy), ("the reference", self.ref), ("the credit model", self._credit_model)]
+        check_forwards(models, vocab, self.device, self.cfg.logprob_chunk, self.pack)
 
     def _setup_optimizers(self) -> None:
         """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""

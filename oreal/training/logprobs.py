@@ -18,6 +18,7 @@ from ..algo.chunked import DEFAULT_CHUNK, chunked_token_logprobs, scale, softcap
 from ..algo.losses import token_entropy, token_logprobs
 from ..errors import ModelError
 from ..models import forward_kwargs
+from ..rollout.engine import eval_mode
 from ..rollout.kv_cache import base_model
 
 
@@ -127,3 +128,20 @@ def check_packing(name: str, forward, vocab_size: int, device, lengths: tuple[in
         raise PackingError(f"{name}: rows packed into one sequence differ from the same rows alone by {gap:.3g} "
                            f"(> {tol}): its attention does not keep packed rows apart; set pack=false")
     return gap
+
+
+def check_forwards(models: list[tuple[str, object]], vocab_size: int, device, chunk: int, packed: bool) -> None:
+    """Before the first rollout, on two short rows, each model (None: absent) in eval mode (no
+    dropout): its log-probs from its hidden states must reproduce its own logits (`chunk`) and,
+    when `packed`, packed rows must stay apart (its attention reads the restarting position ids).
+    A credit model is checked through its scores. Checked, never assumed."""
+    for name, model in models:
+        if model is None:
+            continue
+        if hasattr(model, "scores"):
+            forward = model.scores
+        else:
+            def forward(ids, attn, targets, pos, m=model):
+                return sequence_logprobs(m, ids, attn, targets, chunk, False, pos)[0]
+        with eval_mode(model):
+            check_packing(name, forward, vocab_size, device, packed=packed)
