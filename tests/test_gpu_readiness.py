@@ -249,3 +249,19 @@ def test_the_gpu_check_fits_the_lent_machine():
     assert [p[0] for p in parts] == ["cuda", "memory", "smoke", "demo"]
     assert all(int(limit) <= 480 for _, _, limit in parts)
     assert sum(int(limit) for _, _, limit in parts[:2]) <= 900  # the first two parts within the budget
+
+
+def test_eval_mode_gives_every_submodule_back_its_own_mode(tiny):
+    """A credit model is a module in train mode around an HF model in eval mode; the forward
+    checks ran it under `eval_mode`, which restored `train(True)` on the whole tree and so turned
+    the inner model's dropout on: a 2-rank run then drew different dropout masks than one process.
+    Found by tests/test_distributed.py (token-head credit, 2 ranks against one)."""
+    from oreal.models import TokenHeadCredit, load_token_head
+    from oreal.rollout import eval_mode
+
+    path, _, _, _ = tiny
+    credit = TokenHeadCredit(load_token_head(path))
+    assert credit.training and not credit.model.training
+    with eval_mode(credit):
+        assert not credit.training
+    assert credit.training and not credit.model.training and not any(m.training for m in credit.model.modules())

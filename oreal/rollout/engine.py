@@ -116,13 +116,16 @@ def check_length(engine, longest_prompt: int, max_new_tokens: int) -> None:
 
 @contextmanager
 def eval_mode(model):
-    """The model in eval mode for the block, then back in the mode it had, whatever happens."""
-    was_training = model.training
+    """The model in eval mode for the block, then every submodule back in the mode it had,
+    whatever happens (`train(was_training)` would put a wrapper's eval-mode inner model, a credit
+    model's, into train mode: dropout on)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, training in modes:
+            m.training = training
 
 
 def compute_device(model, setup: EngineSetup | None = None) -> torch.device:
