@@ -8,8 +8,9 @@ most sampled ids decode to nothing, as ids past a real tokenizer's end would). A
 almost never samples its stop token, so the run stops a response at the stop string "n" (11 of the
 320 tokens hold an n: one comes about once in 13,800 sampled tokens): most responses end between
 a few hundred and 16,384 tokens and about 30% are cut at 16,384, graded unfinished. The reward is a function: a finished response is correct when
-its text has an even length, so every step has both outcomes and the update runs. The log-prob
-credit model, chunked log-probs (512) and packed micro-batches are on.
+its text has an even length, so a step can have both outcomes. Every response of a kept question
+enters the loss (`algo.select=all`, not the paper's one pair), so the update trains on the 16k
+rows too. The log-prob credit model, chunked log-probs (512) and packed micro-batches are on.
 
     python benchmarks/long_responses.py --threads 2
 """
@@ -58,17 +59,19 @@ def main() -> None:
         out=str(tmp / "run"), policy=str(tmp / "model"), steps=args.steps, batch_questions=1, samples=args.samples,
         micro_batch=args.samples, micro_batch_tokens=args.max_new_tokens + 256, threads=args.threads,
         logprob_chunk=512, pack=True, eval_data=None, dump_per_step=args.samples, verifier_workers=1,
-        algo={"name": "oreal", "actor_freeze_steps": 0, "credit": "logprob"},
+        algo={"name": "oreal", "actor_freeze_steps": 0, "credit": "logprob", "select": "all"},
         sampling={"max_new_tokens": args.max_new_tokens, "temperature": 1.0, "top_p": 1.0, "stop_strings": ["n"]},
         prompt={"use_chat_template": False, "system": None})
     t0 = time.time()
     result = OREALTrainer(str(tmp / "model"), questions, cfg, reward=even_length, log=lambda *a: None).train()
     seconds = time.time() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print("| step | responses: tokens | unfinished | selected | credit loss | policy loss | rollout s | step s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| step | responses: tokens | unfinished | selected | trained tokens | credit loss | policy loss | rollout s "
+          "| step s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for m in result.history:
         print(f"| {m['step']} | {m['response_tokens']:,} | {m['unfinished']} | {m['selected']} | "
+              f"{m['train_tokens'] or 0:,} | "
               f"{m['credit_loss'] if m['credit_loss'] is None else round(m['credit_loss'], 4)} | "
               f"{m['loss'] if m['loss'] is None else round(m['loss'], 4)} | {m['rollout_seconds']:.0f} | "
               f"{m['seconds']:.0f} |")
