@@ -222,11 +222,14 @@ engine.close()
 """
 
 
+@pytest.mark.slow
 def test_responses_of_16k_tokens_at_a_152k_vocabulary(tmp_path):
     """sampling.max_new_tokens=16384 on a model with Qwen2.5's output layer (its own process: one
     vLLM engine per model per process): a model that never stops is cut at the limit, graded
     unfinished, and its log-probs pass the engine's check through the trainer's chunked path
-    (the full logits would be a 10 GB tensor)."""
+    (the full logits would be a 10 GB tensor). About 5 to 9 minutes of decoding on 2 cores, so CI's
+    vLLM stage leaves it out (`-m "vllm and not slow"`); run it with
+    `.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm.py -k 16k`."""
     out = subprocess.run([sys.executable, "-c", LONG, str(tmp_path / "model")], capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
