@@ -265,3 +265,31 @@ def test_eval_mode_gives_every_submodule_back_its_own_mode(tiny):
     with eval_mode(credit):
         assert not credit.training
     assert credit.training and not credit.model.training and not any(m.training for m in credit.model.modules())
+
+
+def test_the_hf_engines_decode_only_the_rows_whose_kv_cache_fits(tiny, monkeypatch):
+    """`max_batch=1024` rows were decoded at once whatever their length: 1,024 rows of 16k tokens
+    of a 7B model's cache is about 950 GB. On a GPU the rows per batch now stop at half the free
+    memory (the device's free bytes stand in for a GPU here); the rollouts do not change."""
+    import oreal.rollout.engine as engine_mod
+    from oreal.rollout import HFSampler, SamplingConfig
+    from oreal.rollout.engine import kv_bytes_per_token, rows_that_fit
+
+    assert rows_that_fit(None, 1000, 100, 1024) == 1024  # CPU: the cap
+    assert rows_that_fit(80 * 2**30, 57_344, 16_640, 1024) == 45  # a 7B's 57 KB a token, 16k rows, 80 GB free
+    assert rows_that_fit(10, 57_344, 16_640, 1024) == 1
+    _, model, tok, _ = tiny
+    per_token = kv_bytes_per_token(model)
+    assert per_token == 2 * 2 * 1 * 16 * 4  # 2 layers, 1 KV head of 16, float32
+    prompts = [f"Question: {a}+{b}?\nAnswer: " for a, b in ((3, 4), (12, 30), (7, 8))]
+    cfg = SamplingConfig(max_new_tokens=16)
+    whole = HFSampler(model, tok).sample(prompts, 4, cfg, seed=[1, 2, 3])
+    sizes = []
+    sampler = HFSampler(model, tok)
+    real = sampler._sample_chunk
+    monkeypatch.setattr(sampler, "_sample_chunk", lambda texts, c, keys: sizes.append(len(texts)) or real(texts, c, keys))
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    monkeypatch.setattr(engine_mod, "device_free_bytes", lambda device: 2 * 5 * per_token * (longest + 16))
+    parts = sampler.sample(prompts, 4, cfg, seed=[1, 2, 3])
+    assert sizes == [5, 5, 2]
+    assert [[r.response_ids for r in g] for g in parts] == [[r.response_ids for r in g] for g in whole]

@@ -136,6 +136,28 @@ def compute_device(model, setup: EngineSetup | None = None) -> torch.device:
     return next(model.parameters()).device
 
 
+def kv_bytes_per_token(model) -> int:
+    """The KV cache's bytes per token: keys and values of every layer's KV heads."""
+    c = _base_model(model).config.get_text_config(decoder=True)
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+
+
+def device_free_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device (None elsewhere: the host's rows are bounded by `max_batch`)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+def rows_that_fit(free_bytes: int | None, kv_bytes: int, tokens_per_row: int, cap: int) -> int:
+    """Rows to decode at once: `cap`, or fewer when their KV cache (`tokens_per_row` tokens each)
+    would take more than half the free device memory. A fixed 1,024 rows of 16k tokens of a 7B
+    model's cache would be about 950 GB."""
+    if free_bytes is None:
+        return cap
+    return max(1, min(cap, free_bytes // 2 // max(1, kv_bytes * tokens_per_row)))
+
+
 class HFEngine:
     """An engine over the live HF model the trainer updates: nothing to push, nothing to release.
     Each call runs in inference mode, in eval mode, and under FSDP2 on gathered full weights (one
@@ -240,7 +262,8 @@ class HFSampler(HFEngine):
         # one key per (question, sample); one seed for the call gives question i the seed + i
         seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         keys = row_keys(seeds, k, self.device)
-        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, keys[s:s + len(chunk)]))
+        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._sample_chunk(texts, cfg, keys[s:s + len(chunk)]),
+                               cfg.max_new_tokens)
 
     def _prepare(self, prompts, seed):
         """The one-off cache check, and the call's seed: drawn from the global generator when None
@@ -253,14 +276,18 @@ class HFSampler(HFEngine):
             raise ValueError(f"{len(seed)} seeds for {len(prompts)} prompts")
         return seed
 
-    def _in_chunks(self, prompts, k, decode) -> list[list[Rollout]]:
-        """K rollouts per prompt, decoding at most `max_batch` (prompt, sample) rows at a time:
+    def _in_chunks(self, prompts, k, decode, max_new_tokens: int) -> list[list[Rollout]]:
+        """K rollouts per prompt, decoding at most `max_batch` (prompt, sample) rows at a time, and
+        on a GPU no more than half its free memory holds the KV cache of (`rows_that_fit`):
         `decode(texts, start, chunk)` gets the chunk's prompt texts, its offset among all rows and
         its (prompt, sample) pairs, and returns one Rollout per row in order."""
         flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
         out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
-        for s in range(0, len(flat), self.max_batch):
-            chunk = flat[s:s + self.max_batch]
+        longest = max((len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
+        rows = rows_that_fit(device_free_bytes(self.device), kv_bytes_per_token(self.model), longest + max_new_tokens,
+                             self.max_batch)
+        for s in range(0, len(flat), rows):
+            chunk = flat[s:s + rows]
             for r in decode([prompts[i] for i, _ in chunk], s, chunk):
                 i, j = chunk[r.prompt_index]
                 r.prompt_index, r.sample_index = i, j

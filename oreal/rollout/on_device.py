@@ -31,7 +31,8 @@ class OnDeviceSampler(HFSampler):
         # one key per (question, sample); one seed for the call gives question i the seed + i
         seeds = [int(x) for x in seed] if isinstance(seed, (list, tuple)) else [seed + i for i in range(len(prompts))]
         keys = row_keys(seeds, k, self.device)
-        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._decode(texts, cfg, keys[s:s + len(chunk)]))
+        return self._in_chunks(prompts, k, lambda texts, s, chunk: self._decode(texts, cfg, keys[s:s + len(chunk)]),
+                               cfg.max_new_tokens)
 
     def _decode(self, texts: list[str], cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
         model, tok = self.model, self.tokenizer
