@@ -47,7 +47,7 @@ credit.lm.load_state_dict(policy.state_dict())
 if cuda:
     policy.gradient_checkpointing_enable(); credit.lm.gradient_checkpointing_enable(); policy.train(); credit.train()
 if chunk:
-    credit.use_token_logprobs(partial(sequence_logprobs, chunk=chunk))
+    credit.use_token_logprobs(partial(sequence_logprobs, chunk=chunk, entropy=False))  # as the trainer does
 for p in [*policy.parameters(), *credit.parameters()]:
     p.grad = torch.zeros_like(p)  # the gradients' own buffers count as the models'
 ids = torch.randint(V, (1, T), device=device); attn = torch.ones_like(ids); mask = torch.ones(1, T - 1, device=device)

@@ -25,11 +25,9 @@ DEFAULT_CHUNK = 512
 DEFAULT_VOCAB_CHUNK = 32768
 
 
-def _block(hidden, weight, bias, v0: int, v1: int, transform):
-    """The chunk's logits over output rows [v0, v1), in float32, through the model's transform:
-    (raw logits, transformed logits)."""
-    raw = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
-    return raw, (raw if transform is None else transform(raw))
+def _block(hidden, weight, bias, v0: int, v1: int) -> torch.Tensor:
+    """The chunk's logits over output rows [v0, v1), in float32, before any transform."""
+    return torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1]).float()
 
 
 def _forward_chunk(hidden, weight, bias, targets, vocab_chunk, transform, with_entropy):
@@ -43,7 +41,9 @@ def _forward_chunk(hidden, weight, bias, targets, vocab_chunk, transform, with_e
     t = targets.clamp(min=0)
     for v0 in range(0, V, vocab_chunk):
         v1 = min(V, v0 + vocab_chunk)
-        _, z = _block(hidden, weight, bias, v0, v1, transform)
+        z = _block(hidden, weight, bias, v0, v1)
+        if transform is not None:
+            z = transform(z)
         new_max = torch.maximum(run_max, z.max(-1).values)
         rescale = torch.exp(run_max - new_max)
         e = torch.exp(z - new_max[:, None])
@@ -99,7 +99,7 @@ class _ChunkedLogProbs(torch.autograd.Function):
             for v0 in range(0, V, vc):
                 v1 = min(V, v0 + vc)
                 with torch.no_grad():
-                    raw, z = _block(h, weight, bias, v0, v1, None)
+                    raw = z = _block(h, weight, bias, v0, v1)
                 if ctx.transform is not None:  # autograd differentiates the recomputed block through it
                     with torch.enable_grad():
                         raw.requires_grad_()

@@ -80,10 +80,9 @@ class CreditModel(nn.Module):
         """Adapt optimiser state loaded from an older checkpoint (nothing to do by default)."""
 
     def use_token_logprobs(self, fn) -> None:
-        """Take an LM's token log-probs from `fn(lm, ids, attn, targets, position_ids=) -> (logp,
-        entropy)` (the
-        trainer's chunked path, `logprob_chunk`) instead of its full logits; for credit models that
-        score by log-probs (nothing to do for the others)."""
+        """Take an LM's token log-probs from `fn(lm, ids, attn, targets, position_ids=) -> (logp, _)`
+        (the trainer's chunked path, `logprob_chunk`) instead of its full logits; for credit models
+        that score by log-probs (nothing to do for the others)."""
 
 
 def _inner_state(state_dict: dict | None, prefix: str) -> dict | None:
@@ -130,7 +129,7 @@ class LogProbCredit(CreditModel):
     def calibration(self) -> list[nn.Parameter]:
         return [getattr(self, k) for k in CALIBRATION]
 
-    token_logprobs = None  # fn(lm, ids, attn, targets) -> (logp, entropy), or None: the full logits
+    token_logprobs = None  # fn(lm, ids, attn, targets, position_ids=) -> (logp, _), or None: the full logits
 
     def use_token_logprobs(self, fn) -> None:
         self.token_logprobs = fn

@@ -91,8 +91,7 @@ class Trainer(Checkpointing):
         self._setup_data(problems)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
-            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device,
-            partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)))
+            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, self._token_logprobs))
         self._exit.callback(self.engine.close)
         self._check_prompt_lengths()
         self.pack = packs(cfg.pack, self.policy)
@@ -130,6 +129,8 @@ class Trainer(Checkpointing):
         # fully_shard moves one unit at a time to the device, so no GPU ever holds a whole model
         # (a 7B policy, reference and credit model in float32 would be about 91 GB on each)
         load_to = "cpu" if cfg.fsdp else self.device
+        # the sampled tokens' log-probs as the log-prob credit and vLLM's check take them (no entropy)
+        self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
         if policy is None:
             self.policy = load_policy(cfg.policy, cfg.dtype, load_to)
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
@@ -144,7 +145,7 @@ class Trainer(Checkpointing):
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
                                                    load_to, tuple(cfg.algo.credit_init))
             if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
-                self._credit_model.use_token_logprobs(partial(sequence_logprobs, chunk=cfg.logprob_chunk))
+                self._credit_model.use_token_logprobs(self._token_logprobs)
             self._place(self._credit_model, trains=True)
 
     def _place(self, model, trains: bool = False):

@@ -283,9 +283,10 @@ class HFSampler(HFEngine):
         its (prompt, sample) pairs, and returns one Rollout per row in order."""
         flat = [(i, j) for i in range(len(prompts)) for j in range(k)]
         out: list[list[Rollout | None]] = [[None] * k for _ in prompts]
-        longest = max((len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
-        rows = rows_that_fit(device_free_bytes(self.device), kv_bytes_per_token(self.model), longest + max_new_tokens,
-                             self.max_batch)
+        rows, free = self.max_batch, device_free_bytes(self.device)
+        if free is not None:  # a GPU: the rows' KV cache must fit (the prompts tokenised only here)
+            longest = max((len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts), default=0)
+            rows = rows_that_fit(free, kv_bytes_per_token(self.model), longest + max_new_tokens, self.max_batch)
         for s in range(0, len(flat), rows):
             chunk = flat[s:s + rows]
             for r in decode([prompts[i] for i, _ in chunk], s, chunk):
