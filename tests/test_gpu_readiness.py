@@ -3,12 +3,15 @@ not learn), each shown on CPU where the CPU can show it. The GPU-only halves (NC
 tensors, vLLM's sleep on CUDA) are `cuda` tests in tests/test_cuda.py; here are the small
 functions that make their choices. 2-rank cases are in tests/test_distributed.py (slow)."""
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from oreal.errors import ConfigError
 from oreal.training.config import build_config
+from oreal.rollout import SamplingConfig
 
 
 @pytest.mark.parametrize("overrides,words", [
@@ -293,3 +296,70 @@ def test_the_hf_engines_decode_only_the_rows_whose_kv_cache_fits(tiny, monkeypat
     parts = sampler.sample(prompts, 4, cfg, seed=[1, 2, 3])
     assert sizes == [5, 5, 2]
     assert [[r.response_ids for r in g] for g in parts] == [[r.response_ids for r in g] for g in whole]
+
+
+def _samples(groups):
+    return [(r.response_ids, r.finished, r.logprobs) for g in groups for r in g]
+
+
+def test_the_device_sampler_prefills_each_prompt_once_for_its_k_samples(tiny):
+    """`hf_device` prefilled K copies of every prompt (K = 16 in the paper: 16x the prefill's
+    compute and activations); it now prefills each distinct prompt once and repeats its cache
+    rows, as `hf_sampler` does. Counted: the rows of the first forward, the prefill."""
+    from oreal.rollout import OnDeviceSampler
+    from oreal.rollout.engine import HFSampler
+    from oreal.data import render
+
+    _, model, tok, probs = tiny
+    prompts = [render(p.question) for p in probs[:3]]
+    eng = OnDeviceSampler(model, tok, check_every=4)
+    eng.check_cache(prompts)
+    rows = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        out = eng.sample(prompts, 4, SamplingConfig(max_new_tokens=10), seed=[1, 2, 3])
+    finally:
+        hook.remove()
+    assert rows[0][0] == 3 and rows[1] == (12, 1), rows[:2]  # 3 prompts prefilled, 12 rows decoded
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=10)
+    assert _samples(eng.sample(prompts, 2, greedy, seed=0)) == _samples(HFSampler(model, tok).sample(prompts, 2, greedy, seed=0))
+    assert all(len(g) == 4 for g in out)
+
+
+def test_the_device_sampler_finds_stop_strings_with_one_host_copy_per_window(tiny, monkeypatch):
+    """With stop strings `hf_device` fell back to `hf_sampler`, which copies tokens to the host and
+    decodes them after every token (a GPU stalls for each). Now the device sampler copies each
+    window of `check_every` tokens once and finds where every string ended: the same rollouts as
+    `hf_sampler` (tokens, finished flags, log-probs), with host copies per call that grow with
+    tokens / check_every, not with tokens."""
+    from oreal.rollout import OnDeviceSampler
+    from oreal.rollout.engine import HFSampler
+    from oreal.data import render
+
+    _, model, tok, probs = tiny
+    prompts = [render(p.question) for p in probs[:3]]
+    free = HFSampler(model, tok).sample(prompts, 4, SamplingConfig(max_new_tokens=32), seed=[5, 6, 7])
+    texts = [r.text for g in free for r in g if len(r.text) >= 8]
+    stops = [texts[0][4:6], texts[1][5:8]]  # strings that some responses hold, at different places
+    cfg = SamplingConfig(max_new_tokens=32, stop_strings=stops)
+    want = HFSampler(model, tok).sample(prompts, 4, cfg, seed=[5, 6, 7])
+    assert sum(r.finished and not r.response_ids[-1] == tok.eos_token_id for g in want for r in g) >= 2
+    eng = OnDeviceSampler(model, tok, check_every=8)
+    eng.check_cache(prompts)
+    copies = {"n": 0}
+    package = str(Path(OnDeviceSampler.__module__.replace(".", "/")).parent.parent)  # "oreal"
+
+    def counted(self, *a, _real):  # oreal's own copies (transformers' SDPA mask reads one per forward)
+        caller = sys._getframe(2).f_code.co_filename
+        copies["n"] += f"/{package}/" in caller.replace("\\", "/")
+        return _real(self, *a)
+    for name in ("item", "tolist", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=getattr(torch.Tensor, name): counted(self, *a, _real=_r))
+    got = eng.sample(prompts, 4, cfg, seed=[5, 6, 7])
+    monkeypatch.undo()
+    assert [(ids, fin) for ids, fin, _ in _samples(got)] == [(ids, fin) for ids, fin, _ in _samples(want)]
+    for (_, _, a), (_, _, b) in zip(_samples(got), _samples(want)):
+        assert a == pytest.approx(b, abs=1e-5)
+    # per window of 8 tokens: the stop search and the all-done test; per call: the prompts' ids and
+    # the rollouts (4 tensors). hf_sampler's loop made 2 or more per token.
+    assert copies["n"] <= 2 * (32 // 8) + 3 + 4, copies

@@ -226,6 +226,13 @@ def _stop_ids(tokenizer, model) -> set[int]:
     return ids
 
 
+def ends_with_stop_string(tokenizer, last_tokens: list[int], stop_strings: list[str]) -> bool:
+    """Whether a response's last tokens (up to 16, ending at the token just drawn) hold a stop
+    string: the test every HF engine applies after each token."""
+    tail = tokenizer.decode(last_tokens, skip_special_tokens=True)
+    return any(s in tail for s in stop_strings)
+
+
 def to_rollouts(tokenizer, prompt_ids: list[list[int]], tokens: torch.Tensor, logps: torch.Tensor,
                 lengths: torch.Tensor, finished: torch.Tensor, with_logprobs: bool) -> list[Rollout]:
     """One Rollout per row of a decoded chunk (numbered by row; the caller regroups them): one
@@ -366,28 +373,34 @@ class HFSampler(HFEngine):
         """The attention sampling runs with (and the cache check checks)."""
         return sampling_attention(self.model) if self.single_query_attention else nullcontext()
 
-    def _lean_decode(self, texts, cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
-        model, tok = self.model, self.tokenizer
-        device = keys.device
-        # each distinct prompt is prefilled once (K samples share it), then its cache row repeated
+    def _prefill(self, texts: list[str], max_new_tokens: int):
+        """Prefill each distinct prompt once (K samples share it) and repeat its cache row: returns
+        the rows' last logits, the cache (room for `max_new_tokens` more), the rows' left-padded
+        attention mask and positions [B, P], and each row's prompt ids."""
+        model, tok, device = self.model, self.tokenizer, self.device
         distinct = list(dict.fromkeys(texts))
         enc = tok(distinct, return_tensors="pt", padding=True, add_special_tokens=False)
         where = {text: i for i, text in enumerate(distinct)}
         row_of = torch.tensor([where[text] for text in texts], device=device)
-        B, P, T = len(texts), enc["input_ids"].size(1), cfg.max_new_tokens
-        check_length(self, int(enc["attention_mask"].sum(-1).max()), T)
+        check_length(self, int(enc["attention_mask"].sum(-1).max()), max_new_tokens)
         distinct_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
-        prompt_ids = [distinct_ids[where[text]] for text in texts]
-        stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
         ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(input_ids=ids, attention_mask=attn, position_ids=pos,
-                                      cache=self._new_cache(P + T))
-        logits, pos = logits[row_of], pos[row_of]
+                                      cache=self._new_cache(ids.size(1) + max_new_tokens))
         cache.reorder_cache(row_of)
+        return logits[row_of], cache, attn[row_of], pos[row_of], [distinct_ids[where[text]] for text in texts]
+
+    def _lean_decode(self, texts, cfg: SamplingConfig, keys: torch.Tensor) -> list[Rollout]:
+        model, tok = self.model, self.tokenizer
+        device = keys.device
+        B, T = len(texts), cfg.max_new_tokens
+        logits, cache, attn, pos, prompt_ids = self._prefill(texts, T)
+        P = attn.size(1)
+        stop = torch.tensor(sorted(_stop_ids(tok, model)), device=device)
         # the attention mask of the whole sequence up front: left padding, then every new token
         mask = torch.ones((B, P + T), dtype=torch.long, device=device)
-        mask[:, :P] = attn[row_of]
+        mask[:, :P] = attn
         live = torch.arange(B, device=device)  # original row of each batch row
         active = torch.ones(B, dtype=torch.bool, device=device)  # batch rows still decoding
         tokens = torch.full((B, T), -1, dtype=torch.long, device=device)
@@ -406,8 +419,7 @@ class HFSampler(HFEngine):
             if cfg.stop_strings:
                 for b in active.nonzero().flatten().tolist():
                     row = int(live[b])
-                    tail = tok.decode(tokens[row, max(0, t - 15):t + 1].tolist(), skip_special_tokens=True)
-                    if any(s in tail for s in cfg.stop_strings):
+                    if ends_with_stop_string(tok, tokens[row, max(0, t - 15):t + 1].tolist(), cfg.stop_strings):
                         done[b] = True
             finished[live[done]] = True
             active &= ~done
