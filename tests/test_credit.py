@@ -31,13 +31,14 @@ def _marker_batch(g, n, vocab, marker, length=12):
 def test_token_rm_learns_a_planted_marker(tiny):
     path, _, tok, _ = tiny
     torch.manual_seed(0)
-    rm = TokenHeadCredit(load_token_head(path))
+    rm = load_token_head(path)
     vocab, marker = len(tok), 42
-    # lr 1e-3 for 60 steps: ranking 0.94, AUC 0.96 with 1 and with 2 torch threads. At 3e-3 the
-    # ranking saturates early and the AUC then swings (0.84 with 1 thread, 0.91 with 2, at step 60).
-    opt, sched = make_optimizer(rm, 1e-3, 0.0, 0, 60, 1e-3, betas=(0.9, 0.95))  # the betas it was tuned with
+    # The zero-initialised head (the reference's) trains alone at first. lr 1e-3 for 80 steps:
+    # ranking 0.97, localisation AUC 0.97 with 1 and with 2 torch threads (70 / 90 steps: 1.0 / 1.0
+    # and 1.0 / 0.96; 60: ranking 0.84). At 2e-3 the localisation AUC falls to 0.53 at step 60.
+    opt, sched = make_optimizer(rm, 1e-3, 0.0, 0, 80, 1e-3, betas=(0.9, 0.95))  # the betas it was tuned with
     g = torch.Generator().manual_seed(0)
-    for _ in range(60):
+    for _ in range(80):
         seqs, r, _ = _marker_batch(g, 32, vocab, marker)
         ids, attn, targets, mask = batch_tensors(seqs, tok.pad_token_id)
         w = rm.scores(ids, attn, targets)

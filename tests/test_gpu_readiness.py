@@ -263,11 +263,11 @@ def test_eval_mode_gives_every_submodule_back_its_own_mode(tiny):
     from oreal.rollout import eval_mode
 
     path, _, _, _ = tiny
-    credit = TokenHeadCredit(load_token_head(path))
-    assert credit.training and not credit.model.training
+    credit = load_token_head(path)
+    assert credit.training and not credit.backbone.training
     with eval_mode(credit):
         assert not credit.training
-    assert credit.training and not credit.model.training and not any(m.training for m in credit.model.modules())
+    assert credit.training and not credit.backbone.training and not any(m.training for m in credit.backbone.modules())
 
 
 def test_the_hf_engines_decode_only_the_rows_whose_kv_cache_fits(tiny, monkeypatch):

@@ -1,8 +1,9 @@
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+from transformers import AutoModelForCausalLM
 
 from oreal.data import render
+from oreal.errors import ModelError
 from oreal.evaluation import majority_correct, pass_at_k
 from oreal.models import default_model_dir, load_policy, load_token_head, load_tokenizer, save_model
 from oreal.rollout import HFGenerateEngine, HFSampler, SamplingConfig, filter_logits
@@ -25,26 +26,49 @@ def test_tokenizer_keeps_digits_separate(tiny):
 
 
 def test_token_rm_copies_everything_but_the_head(tiny):
+    """The paper's token RM: the policy's backbone, copied, and a bias-free, zero-initialised
+    scalar head, as the reference's `nn.Linear(hidden, 1, bias=False)`."""
     path, model, _, _ = tiny
     rm = load_token_head(path)
-    pol = model.state_dict()
-    rm_sd = rm.state_dict()
-    new = [k for k in rm_sd if k not in pol]
-    assert new and all(k.startswith("score.") for k in new)
-    for k, v in rm_sd.items():
-        if k in pol:
-            assert torch.equal(v, pol[k]), k
-    assert rm.config.num_labels == 1
+    pol = model.model.state_dict()
+    assert set(rm.backbone.state_dict()) == set(pol)
+    for k, v in rm.backbone.state_dict().items():
+        assert torch.equal(v, pol[k]), k
+    hidden = model.config.hidden_size
+    assert rm.score.bias is None and rm.score.weight.shape == (1, hidden)
+    assert torch.equal(rm.score.weight, torch.zeros(1, hidden))
 
 
-def test_token_rm_saves_and_loads(tiny, tmp_path):
+def test_token_rm_saves_and_loads_and_plain_transformers_reads_it(tiny, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
     path, _, tok, _ = tiny
     rm = load_token_head(path)
-    save_model(rm, tok, tmp_path / "rm")
-    again = AutoModelForTokenClassification.from_pretrained(tmp_path / "rm")
+    rm.save(tmp_path / "rm", tok)
+    again = load_token_head(str(tmp_path / "rm"))
+    ids, attn = torch.tensor([[1, 5, 7, 9]]), torch.ones(1, 4, dtype=torch.long)
+    assert torch.equal(rm.scores(ids, attn, ids[:, 1:]), again.scores(ids, attn, ids[:, 1:]))
+    plain = AutoModel.from_pretrained(tmp_path / "rm")  # the backbone, with transformers alone
+    head = load_file(str(tmp_path / "rm" / "token_head.safetensors"))["score.weight"]
+    by_hand = (plain(ids).last_hidden_state @ head.T)[:, :-1, 0]
+    assert torch.allclose(by_hand, rm.scores(ids, attn, ids[:, 1:]), atol=1e-6)
+
+
+def test_a_token_rm_saved_by_an_earlier_version_still_loads(tiny, tmp_path):
+    """Earlier versions saved the token RM as transformers' token-classification model (a head
+    with a bias, keys under the base model's prefix): it loads as saved and scores the same."""
+    from transformers import AutoModelForTokenClassification
+
+    path, _, tok, _ = tiny
+    old = AutoModelForTokenClassification.from_pretrained(path, num_labels=1).eval()
+    torch.nn.init.normal_(old.score.bias)
+    save_model(old, tok, tmp_path / "old")
+    rm = load_token_head(str(tmp_path / "old")).eval()
     ids = torch.tensor([[1, 5, 7, 9]])
-    assert torch.equal(rm(ids).logits, again(ids).logits)
-    assert again(ids).logits.shape == (1, 4, 1)
+    assert torch.allclose(rm.scores(ids, torch.ones_like(ids), ids[:, 1:]), old(ids).logits[:, :-1, 0], atol=1e-6)
+    with pytest.raises(ModelError, match="biased head"):
+        load_token_head(path).load(tmp_path / "old")  # into a bias-free head: one line, not a shape error
 
 
 def _prompts(probs, n):

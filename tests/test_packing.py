@@ -74,7 +74,7 @@ def test_credit_models_score_a_packed_row_as_alone(tiny):
     path, model, tok, _ = tiny
     b = _batch(len(tok), seed=1)
     x = ModelInputs.packed(b)
-    for credit in (TokenHeadCredit(load_token_head(path)), LogProbCredit(model, scale=3.0, offset=0.5)):
+    for credit in (load_token_head(path), LogProbCredit(model, scale=3.0, offset=0.5)):
         packed = x.rows(credit.scores(x.ids, None, x.targets, x.position_ids))
         padded = credit.scores(b.ids, b.attn, b.targets)
         assert torch.allclose(packed * x.valid, padded * x.valid, atol=1e-5, rtol=0), type(credit).__name__

@@ -27,10 +27,13 @@ from torch import nn
 
 from .. import distributed as dist_utils
 from ..optim import param_groups
-from .loading import decoder_layers, forward_kwargs, load_policy, load_token_head, load_weights, read_safetensors, save_model
+from ..errors import ModelError
+from .loading import (decoder_layers, forward_kwargs, load_backbone, load_policy, load_weights, read_safetensors, read_weights,
+                      resolve_model_path, save_model)
 
 HEAD_FILE = "credit_head.json"
 CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
+HEAD_WEIGHTS = "token_head.safetensors"  # the token RM's scalar head, beside its backbone
 
 
 class CreditModel(nn.Module):
@@ -55,7 +58,7 @@ class CreditModel(nn.Module):
 
     def shard(self, bf16: bool = False, cpu_offload: bool = False) -> None:
         """FSDP2: each decoder layer of the inner model, then this module."""
-        dist_utils.fsdp_wrap(self, decoder_layers(self.inner), bf16, cpu_offload)
+        dist_utils.fsdp_wrap(self, decoder_layers(self.inner, required=True), bf16, cpu_offload)
 
     def gradient_checkpointing_enable(self) -> None:
         self.inner.gradient_checkpointing_enable()
@@ -67,7 +70,7 @@ class CreditModel(nn.Module):
 
     def read(self, path: str | Path) -> dict:
         """The full state dict (this module's keys) of a directory `save` wrote."""
-        return {f"{self.inner_name}.{k}": v for k, v in read_safetensors(path).items()}
+        return {f"{self.inner_name}.{k}": v for k, v in read_weights(path).items()}
 
     def load(self, path: str | Path) -> None:
         """Load a directory `save` wrote, exactly; under FSDP2 into the shards."""
@@ -92,20 +95,92 @@ def _inner_state(state_dict: dict | None, prefix: str) -> dict | None:
 
 
 class TokenHeadCredit(CreditModel):
-    """The paper's token RM: the policy's backbone with a one-logit-per-token head.
+    """The paper's token RM: the policy's backbone (its base model, without the LM head) and a
+    scalar head, `nn.Linear(hidden, 1, bias=False)` as in the reference (`train_oreal.py` puts it
+    in place of the LM head), zero-initialised as there (`docs/OREAL-fidelity.md`): every token
+    starts at c_t = 0.5 and the first steps train the head alone. Any causal LM has a backbone;
+    few have a token-classification class.
+
+    Saved as the backbone's HF directory (`AutoModel.from_pretrained` reads it back) with the head
+    beside it in `token_head.safetensors`. Directories of the token-classification model earlier
+    versions saved (`score` with a bias) still load.
 
     Read as the reference reads it (`rm_logits[-n-1:-1]` in `train_oreal.py`): the head at
     position t, which has seen the tokens up to t, scores token t + 1, so a token's score is the
     RM's view of the prefix before it."""
 
-    inner_name = "model"
+    inner_name = "backbone"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, backbone: nn.Module, score: nn.Linear | None = None):
         super().__init__()
-        self.model = model
+        self.backbone = backbone
+        if score is None:
+            p = next(backbone.parameters())
+            hidden = backbone.config.get_text_config(decoder=True).hidden_size
+            score = nn.Linear(hidden, 1, bias=False, device=p.device, dtype=p.dtype)
+            nn.init.zeros_(score.weight)
+        self.score = score
 
     def forward(self, input_ids, attention_mask, targets, position_ids=None) -> torch.Tensor:
-        return self.model(**forward_kwargs(input_ids, attention_mask, position_ids)).logits[:, :-1, 0]
+        hidden = self.backbone(**forward_kwargs(input_ids, attention_mask, position_ids)).last_hidden_state
+        return self.score(hidden[:, :-1]).squeeze(-1)
+
+    def save(self, path: str | Path, tokenizer, state_dict: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        super().save(path, tokenizer, state_dict)
+        head = {k: v for k, v in (state_dict or {"score." + n: t for n, t in self.score.state_dict().items()}).items()
+                if k.startswith("score.")}
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(Path(path) / HEAD_WEIGHTS))
+
+    def read(self, path: str | Path) -> dict:
+        backbone, head = read_token_head(path)
+        if "score.bias" in head and self.score.bias is None:
+            raise ModelError(f"{path}: a token RM with a biased head (an earlier oreal's, before the head became "
+                             "the reference's bias-free one); load it with oreal.models.load_token_head or start anew")
+        return {**{f"{self.inner_name}.{k}": v for k, v in backbone.items()}, **head}
+
+    def load(self, path: str | Path) -> None:
+        state = self.read(path)
+        if dist_utils.is_fsdp(self):
+            dist_utils.load_full_state_dict(self, state)
+            return
+        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        load_weights(self.backbone, path, state=backbone, base=True)
+        self.score.load_state_dict({k.removeprefix("score."): v for k, v in state.items() if k.startswith("score.")})
+
+
+def read_token_head(path: str | Path) -> tuple[dict, dict]:
+    """A saved token RM's (backbone, head) tensors: the head keyed `score.weight` (and
+    `score.bias` in the token-classification directories of earlier versions)."""
+    from safetensors.torch import load_file
+
+    if (Path(path) / HEAD_WEIGHTS).is_file():
+        return read_weights(path, base=True), load_file(str(Path(path) / HEAD_WEIGHTS))
+    state = read_safetensors(path)
+    if "score.weight" not in state:
+        raise ModelError(f"{path} holds no token RM head ({HEAD_WEIGHTS}); a policy directory makes a new "
+                         "head through load_token_head")
+    return read_weights(path, base=True), {k: state[k] for k in ("score.weight", "score.bias") if k in state}
+
+
+def load_token_head(src: str, dtype: str = "float32", device="cpu") -> TokenHeadCredit:
+    """The token RM from a policy directory (its backbone and a new head) or from a directory a
+    token RM was saved to (this version's or an earlier one's), exactly as saved."""
+    path = resolve_model_path(src)
+    backbone = load_backbone(path, dtype, device)
+    is_saved_rm = (Path(path) / HEAD_WEIGHTS).is_file() or any(
+        a.endswith("ForTokenClassification") for a in (backbone.config.architectures or []))
+    if not is_saved_rm:
+        return TokenHeadCredit(backbone)
+    _, head = read_token_head(path)
+    p = next(backbone.parameters())
+    score = nn.Linear(head["score.weight"].size(1), 1, bias="score.bias" in head, device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        score.weight.copy_(head["score.weight"].reshape(1, -1))
+        if score.bias is not None:
+            score.bias.copy_(head["score.bias"].reshape(1))
+    return TokenHeadCredit(backbone, score)
 
 
 class LogProbCredit(CreditModel):
@@ -177,7 +252,7 @@ class LogProbCredit(CreditModel):
 
 
 def _token_head(src: str, dtype: str, device, init) -> CreditModel:
-    return TokenHeadCredit(load_token_head(src, dtype, device))
+    return load_token_head(src, dtype, device)
 
 
 def _logprob(src: str, dtype: str, device, init, train_lm: bool = True) -> CreditModel:

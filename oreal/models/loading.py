@@ -5,7 +5,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import ModelError
 
@@ -53,6 +53,27 @@ def forward_kwargs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     return kw
 
 
+def unwrapped(model):
+    """A built model as transformers made it, from the state another trainer may have left it in:
+    accelerate's mixed-precision wrapper (an autocast `forward` set on the instance, which TRL's
+    trainers leave behind; accelerate keeps the forward it wrapped as `_original_forward`) is taken
+    off, giving the class's own forward back. Any other `forward` set on the instance is a one-line
+    ModelError. (accelerate's `extract_model_from_parallel` unwraps past transformers' own
+    decorators of `forward`, so it is not used.)"""
+    own = type(model).forward
+    original = vars(model).get("_original_forward")
+    if getattr(original, "__func__", None) is own and getattr(original, "__self__", None) is model:
+        del model._original_forward
+        vars(model).pop("forward", None)
+    if getattr(vars(model).get("forward"), "__func__", None) is own:  # the class's forward bound on the instance
+        del model.forward
+    if "forward" in vars(model):
+        raise ModelError(f"the {type(model).__name__} given has its forward replaced on the instance "
+                         f"({getattr(model.forward, '__qualname__', model.forward)!r}), not by accelerate's "
+                         "autocast wrapper: pass the model as transformers built it")
+    return model
+
+
 def load_tokenizer(name_or_path: str):
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     if tok.pad_token is None:  # many causal LMs ship without one
@@ -67,31 +88,43 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     return model.to(device)
 
 
-def load_token_head(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
-    """The token-level reward model: the policy's backbone with a one-logit-per-token head.
-
-    From a policy directory the backbone is copied and only the head (`score`) is new; from a
-    saved token-RM directory everything loads as saved.
-    """
+def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+    """A causal LM's backbone (its base model: no LM head) from a policy directory, or from a
+    directory holding a backbone (`AutoModel`, which drops the LM head and reads either)."""
     import logging
 
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity(logging.ERROR)  # "newly initialised score head" is expected here
+    hf_logging.set_verbosity(logging.ERROR)  # "weights not used: lm_head" is expected here
     try:
-        model = AutoModelForTokenClassification.from_pretrained(
-            resolve_model_path(name_or_path), num_labels=1, dtype=torch_dtype(dtype))
+        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype))
     finally:
         hf_logging.set_verbosity(level)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = model.config.eos_token_id
     return model.to(device)
 
 
-def decoder_layers(model) -> list:
-    """The decoder layers of an HF model (`model.model.layers`), the units FSDP2 shards one by one."""
-    return list(getattr(getattr(model, "model", model), "layers", None) or [])
+def decoder_layers(model, required: bool = False) -> list:
+    """The decoder layers of an HF model, the units FSDP2 shards one by one: the outermost modules
+    of the classes the model's `_no_split_modules` names (transformers' own list of the blocks
+    never to split: `LlamaDecoderLayer`, `GPTNeoXLayer`, ...), wherever the model keeps them."""
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    found = []
+
+    def walk(module):
+        for child in module.children():
+            if any(c.__name__ in names for c in type(child).__mro__):  # FSDP2 subclasses the layers
+                found.append(child)
+            else:
+                walk(child)
+    walk(model)
+    if required and not found:  # FSDP2 would wrap the whole model as one unit: no memory saved
+        raise ModelError(f"fsdp=true: no decoder layers found in {type(model).__name__} (its _no_split_modules "
+                         f"name {sorted(names) or 'nothing'}); use fsdp=false, or a model whose layers transformers names")
+    return found
 
 
 def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:
@@ -104,7 +137,8 @@ def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = Non
 
 
 def read_safetensors(path: str | Path) -> dict:
-    """Every tensor of an HF directory's safetensors files (one file or shards), on CPU."""
+    """Every tensor of an HF directory's safetensors files (one file or shards), on CPU, under
+    the files' own names (`read_weights` gives the names a model has in memory)."""
     from safetensors.torch import load_file
 
     files = sorted(Path(path).glob("*.safetensors"))
@@ -116,10 +150,29 @@ def read_safetensors(path: str | Path) -> dict:
     return state
 
 
-def load_weights(model, path: str | Path) -> None:
-    """Load the safetensors weights of an HF directory into `model` in place, exactly. Only tied
-    weights may be absent from the files."""
-    state = read_safetensors(path)
+def read_weights(path: str | Path, base: bool = False) -> dict:
+    """An HF directory's weights under the names the model has in memory, on CPU, as saved:
+    transformers loads the directory (`AutoModelForCausalLM`, or `AutoModel` for a backbone) and
+    renames what a checkpoint format names otherwise (GPT-NeoX saves its LM head as `embed_out`,
+    which is `lm_head` in memory); the raw files' keys would not fit."""
+    import logging
+
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity(logging.ERROR)  # a backbone read from a policy's directory drops its LM head
+    try:
+        model = (AutoModel if base else AutoModelForCausalLM).from_pretrained(str(path), dtype="auto")
+    finally:
+        hf_logging.set_verbosity(level)
+    return model.state_dict()
+
+
+def load_weights(model, path: str | Path, state: dict | None = None, base: bool = False) -> None:
+    """Load an HF directory's weights (or `state`, read by `read_weights`) into `model` in place,
+    exactly; `base`: the model is a backbone. Only tied weights may be absent."""
+    state = read_weights(path, base) if state is None else state
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or any(k not in tied and "lm_head" not in k for k in missing):

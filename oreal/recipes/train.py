@@ -4,8 +4,8 @@
 each) -> select (`algo.select`: the pass-rate filter, one pair per question or all, advantages)
 -> build the padded batch -> credit (`oreal.training.credit`: the credit model's BCE on the outcomes
 and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives, KL to the reference; the
-step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it. `train()` runs
-steps to the end with the step-end callbacks (`oreal.training.callbacks`).
+step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it. `train()` runs steps to
+the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..config import to_dict
 from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (CreditModel, add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer,
-                      resolve_model_path, torch_dtype)
+                      resolve_model_path, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..training.credit import CreditStage
@@ -86,7 +86,7 @@ class Trainer(Checkpointing):
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
-        self._setup_models(policy, tokenizer)
+        self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
         self._setup_optimizers()
         self._setup_data(problems)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
@@ -158,7 +158,7 @@ class Trainer(Checkpointing):
             if isinstance(model, CreditModel):  # its inner model's layers, then itself
                 model.shard(cfg.mixed_precision, cfg.cpu_offload)
             else:
-                dist_utils.fsdp_wrap(model, decoder_layers(model), cfg.mixed_precision, cfg.cpu_offload)
+                dist_utils.fsdp_wrap(model, decoder_layers(model, required=True), cfg.mixed_precision, cfg.cpu_offload)
         return model
 
     def _check_prompt_lengths(self) -> None:

@@ -76,11 +76,22 @@ def check_architecture(model_dir: str) -> None:
     import_vllm()
     from vllm import ModelRegistry
 
-    archs = json.loads((Path(model_dir) / "config.json").read_text()).get("architectures") or []
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    archs = config.get("architectures") or []
     supported = set(ModelRegistry.get_supported_archs())
     if not archs or not set(archs) & supported:
         raise ConfigError(f"engine=vllm: vLLM does not implement the architecture {archs or '(none named)'} of "
                           f"{model_dir}; use engine=hf_sampler or hf_device")
+    if is_mixture_of_experts(config):
+        raise ConfigError(f"engine=vllm: {archs[0]} is a mixture of experts, whose expert weights oreal does not yet "
+                          f"push in the layout vLLM packs them in (the engine drifted from the trainer after the "
+                          f"first push); use engine=hf_sampler or hf_device")
+
+
+def is_mixture_of_experts(config: dict) -> bool:
+    """A model config.json's mark of a mixture of experts (Qwen3-MoE, Mixtral, DeepSeek, ...)."""
+    keys = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+    return any((config.get(k) or 0) > 1 for k in keys) or any("moe" in a.lower() for a in config.get("architectures") or [])
 
 
 def _repack_embeddings(worker) -> None:
@@ -173,7 +184,13 @@ class VLLMEngine:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one engine per rank, in its process group
             kw["distributed_executor_backend"] = "external_launcher"
         threads = torch.get_num_threads()
-        self.llm = vllm.LLM(**kw)
+        try:
+            self.llm = vllm.LLM(**kw)
+        except Exception as e:  # vLLM's own model code failing on this architecture: one line, not its traceback
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            raise ConfigError(f"engine=vllm: vLLM {vllm.__version__} could not build the engine for "
+                              f"{type(model).__name__} from {setup.model_dir} ({type(e).__name__}: {first}); "
+                              f"use engine=hf_sampler or hf_device") from e
         if torch.get_num_threads() != threads:  # the trainer's thread count decides its last bits
             torch.set_num_threads(threads)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len

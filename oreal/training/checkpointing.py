@@ -10,7 +10,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
-from ..models import load_lora_adapter, load_weights, read_safetensors, save_model
+from ..models import load_lora_adapter, load_weights, read_weights, save_model
 from ..config import deprecated
 from .state import RunState
 
@@ -100,7 +100,7 @@ class Checkpointing:
             if self.cfg.lora.enabled:
                 load_lora_adapter(self.policy, path / "policy")
             elif self.fsdp:
-                dist_utils.load_full_state_dict(self.policy, read_safetensors(path / "policy"))
+                dist_utils.load_full_state_dict(self.policy, read_weights(path / "policy"))
             else:
                 load_weights(self.policy, path / "policy")
             dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])

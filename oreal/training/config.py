@@ -41,8 +41,9 @@ class LoraSettings:
     r: int = setting(16, "LoRA rank")
     alpha: int = setting(32, "LoRA alpha")
     dropout: float = setting(0.0, "LoRA dropout")
-    target_modules: list[str] = setting(help="modules that get an adapter", factory=lambda: [
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    target_modules: list[str] = setting(help="modules that get an adapter: names, or [all-linear] for every "
+                                        "linear layer but the LM head (any architecture)",
+                                        factory=lambda: ["all-linear"])
 
 
 _SECTIONS = {"algo": AlgoConfig, "optim": OptimConfig, "sampling": SamplingConfig, "prompt": PromptConfig,
