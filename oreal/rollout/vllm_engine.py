@@ -82,27 +82,32 @@ def check_architecture(model_dir: str) -> None:
     if not archs or not set(archs) & supported:
         raise ConfigError(f"engine=vllm: vLLM does not implement the architecture {archs or '(none named)'} of "
                           f"{model_dir}; use engine=hf_sampler or hf_device")
-    if is_mixture_of_experts(config):
-        raise ConfigError(f"engine=vllm: {archs[0]} is a mixture of experts, whose expert weights oreal does not yet "
-                          f"push in the layout vLLM packs them in (the engine drifted from the trainer after the "
-                          f"first push); use engine=hf_sampler or hf_device")
+    backend = [a for a in archs if ".models.transformers" in getattr(ModelRegistry.models.get(a), "module_name", "")]
+    if backend and len(backend) == len(archs):
+        import vllm
+
+        raise ConfigError(f"engine=vllm: vLLM {vllm.__version__} serves {backend[0]} through its Transformers backend, "
+                          f"which patches transformers' own model classes in this process and breaks the trainer's "
+                          f"copy beside it (colocated); use engine=hf_sampler or hf_device")
 
 
-def is_mixture_of_experts(config: dict) -> bool:
-    """A model config.json's mark of a mixture of experts (Qwen3-MoE, Mixtral, DeepSeek, ...)."""
-    keys = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-    return any((config.get(k) or 0) > 1 for k in keys) or any("moe" in a.lower() for a in config.get("architectures") or [])
+def _repack_after_reload(worker) -> None:
+    """What vLLM's CPU build packs when a model loads and `reload_weights` does not pack again:
 
-
-def _repack_embeddings(worker) -> None:
-    """vLLM's CPU build packs the LM head's weight for its GEMM when the model loads, and
-    `reload_weights` does not pack it again when the head is tied to the embedding (the head gets no
-    weight of its own): the engine then samples from the old head, off by 0.76 nats after a 0.05
-    change of the embedding. Packing again from the reloaded weight fixes it (a no-op on a GPU)."""
+    - the LM head's weight, packed for its GEMM, when the head is tied to the embedding (it gets
+      no weight of its own): the engine then samples from the old head, off by 0.76 nats after a
+      0.05 change of the embedding. Packed again from the reloaded weight.
+    - a mixture of experts' expert weights, prepacked into the CPU grouped GEMM's layout: on a
+      weight update vLLM skips the experts' own `process_weights_after_loading`, so the raw
+      reloaded weights were read as packed ones (qwen3_moe: 0.017 nats off after pushing the
+      unchanged weights). Prepacked again, by the CPU experts only (a no-op on a GPU)."""
     for m in worker.model_runner.model.modules():
         method = getattr(m, "quant_method", None)
         if type(method).__name__ == "UnquantizedEmbeddingMethod":
             method.process_weights_after_loading(m)
+        experts = getattr(getattr(method, "moe_kernel", None), "fused_experts", None)
+        if type(experts).__name__.endswith("CPUUnquantizedExperts"):
+            experts.process_weights_after_loading(m)
 
 
 def engine_dtype(setup: EngineSetup, device: torch.device) -> str:
@@ -245,7 +250,7 @@ class VLLMEngine:
         dtype = self.llm.llm_engine.model_config.dtype
         weights = ((name, t.to(dtype)) for name, t in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        self.llm.collective_rpc(_repack_embeddings)
+        self.llm.collective_rpc(_repack_after_reload)
         self.llm.reset_prefix_cache()
         self._check_next = self.options.check_rows > 0
 

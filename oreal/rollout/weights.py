@@ -1,6 +1,6 @@
 """The trainer's side of an engine that holds its own copy of the weights: the policy's full
-weights under the names a plain Hugging Face checkpoint uses, FSDP2 shards gathered one tensor at
-a time and LoRA merged into the base weights for the push. Engines only receive
+weights under the names and in the layout a plain Hugging Face checkpoint uses, FSDP2 shards
+gathered one tensor at a time and LoRA merged into the base weights for the push. Engines only receive
 `(name, tensor)` pairs (`RolloutEngine.update_weights`)."""
 from __future__ import annotations
 
@@ -60,10 +60,26 @@ def full_weights(model: nn.Module) -> Iterator[Iterator[tuple[str, torch.Tensor]
     into new tensors (the model is not changed), each FSDP2 parameter gathered when it is read
     (every rank must read them all, in the same order: `full_tensor` is a collective)."""
     deltas = lora_deltas(model)
+    to_checkpoint = checkpoint_layout(model)
 
     def tensors():
         with torch.no_grad():
             for name, p in plain_names(model):
                 t = (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()
-                yield name, merged_weight(t, deltas[name]) if name in deltas else t
+                yield from to_checkpoint(name, merged_weight(t, deltas[name]) if name in deltas else t)
     yield tensors()
+
+
+def checkpoint_layout(model: nn.Module):
+    """`(name, tensor) -> [(name, tensor), ...]` in the layout the model's checkpoint files use,
+    which an engine loading checkpoints expects: transformers keeps some weights in memory in
+    another layout than on disk (a mixture of experts' experts fused into [E, ...] tensors, one
+    per layer; GPT-NeoX's `embed_out` as `lm_head`) and converts back when it saves
+    (`revert_weight_conversion`, here one tensor at a time). Identity where transformers has no
+    such conversion; the engine's log-prob check after every push catches a layout it missed."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return lambda name, t: [(name, t)]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT: the HF model
+    return lambda name, t: list(revert_weight_conversion(base, {name: t}).items())
