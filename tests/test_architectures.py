@@ -128,8 +128,8 @@ def test_a_model_another_trainer_left_wrapped_trains_and_samples(tmp_path):
     from oreal import OREALConfig, OREALTrainer
 
     problems = curriculum.generate(32, "train", seed=0)
-    args = dict(steps=1, batch_questions=4, samples=4, threads=1, dump_per_step=0, log_every=0, algo="grpo",
-                sampling={"max_new_tokens": 24, "top_p": 1.0}, optim={"lr": 1e-3},
+    args = dict(steps=1, batch_questions=8, samples=4, threads=1, dump_per_step=0, log_every=0, algo="grpo",
+                sampling={"max_new_tokens": 48, "top_p": 1.0}, optim={"lr": 1e-3},
                 prompt={"system": None, "use_chat_template": False})
     tok = load_tokenizer("default")
     runs = {}
@@ -144,6 +144,7 @@ def test_a_model_another_trainer_left_wrapped_trains_and_samples(tmp_path):
                           tokenizer=tok, log=lambda *a: None) as t:
             runs[name] = t.train().history[0]
             assert "forward" not in vars(t.model)
+    assert runs["clean"]["selected"] > 0 and runs["clean"]["actor_updated"]  # a step that trained
     for key in ("reward", "selected", "loss"):
         assert runs["clean"][key] == pytest.approx(runs["wrapped"][key], rel=1e-5), key
 
