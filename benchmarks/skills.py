@@ -37,7 +37,7 @@ def weak_model(out: Path, weak: str, share: float) -> Path:
     data = out / "weak_mix_train.jsonl"
     save_problems(curriculum.generate(20000, "train", seed=0, mix=mix), data)
     cfg = load_config(SFTConfig, ROOT / "oreal" / "configs" / "default_model.yaml",
-                      [f"out={out / 'weak_model'}", f"data={data}", "eval_every=0"])
+                      [f"out={out / 'weak_model'}", f"data={data}", "eval_every=0", "overwrite=true"])
     with Verifier(workers=2) as v:
         run_sft(cfg, verifier=v)
     return model

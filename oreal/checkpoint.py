@@ -203,9 +203,10 @@ def find_latest(root: str | Path, log: Callable[[str], None] | None = None) -> P
         if problem is None:
             return path
         msg = f"checkpoint {path} is damaged ({problem}); falling back to an earlier one"
-        warnings.warn(msg, stacklevel=2)
-        if log:
+        if log:  # said once: on the run's log when there is one, else as a Python warning
             log("warning: " + msg)
+        else:
+            warnings.warn(msg, stacklevel=2)
     return None
 
 

@@ -72,6 +72,17 @@ def as_config(cls: type[T], value, key: str) -> T:
     raise ConfigError(f"{key}: expected a {cls.__name__} or a mapping, got {type(value).__name__} {value!r}")
 
 
+def coerce_fields(obj, prefix: str = "") -> None:
+    """Check (and convert, as a YAML value is) every plain field of a config dataclass built in
+    Python: `OREALConfig(steps="ten")` is a ConfigError naming `steps`, not a TypeError later.
+    Nested sections are left to `as_config`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if dataclasses.is_dataclass(hints[f.name]) or dataclasses.is_dataclass(getattr(obj, f.name)):
+            continue
+        setattr(obj, f.name, _coerce(prefix + f.name, getattr(obj, f.name), hints[f.name]))
+
+
 def _coerce(key: str, value: Any, tp) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

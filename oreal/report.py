@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from .plots import read_metrics, series
+from .preflight import writable_dir
 
 PANELS = [  # (file, title, [(metric, label)])
     ("reward.png", "train reward (mean over rollouts)", [("reward", "reward")]),
@@ -77,6 +78,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_respons
     if not (run / "metrics.jsonl").exists():
         raise FileNotFoundError(f"{run}/metrics.jsonl not found: is {run} a training run directory?")
     out = Path(out) if out else run / "report"
+    writable_dir(out, f"--out {out}")  # exit 2 before reading the run, as every command
     out.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(run / "metrics.jsonl")
     images = plot_curves(metrics, out)

@@ -11,6 +11,8 @@ import os
 import uuid
 from pathlib import Path
 
+from .preflight import require
+
 TRACKERS = ("tensorboard", "wandb")
 
 
@@ -26,10 +28,8 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 class TensorBoard:
     def __init__(self, out: Path, config: dict):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise RuntimeError("trackers: tensorboard needs `pip install tensorboard`") from e
+        require("tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
         self.writer.add_text("config", "```\n" + _yaml(config) + "\n```")
 
@@ -44,10 +44,8 @@ class TensorBoard:
 
 class WandB:
     def __init__(self, out: Path, config: dict, project: str):
-        try:
-            import wandb
-        except ImportError as e:
-            raise RuntimeError("trackers: wandb needs `pip install wandb`") from e
+        require("wandb")
+        import wandb
         id_file = out / "wandb_id.txt"  # the same W&B run continues after a resume
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id)

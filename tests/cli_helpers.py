@@ -21,7 +21,12 @@ def oreal(*args, **kw) -> subprocess.CompletedProcess:
 
 def oreal_all(*commands, **kw) -> list[subprocess.CompletedProcess]:
     """Independent commands run at once (each spends seconds importing torch), results in order."""
-    procs = [(args, subprocess.Popen([sys.executable, "-m", "oreal.cli", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, **kw)) for args in commands]
+    return run_all(*([sys.executable, "-m", "oreal.cli", *args] for args in commands), **kw)
+
+
+def run_all(*argvs, **kw) -> list[subprocess.CompletedProcess]:
+    """Independent processes run at once, results in order."""
+    procs = [(argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw))
+             for argv in argvs]
     outputs = [p.communicate(timeout=300) for _, p in procs]
-    return [subprocess.CompletedProcess(args, p.returncode, *out) for (args, p), out in zip(procs, outputs)]
+    return [subprocess.CompletedProcess(argv, p.returncode, *out) for (argv, p), out in zip(procs, outputs)]

@@ -10,9 +10,9 @@ ROOT = Path(oreal.__file__).parent
 LAYERS = {
     "errors": 0, "faults": 0, "extract": 0,
     "optim": 0, "distributed": 0,
-    "config": 1, "verify": 1, "models": 1, "tracking": 1, "plots": 1,
-    "checkpoint": 1,
-    "data": 2, "algo": 2, "rollout": 2,
+    "config": 1, "verify": 1, "models": 1, "plots": 1,
+    "checkpoint": 1, "preflight": 1,
+    "data": 2, "algo": 2, "rollout": 2, "tracking": 2,
     "evaluation": 3,
     "training": 4,
     "report": 5,

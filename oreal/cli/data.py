@@ -69,8 +69,10 @@ def passrate(args) -> int:
     from ..evaluation import measure_pass_rates
     from ..models import load_policy, load_tokenizer
     from ..rollout import SamplingConfig, make_engine
+    from ..preflight import writable_file
     from ..verify import Verifier
 
+    writable_file(args.out, f"--out {args.out}")  # before the work, not after it
     problems = load_list(args.source, data_dir_=args.data_dir, preset=args.preset)
     tok = load_tokenizer(args.model)
     engine = make_engine("hf_sampler", load_policy(args.model), tok)

@@ -17,13 +17,22 @@ def add_parser(sub) -> None:
                        epilog="The settings are oreal/configs/demo.yaml (`oreal config show demo`). A run "
                               "directory that holds an earlier run is never replaced without --overwrite: "
                               f"with the default --out the demo writes to {DEFAULT_OUT}-2, -3, ... instead. "
-                              "Exit codes: 0 done, 1 failed, 2 bad usage, 130 stopped by Ctrl-C.")
+                              "Exit codes: 0 done, 1 failed, 2 bad usage, 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM.")
     p.add_argument("--out", default=None, help=f"run directory [{DEFAULT_OUT}]")
-    p.add_argument("--steps", type=positive_int, default=None, help="OREAL steps [200, from the demo config]")
+    p.add_argument("--steps", type=positive_int, default=None, help=f"OREAL steps [{_demo_steps()}, from the demo config]")
     p.add_argument("--seed", type=int, default=0, help="seed of the run (a rerun on the same machine gives the same numbers)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the demo config, e.g. algo.name=grpo")
     p.set_defaults(func=run)
+
+
+def _demo_steps() -> int:
+    """The demo config's steps, read for the help text (YAML only: building the parser imports no torch)."""
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load((resources.files("oreal") / "configs" / "demo.yaml").read_text())["steps"]
 
 
 def choose_out(out: str | None, overwrite: bool, resuming: bool, log=print) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from ..rollout.registry import ENGINE_NAMES
@@ -98,20 +97,6 @@ def _plan(args) -> dict:
     return plan
 
 
-def _check_writable(path: str) -> None:
-    """Fail before the evaluation, not after it, when the results cannot be written."""
-    from ..errors import ConfigError
-
-    existed = os.path.exists(path)
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise ConfigError(f"--out {path}: cannot write there ({e.strerror})") from None
-    if not existed:
-        os.remove(path)
-
-
 def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
     """A value given (by the flag or the run) is kept, and refused by the engine if it does not fit;
     the default is capped at what the engine's max_model_len leaves, and says so, on every engine."""
@@ -128,15 +113,20 @@ def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
 
 
 def run(args) -> int:
+    from ..preflight import check_device, writable_file
+
     plan = _plan(args)
+    check_device(plan["device"])
     if args.out:
-        _check_writable(args.out)
+        writable_file(args.out, f"--out {args.out}")
     from ..data import load_list
     from ..evaluation import evaluate
+    from ..preflight import write_text
     from ..models import load_policy, load_tokenizer, resolve_model_path
-    from ..rollout import EngineSetup, SamplingConfig, make_engine
+    from ..rollout import EngineSetup, SamplingConfig, engine_class, make_engine
     from ..verify import Verifier
 
+    engine_class(plan["engine"], plan["device"]).preflight(resolve_model_path(plan["model"]))  # before loading
     problems = load_list(plan["data"], data_dir_=plan["data_dir"], preset=plan["preset"])
     if plan["limit"]:
         problems = problems[: plan["limit"]]
@@ -158,8 +148,7 @@ def run(args) -> int:
             engine.close()
     res.update(model=plan["model"], data=plan["data"], seed=plan["seed"], max_new_tokens=plan["max_new_tokens"])
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(json.dumps(res, indent=2))
+        write_text(args.out, json.dumps(res, indent=2))
         print(f"wrote {args.out}", file=sys.stderr)
     summary = {k: res[k] for k in ("pass@1", "pass@k", "maj@k", "n", "k", "unfinished", "no_answer")}
     print(json.dumps(summary))

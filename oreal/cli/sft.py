@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from . import HelpFormatter
+from . import HelpFormatter, config_and_overrides
 
 
 def add_parser(sub) -> None:
@@ -20,10 +19,7 @@ def run(args) -> int:
     from ..recipes.sft import SFTConfig, run_sft
     from ..verify import Verifier
 
-    cfg_path, overrides = args.config, list(args.overrides)
-    if cfg_path and "=" in cfg_path and not Path(cfg_path).exists():
-        overrides.insert(0, cfg_path)
-        cfg_path = None
+    cfg_path, overrides = config_and_overrides(args.config, args.overrides)
     cfg = load_config(SFTConfig, cfg_path, overrides)
     with Verifier(workers=2) as v:
         summary = run_sft(cfg, verifier=v)

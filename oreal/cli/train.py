@@ -29,5 +29,6 @@ def run(args) -> int:
         result.trainer.close()
     if result.interrupted:
         return 128 + getattr(signal, result.interrupted)
-    print(f"done: {cfg.out}/final/policy")
+    if result.trainer.rank == 0:  # under torchrun one line, not one per rank
+        print(f"done: {cfg.out}/final/policy")
     return 0

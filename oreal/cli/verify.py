@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..verify.verifier import EXTRACT_MODES
-from . import HelpFormatter, positive_int
+from . import HelpFormatter, positive_float, positive_int
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("verify", help="grade answers against gold answers", formatter_class=HelpFormatter,
-                       epilog="Exit codes: 0 graded (the verdicts say correct or not), 1 unreadable input "
-                              "or unwritable output, 2 bad usage.")
+                       epilog="Exit codes: 0 graded (the verdicts say correct or not), 1 unreadable input or "
+                              "no line that could be graded, 2 bad usage or an unwritable --output (checked "
+                              "before grading).")
     p.add_argument("--gold", help="the gold answer (one answer on the command line)")
     p.add_argument("--response", help="the response to grade against --gold")
     p.add_argument("--input", help="JSONL with gold, response, optional id, question and finished")
     p.add_argument("--output", help="JSONL written in input order, one verdict per input line")
     p.add_argument("--extract", default="boxed", choices=EXTRACT_MODES, help="how the answer is found")
     p.add_argument("--workers", type=positive_int, default=2, help="grading worker processes")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per answer before it is a timeout")
+    p.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per answer before it is a timeout")
     p.add_argument("--judge-url", help="OpenAI-compatible base URL of an optional LLM judge")
     p.add_argument("--judge-model", default="judge", help="the judge's model name")
     p.set_defaults(func=run)
@@ -72,6 +74,9 @@ def run(args) -> int:
     if args.output is None:
         print("oreal verify: --input needs --output", file=sys.stderr)
         return 2
+    from ..preflight import writable_file
+
+    writable_file(args.output, f"--output {args.output}")  # before the grading
     try:
         rows = _read_lines(args.input)
     except OSError as e:
@@ -94,6 +99,7 @@ def run(args) -> int:
                 verdicts[i] = verdict
             bar.update(len(part))
     try:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as out:
             for i, (rec, err) in enumerate(rows):
                 if err is not None:
@@ -107,6 +113,10 @@ def run(args) -> int:
         print(f"oreal verify: cannot write {args.output}: {e}", file=sys.stderr)
         return 1
     print(summary_line(rows, verdicts, args.output))
+    if not verdicts:  # nothing was graded: a failure, whatever the file's verdict lines say
+        first = next((err for _, err in rows if err is not None), "the file is empty")
+        print(f"oreal verify: no line of {args.input} could be graded ({first})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -211,9 +211,11 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
 
 
 def _preset_hint(row: dict) -> str:
-    """' (its fields fit --preset oreal)' when another preset reads this row."""
+    """' (its fields fit the oreal preset: ...)' when another preset reads this row, in the words of
+    both the config (`data_preset=`) and the commands' flag (`--preset`)."""
     fits = [name for name, p in PRESETS.items() if p.question in row and p.answer in row]
-    return f" (its fields fit --preset {' / '.join(fits)})" if fits else ""
+    names = " / ".join(fits)
+    return f" (its fields fit the {names} preset: data_preset={fits[0]}, or --preset {fits[0]})" if fits else ""
 
 
 def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extract) -> Problem:
@@ -266,7 +268,9 @@ def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extrac
 
 
 def save_problems(problems: list[Problem], path: str | Path) -> None:
-    """JSONL in the `oreal_records` preset's format (lossless round trip)."""
+    """JSONL in the `oreal_records` preset's format (lossless round trip); missing directories
+    of `path` are made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for p in problems:
             f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")

@@ -38,7 +38,8 @@ CURRICULUM = {"curriculum_train": ("train", 20000), "curriculum_test": ("test", 
 def data_dir(explicit: str | Path | None = None) -> Path:
     d = explicit or os.environ.get(ENV_DATA_DIR)
     if not d:
-        raise DataError(f"no benchmark data directory: pass --data-dir or set {ENV_DATA_DIR}")
+        raise DataError(f"no benchmark data directory: set data_dir= (a config key), --data-dir (oreal eval, "
+                        f"oreal data) or {ENV_DATA_DIR}")
     return Path(d)
 
 

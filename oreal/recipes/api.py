@@ -12,7 +12,7 @@ from ..data import Problem, load_list, load_problems
 from ..errors import ConfigError
 from ..training.callbacks import Callback
 from ..training.config import TrainConfig
-from ..verify import RewardFunction, Verifier
+from ..verify import Verifier, as_reward
 from .train import TrainResult, Trainer, train
 
 OREALConfig = TrainConfig  # the config of a run, under the name the Python API uses
@@ -58,9 +58,7 @@ class OREALTrainer:
         self._own_verifier = reward is None
         if reward is None:
             reward = Verifier(workers=args.verifier_workers, timeout=args.verifier_timeout)
-        elif not hasattr(reward, "verify_batch"):
-            reward = RewardFunction(reward)
-        self.reward = reward
+        self.reward = as_reward(reward)
         problems = _problems(train_dataset, args, "train_dataset") if train_dataset is not None else None
         self.eval_problems = _problems(eval_dataset, args, "eval_dataset") if eval_dataset is not None else None
         try:

@@ -57,6 +57,7 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
         "time_capped": len(history) < cfg.steps, "max_seconds": cfg.max_seconds,
         "seed": seed, "algo": cfg.algo.name, "threads": history[-1]["threads"] if history else cfg.threads,
         "samples_after": after.get("samples", []),
+        "policy_updates": sum(bool(h.get("actor_updated")) for h in history),
     }
     out_dir = Path(cfg.out)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -67,8 +68,16 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
 
     report = write_report(out_dir)
     log(format_table(summary))
+    say_why_nothing_changed(summary, len(history), cfg.algo.actor_freeze_steps, log)
     log(f"wrote {out_dir}/summary.json, metrics.jsonl, learning_curve.png, {report}/index.html")
     return summary
+
+
+def say_why_nothing_changed(summary: dict, steps: int, freeze: int, log=print) -> None:
+    """A table that says +0.000 because the policy never trained gets its reason beside it."""
+    if not summary["policy_updates"]:
+        log(f"the policy was not updated: {steps} step(s), and the first {freeze} train only the credit model "
+            f"(algo.actor_freeze_steps); run more steps than that")
 
 
 def format_table(s: dict) -> str:

@@ -18,7 +18,9 @@ from ..data import PromptConfig, load_list, render
 from ..evaluation import evaluate
 from ..models import (TinyModelConfig, build_tiny_policy, load_policy, load_tokenizer, save_model,
                       train_tokenizer)
+from ..errors import RunDirError
 from ..optim import make_optimizer
+from ..preflight import check_device, writable_dir
 from ..rollout import HFSampler, SamplingConfig
 
 
@@ -45,6 +47,7 @@ class SFTConfig:
     device: str = "cpu"
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(system=None, use_chat_template=False))
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=64))
+    overwrite: bool = False  # replace an earlier SFT run in `out` (never done without it)
 
 
 def encode_example(tokenizer, prompt_text: str, answer_text: str) -> tuple[list[int], list[int]]:
@@ -66,7 +69,23 @@ def collate(examples, pad_id: int):
     return ids, labels, mask
 
 
+SFT_FILES = ("sft_config.yaml", "sft_summary.json", "model")  # what makes `out` hold an earlier SFT run
+
+
+def check_sft_out(cfg: SFTConfig) -> None:
+    """Before any work (one line, exit 2): the device exists, `out` can be written, and holds no
+    earlier SFT run unless `overwrite` (the rule `oreal train` keeps)."""
+    check_device(cfg.device)
+    out = Path(cfg.out)
+    writable_dir(out, f"out={out}")
+    found = [name for name in SFT_FILES if (out / name).exists()]
+    if found and not cfg.overwrite:
+        raise RunDirError(f"out={out} holds an earlier SFT run ({', '.join(found)}): pass overwrite=true to "
+                          f"replace it, or another out=")
+
+
 def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
+    check_sft_out(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)

@@ -34,13 +34,13 @@ from ..tracking import Trackers
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
 from ..training.checkpointing import Checkpointing
-from ..training.config import TrainConfig
+from ..training.config import TrainConfig, check_environment
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
 from ..training.state import CreditStats, DeviceSums, PolicyStats, RunState, StepControl, StepResult
 from ..training.threads import auto_threads, usable_cores
-from ..verify import count_statuses
+from ..verify import as_reward, count_statuses
 
 METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
@@ -70,13 +70,13 @@ class Trainer(Checkpointing):
 
     def __init__(self, cfg: TrainConfig, verifier, log=print, *, policy=None, tokenizer=None,
                  problems: list[Problem] | None = None, callbacks: list[Callback] | None = None):
+        check_environment(cfg)  # the device and the extras the config needs, before anything starts
         self.rank, self.world = dist_utils.setup(cfg.device, force=cfg.fsdp, timeout_s=cfg.dist_timeout)
         if cfg.batch_questions < self.world:  # before any model loads
-            raise ConfigError(f"batch_questions={cfg.batch_questions} on {self.world} ranks: each rank samples its "
-                              f"share of a step's questions, and a rank without one would miss the collectives of "
-                              f"sampling; set batch_questions to at least {self.world}")
-        self.fsdp = cfg.fsdp
-        self.cfg, self.verifier = cfg, verifier
+            raise ConfigError(f"batch_questions={cfg.batch_questions} on {self.world} ranks: each rank samples its share "
+                              f"of a step's questions, and a rank without one would miss the collectives of sampling; "
+                              f"set batch_questions to at least {self.world}")
+        self.fsdp, self.cfg, self.verifier = cfg.fsdp, cfg, as_reward(verifier)
         self.callbacks = list(callbacks or [])
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         if cfg.device == "cpu":  # fixed for the run: a different count can change the last bits

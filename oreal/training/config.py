@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..algo import AlgoConfig
-from ..config import ConfigError, as_config, from_values, read_values, setting
+from ..config import ConfigError, as_config, coerce_fields, from_values, read_values, setting
 from ..data import PromptConfig
 from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, resolve_engine
 from ..rollout.vllm_engine import VLLMConfig
@@ -122,6 +122,7 @@ class TrainConfig:
             self.algo = AlgoConfig(name=self.algo)
         for key, cls in _SECTIONS.items():
             setattr(self, key, as_config(cls, getattr(self, key), key))
+        coerce_fields(self)  # the plain keys' types, checked as a YAML file's are
         self.validate()
 
     def _check_precision(self) -> None:
@@ -175,3 +176,17 @@ def trained_in_low_precision(cfg: "TrainConfig") -> list[str]:
 def build_config(path: str | None, overrides: list[str] | dict | None) -> TrainConfig:
     """A TrainConfig from a YAML file and overrides; the algorithm preset fills what neither set."""
     return from_values(TrainConfig, read_values(path, overrides, TrainConfig))
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What the config asks of this machine, before any work (one line, exit 2 each): the device,
+    and the optional packages of the features it turns on (`oreal.preflight.EXTRAS`)."""
+    from .. import preflight
+
+    preflight.check_device(cfg.device)
+    for tracker in cfg.trackers:
+        preflight.require(tracker)
+    if cfg.lora.enabled:
+        preflight.require("peft")
+    if cfg.skills.enabled and cfg.skills.source == "embedding":
+        preflight.require("minilm")

@@ -13,6 +13,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..config import save_config
 from ..errors import RunDirError, TrainingError
+from ..preflight import writable_dir
 
 
 def format_step(m: dict, total: int) -> str:
@@ -170,13 +171,7 @@ def check_run_dir(cfg) -> None:
     it must be (or can become) a writable directory, and a fresh start (no `resume`) over an
     earlier run is refused unless `overwrite`."""
     out = Path(cfg.out)
-    existing = out
-    while not existing.exists():  # `out` itself, or the nearest ancestor that exists, must let us create it
-        existing = existing.parent
-    if not existing.is_dir():
-        raise RunDirError(f"out={out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunDirError(f"out={out}: {existing} is not writable")
+    writable_dir(out, f"out={out}")  # tried for real, and nothing left behind
     found = earlier_run(out)
     if not cfg.resume and found and not cfg.overwrite:
         raise RunDirError(f"out={out} holds an earlier run ({', '.join(found)}): pass resume=auto to continue "

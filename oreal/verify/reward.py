@@ -16,6 +16,12 @@ class RewardError(ValueError):
     """The reward function raised, or returned something that is not a binary outcome."""
 
 
+def as_reward(reward):
+    """What the trainer grades with: a Verifier (anything with `verify_batch`) as it is, a plain
+    function `fn(question, response, gold) -> bool` wrapped in a RewardFunction."""
+    return reward if hasattr(reward, "verify_batch") else RewardFunction(reward)
+
+
 class RewardFunction:
     def __init__(self, fn):
         if not callable(fn):
