@@ -134,11 +134,11 @@ class TokenHeadCredit(CreditModel):
         save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(Path(path) / HEAD_WEIGHTS))
 
     def read(self, path: str | Path) -> dict:
-        backbone, head = read_token_head(path)
+        head = read_head(path)
         if "score.bias" in head and self.score.bias is None:
             raise ModelError(f"{path}: a token RM with a biased head (an earlier oreal's, before the head became "
                              "the reference's bias-free one); load it with oreal.models.load_token_head or start anew")
-        return {**{f"{self.inner_name}.{k}": v for k, v in backbone.items()}, **head}
+        return {**{f"{self.inner_name}.{k}": v for k, v in read_weights(path, base=True).items()}, **head}
 
     def load(self, path: str | Path) -> None:
         state = self.read(path)
@@ -150,18 +150,18 @@ class TokenHeadCredit(CreditModel):
         self.score.load_state_dict({k.removeprefix("score."): v for k, v in state.items() if k.startswith("score.")})
 
 
-def read_token_head(path: str | Path) -> tuple[dict, dict]:
-    """A saved token RM's (backbone, head) tensors: the head keyed `score.weight` (and
-    `score.bias` in the token-classification directories of earlier versions)."""
+def read_head(path: str | Path) -> dict:
+    """A saved token RM's head tensors, keyed `score.weight` (and `score.bias` in the
+    token-classification directories of earlier versions); its backbone is `read_weights(path, base=True)`."""
     from safetensors.torch import load_file
 
     if (Path(path) / HEAD_WEIGHTS).is_file():
-        return read_weights(path, base=True), load_file(str(Path(path) / HEAD_WEIGHTS))
+        return load_file(str(Path(path) / HEAD_WEIGHTS))
     state = read_safetensors(path)
     if "score.weight" not in state:
         raise ModelError(f"{path} holds no token RM head ({HEAD_WEIGHTS}); a policy directory makes a new "
                          "head through load_token_head")
-    return read_weights(path, base=True), {k: state[k] for k in ("score.weight", "score.bias") if k in state}
+    return {k: state[k] for k in ("score.weight", "score.bias") if k in state}
 
 
 def load_token_head(src: str, dtype: str = "float32", device="cpu") -> TokenHeadCredit:
@@ -173,7 +173,7 @@ def load_token_head(src: str, dtype: str = "float32", device="cpu") -> TokenHead
         a.endswith("ForTokenClassification") for a in (backbone.config.architectures or []))
     if not is_saved_rm:
         return TokenHeadCredit(backbone)
-    _, head = read_token_head(path)
+    head = read_head(path)  # the backbone is loaded above, as saved
     p = next(backbone.parameters())
     score = nn.Linear(head["score.weight"].size(1), 1, bias="score.bias" in head, device=p.device, dtype=p.dtype)
     with torch.no_grad():
