@@ -22,6 +22,7 @@ from ..errors import RunDirError
 from ..optim import make_optimizer
 from ..preflight import check_device, writable_dir
 from ..rollout import HFSampler, SamplingConfig
+from ..training.rundir import earlier_run
 
 
 @dataclass
@@ -78,7 +79,7 @@ def check_sft_out(cfg: SFTConfig) -> None:
     check_device(cfg.device)
     out = Path(cfg.out)
     writable_dir(out, f"out={out}")
-    found = [name for name in SFT_FILES if (out / name).exists()]
+    found = earlier_run(out, SFT_FILES)
     if found and not cfg.overwrite:
         raise RunDirError(f"out={out} holds an earlier SFT run ({', '.join(found)}): pass overwrite=true to "
                           f"replace it, or another out=")

@@ -160,10 +160,11 @@ def _cut_text(kept_ids: list[int], n: int, tokenizer) -> str:
 RUN_FILES = ("checkpoints", "final", "metrics.jsonl", "summary.json")
 
 
-def earlier_run(out: str | Path) -> list[str]:
-    """The files of an earlier run in `out` (none: the directory is new, empty or unrelated)."""
+def earlier_run(out: str | Path, files: tuple[str, ...] = RUN_FILES) -> list[str]:
+    """The files of an earlier run in `out` (none: the directory is new, empty or unrelated);
+    `files`: those a run of this kind leaves (a training run's by default)."""
     out = Path(out)
-    return [name for name in RUN_FILES if (out / name).exists()]
+    return [name for name in files if (out / name).exists()]
 
 
 def check_run_dir(cfg) -> None:
