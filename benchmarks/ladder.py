@@ -1,10 +1,12 @@
 """The paper's ablation ladder and the baselines at equal rollout budget on the curriculum.
 
-    python benchmarks/ladder.py [--seeds 0 1] [--steps 60] [--out docs/ladder.md]
+    python benchmarks/ladder.py [--seeds 0 1] [--steps 60] [--algos ...] [--out ladder_table.md]
 
 Every run starts from the embedded policy with the demo config (same B, K, steps, learning
 rate, sampling), changing only `algo.name`; held-out pass@1 is measured before and after with
-the same sampling (300 curriculum test questions x 2 samples, T=1).
+the same sampling (300 curriculum test questions x 2 samples, T=1). An algorithm's seeds run one
+after the other, so a stopped run leaves whole rows in `--runs`/results.jsonl; `--out` gets the
+table (with the command and the date) to paste into docs/ladder.md.
 """
 from __future__ import annotations
 
@@ -48,16 +50,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--algos", nargs="+", default=LADDER, choices=list(dict.fromkeys([*LADDER, *VARIANTS])))
-    ap.add_argument("--out", default="docs/ladder.md")
+    ap.add_argument("--out", default="runs/ladder/table.md")
     ap.add_argument("--runs", default="runs/ladder")
     args = ap.parse_args()
     results: dict[str, list[dict]] = {a: [] for a in args.algos}
     raw_path = Path(args.runs) / "results.jsonl"
     raw_path.parent.mkdir(parents=True, exist_ok=True)
+    befores: dict[int, float] = {}  # the same start for every algorithm of a seed
     with Verifier(workers=2) as v:
-        for seed in args.seeds:
-            before = None
-            for name in args.algos:
+        for name in args.algos:
+            for seed in args.seeds:
                 algo = VARIANTS.get(name, [f"algo.name={name}"])
                 cfg = build_config(demo_config_path(), [*algo, f"seed={seed}",
                                                         f"steps={args.steps}", "max_seconds=0",
@@ -66,35 +68,41 @@ def main() -> None:
                 t0 = time.time()
                 tr = Trainer(cfg, v, log=lambda *a: None)
                 test = load_list(cfg.eval_data)[: cfg.eval_limit]
-                if before is None:  # the same start for every algorithm of this seed
-                    before = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
+                if seed not in befores:
+                    befores[seed] = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
+                before = befores[seed]
                 hist = train(cfg, v, log=lambda *a: None, trainer=tr).history
                 after = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
                 row = {"algo": name, "seed": seed, "before": before, "after": after,
                        "delta": after - before, "steps": len(hist), "seconds": time.time() - t0,
+                       "kept_questions": statistics.mean(h["kept_questions"] for h in hist),
+                       "selected": statistics.mean(h["selected"] for h in hist),
                        "mean_train_reward_last10": statistics.mean(h["reward"] for h in hist[-10:])}
                 results[name].append(row)
                 with open(raw_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"{name:<16} seed {seed}: {before:.3f} -> {after:.3f} ({after - before:+.3f}) "
                       f"in {row['seconds']:.0f}s", flush=True)
-    lines = [f"| algorithm | pass@1 after (mean) | change vs before (mean +- sd over {len(args.seeds)} seeds) | per seed |",
-             "|---|---|---|---|"]
+    lines = [f"| algorithm | pass@1 after (mean) | change (points, mean +- sd over {len(args.seeds)} seeds) | per seed "
+             "| responses in the loss per step | wall time per run |",
+             "|---|---|---|---|---|---|"]
     for name in args.algos:
         rs = results[name]
-        d = [r["delta"] for r in rs]
+        d = [100 * r["delta"] for r in rs]
         sd = statistics.stdev(d) if len(d) > 1 else 0.0
         per = ", ".join(f"{r['before']:.3f}->{r['after']:.3f}" for r in rs)
         lines.append(f"| {name} | {statistics.mean(r['after'] for r in rs):.3f} | "
-                     f"{statistics.mean(d):+.3f} +- {sd:.3f} | {per} |")
+                     f"{statistics.mean(d):+.1f} +- {sd:.1f} | {per} | {statistics.mean(r['selected'] for r in rs):.0f} | "
+                     f"{statistics.mean(r['seconds'] for r in rs):.0f} s |")
     table = "\n".join(lines)
     print(table)
-    Path(args.out).write_text(
-        "# Ablation ladder and baselines on the built-in curriculum\n\n"
-        f"Command: `python benchmarks/ladder.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`\n"
-        f"(2 CPU cores; each run {args.steps} steps x 32 questions x 8 samples from the embedded policy,\n"
-        "demo config otherwise; held-out pass@1 on 300 curriculum test questions x 2 samples, T=1).\n\n"
-        + table + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"Command: `python benchmarks/ladder.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
+        f"--algos {' '.join(args.algos)}` ({time.strftime('%Y-%m-%d')}; 2 CPU cores; each run {args.steps} steps x "
+        "32 questions x 8 samples from the embedded policy, the demo's config otherwise; held-out pass@1 on 300 "
+        "curriculum test questions x 2 samples, T=1)\n\n" + table + "\n")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from oreal.algo import (ALGORITHMS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, adv_rloo, group_advantages,
+from oreal.algo import (ALGORITHMS, LOSS_AGGREGATIONS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, adv_rloo, group_advantages,
                         kl_penalty, masked_mean, negative_pg_loss, normalise, pass_rate_filter, pg_loss,
                         policy_loss, positive_bc_loss, resolve_algo, credit_correct_count, running_correctness,
                         select_pairs, token_importance_weights, credit_sequence_loss)
@@ -162,10 +162,11 @@ def test_normalise_and_pg_loss():
 
 
 def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_tokens):
-    """Token by token, the loss of OREAL.md step 7 (and the baselines' PG term) for any setting."""
-    pos_sum = neg_sum = kl_sum = 0.0
-    n_pos = n_neg = n_all = 0
-    for i in range(logp.size(0)):
+    """Token by token, the loss of OREAL.md step 7 (and the baselines' PG term) for any setting,
+    aggregated by each `loss_norm` as its docstring says."""
+    N = logp.size(0)
+    terms, kls = [[] for _ in range(N)], [[] for _ in range(N)]  # per response: its tokens' terms
+    for i in range(N):
         for t in range(logp.size(1)):
             if mask[i, t] == 0:
                 continue
@@ -177,19 +178,28 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
                 term = -cfg.lambda_neg * wt * adv[i] * ratio
             else:
                 term = -wt * adv[i] * ratio
-            if is_pos[i]:
-                pos_sum, n_pos = pos_sum + term, n_pos + 1
-            else:
-                neg_sum, n_neg = neg_sum + term, n_neg + 1
             d = rp - lp
-            kl = {"k1": -d, "k3": torch.exp(d) - d - 1, "mse": 0.5 * d * d}[cfg.kl_kind]
-            kl_sum, n_all = kl_sum + kl, n_all + 1
-    if cfg.objective == "bc":
-        pos, neg = pos_sum / max(n_pos, 1), neg_sum / max(n_neg, 1)
-    else:
-        denom = logp.size(0) * max_new_tokens if cfg.loss_norm == "constant" else n_all
-        pos, neg = pos_sum / denom, neg_sum / denom
-    return pos + neg + cfg.kl_coef * kl_sum / n_all
+            terms[i].append(term)
+            kls[i].append({"k1": -d, "k3": torch.exp(d) - d - 1, "mse": 0.5 * d * d}[cfg.kl_kind])
+    n_pos = sum(len(terms[i]) for i in range(N) if is_pos[i])
+    n_neg = sum(len(terms[i]) for i in range(N) if not is_pos[i])
+
+    def agg(per_row, rows, side):
+        total = sum((sum(per_row[i]) for i in rows), torch.zeros(()))
+        if cfg.loss_norm == "token_mean":
+            return total / (n_pos + n_neg)
+        if cfg.loss_norm == "side_token_mean":
+            return total / max({"pos": n_pos, "neg": n_neg, "all": n_pos + n_neg}[side], 1)
+        if cfg.loss_norm == "seq_mean_token_mean":
+            return sum((sum(per_row[i]) / max(len(per_row[i]), 1) for i in rows), torch.zeros(())) / N
+        if cfg.loss_norm == "seq_mean_token_sum":
+            return total / N
+        assert cfg.loss_norm == "seq_mean_token_sum_norm"
+        return total / (N * max_new_tokens)
+
+    pos_rows = [i for i in range(N) if is_pos[i]]
+    neg_rows = [i for i in range(N) if not is_pos[i]]
+    return agg(terms, pos_rows, "pos") + agg(terms, neg_rows, "neg") + cfg.kl_coef * agg(kls, range(N), "all")
 
 
 def _preset_batch(cfg, seed):
@@ -204,11 +214,11 @@ def _preset_batch(cfg, seed):
 
 def test_select_composes_filter_selection_and_advantages_by_hand():
     rewards = torch.tensor([[1.0, 0, 0, 1], [1.0, 1, 1, 1], [0.0, 0, 0, 0], [0.0, 1, 0, 0]])
-    sel = algo_select(rewards, AlgoConfig(name="grpo"))  # the filter, then every response of the kept
+    sel = algo_select(rewards, AlgoConfig(name="ladder_shaping"))  # the filter, then every response of the kept
     assert sel.keep.tolist() == [True, False, False, True]
     assert sel.rows == [(0, 0), (0, 1), (0, 2), (0, 3), (3, 0), (3, 1), (3, 2), (3, 3)]
     assert sel.positives == 3
-    assert torch.equal(sel.adv, group_advantages(rewards, "grpo"))
+    assert torch.equal(sel.adv, group_advantages(rewards, "rloo"))
     pair = algo_select(rewards, AlgoConfig(), torch.Generator().manual_seed(0))  # oreal: one pair, RLOO
     assert len(pair.rows) == 4 and pair.positives == 2 and {b for b, _ in pair.rows} == {0, 3}
     for q in (0, 3):  # one right and one wrong response of each kept question
@@ -219,9 +229,12 @@ def test_select_composes_filter_selection_and_advantages_by_hand():
 
 
 @pytest.mark.parametrize("kl_kind", ["k1", "k3", "mse"])
-@pytest.mark.parametrize("preset", sorted(ALGORITHMS))
-def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, kl_kind):
+@pytest.mark.parametrize("preset,loss_norm", [(p, None) for p in sorted(ALGORITHMS)]
+                         + [("oreal", n) for n in sorted(LOSS_AGGREGATIONS)] + [("grpo", n) for n in sorted(LOSS_AGGREGATIONS)])
+def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, loss_norm, kl_kind):
     cfg = resolve_algo(AlgoConfig(name=preset, kl_kind=kl_kind, kl_coef=0.05), set())
+    if loss_norm:  # every aggregation with both objectives
+        cfg = AlgoConfig(**{**cfg.__dict__, "loss_norm": loss_norm})
     torch.manual_seed(1)
     is_pos, adv = _preset_batch(cfg, seed=3)
     N, T, V, max_new = is_pos.numel(), 5, 7, 8
@@ -268,11 +281,10 @@ def test_policy_loss_kl_sum_and_parts_by_hand():
 
 def test_algo_config_validation_iterates_the_registries():
     for key, allowed in OPTIONS.items():
-        base = {"objective": "pg"} if key == "loss_norm" else {}  # loss_norm is the pg losses' option
         for value in allowed:
-            AlgoConfig(**base, **{key: value}).validate()
+            AlgoConfig(**{key: value}).validate()
         with pytest.raises(ConfigError, match=f"algo.{key}"):
-            AlgoConfig(**base, **{key: "bogus"}).validate()
+            AlgoConfig(**{key: "bogus"}).validate()
     with pytest.raises(ConfigError, match="algo.name"):
         AlgoConfig(name="ppo").validate()
     # the pure functions reject what the registries do not hold, naming the choices
@@ -397,17 +409,175 @@ def test_a_new_objective_is_a_function_and_one_registry_line(monkeypatch):
     from oreal.algo import objective
     from oreal.algo.objective import OBJECTIVES
 
-    def mean_logp(logp, mask, positive, adv, weights, counts, cfg):  # a toy: -mean log pi, all on the positives' side
-        return -(logp * mask).sum() / mask.sum(), torch.zeros(())
+    def neg_logp(logp, positive, adv, weights, cfg):  # a toy: -log pi on every token
+        return -logp
 
-    monkeypatch.setitem(OBJECTIVES, "mean_logp", mean_logp)
-    cfg = AlgoConfig(name="grpo", objective="mean_logp", kl_coef=0.5)
+    monkeypatch.setitem(OBJECTIVES, "mean_logp", neg_logp)
+    cfg = AlgoConfig(name="grpo", objective="mean_logp", kl_coef=0.5, loss_norm="token_mean")
     logp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     out = objective.policy_loss(logp, logp.detach() + 0.1, mask, torch.tensor([True, False]), torch.zeros(2),
                                 torch.ones(2, 2), TokenCounts(2, 1, 2, 8), cfg)
     d = 0.1  # ref - logp on every token
-    assert out.pos.item() == pytest.approx(2.0) and out.neg.item() == 0.0
+    assert out.pos.item() == pytest.approx(3.0 / 3) and out.neg.item() == pytest.approx(3.0 / 3)
     assert out.loss.item() == pytest.approx(2.0 + 0.5 * (math.exp(d) - d - 1))
     with pytest.raises(ConfigError, match="algo.objective"):
         AlgoConfig(objective="nope")
+
+
+# -- each preset against its paper's formula, through the trainer's own path ----------------------
+# A ragged batch of 3 questions x 4 samples: a mixed group, an all-correct one and an all-wrong one,
+# responses of 1 to 6 tokens, kl_coef 0.1. Each `_paper_*` is written from the paper with plain
+# Python over responses and tokens (its own advantages, its own filter), and is compared with
+# `algo.select` -> `policy_loss` with the global counts, value and gradient, whole and in two halves.
+_REWARDS = [[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+_LENGTHS = [[3, 6, 1, 4], [2, 5, 5, 3], [6, 1, 2, 4]]
+_MAX_NEW, _BETA = 8, 0.1
+
+
+def _ragged_batch():
+    torch.manual_seed(7)
+    B, K, T, V = 3, 4, max(max(r) for r in _LENGTHS), 5
+    logits = torch.randn(B * K, T, V, requires_grad=True)
+    ref_logits = torch.randn(B * K, T, V)
+    targets = torch.randint(V, (B * K, T))
+    logp = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    ref = torch.log_softmax(ref_logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+    return logits, logp, ref
+
+
+def _k3(lp, rp):
+    d = rp - lp
+    return torch.exp(d) - d - 1
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _std(xs):  # unbiased, as TRL and the reference take torch.std
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def _ratio(lp):
+    """pi / pi_old on-policy: 1 in value, the gradient of log pi (the surrogate the papers optimise)."""
+    return torch.exp(lp - lp.detach())
+
+
+def _seq(logp, ref, i, n):
+    """Response i's tokens: its log-probs (the policy-gradient term's gradient is that of log pi; the
+    ratio is 1 in value) and its per-token k3."""
+    return [logp[i, t] for t in range(n)], [_k3(logp[i, t], ref[i, t]) for t in range(n)]
+
+
+def _paper_grpo(logp, ref):
+    """DeepSeekMath eq. 3 (outcome supervision): A_i = (r_i - mean(r)) / std(r) per group, every
+    group kept; J = 1/G sum_i 1/|o_i| sum_t [ratio * A_i - beta * KL_t], averaged over questions."""
+    losses = []
+    for b, rs in enumerate(_REWARDS):
+        adv = [(r - _mean(rs)) / (_std(rs) + 1e-4) for r in rs]  # TRL's and oreal's eps
+        for k, r in enumerate(rs):
+            lps, kls = _seq(logp, ref, b * 4 + k, _LENGTHS[b][k])
+            losses.append(_mean([-_ratio(lp) * adv[k] + _BETA * kl for lp, kl in zip(lps, kls)]))
+    return _mean(losses)
+
+
+def _paper_drgrpo(logp, ref):
+    """Dr. GRPO (Liu et al. 2025): A_i = r_i - mean(r), no std; each response's token sum over the
+    constant max_new_tokens (no 1/|o_i|), averaged over responses; every group kept."""
+    losses = []
+    for b, rs in enumerate(_REWARDS):
+        for k, r in enumerate(rs):
+            lps, kls = _seq(logp, ref, b * 4 + k, _LENGTHS[b][k])
+            a = r - _mean(rs)
+            losses.append(sum(-_ratio(lp) * a + _BETA * kl for lp, kl in zip(lps, kls)) / _MAX_NEW)
+    return _mean(losses)
+
+
+def _paper_rloo(logp, ref):
+    """RLOO (Ahmadian et al. 2024): the whole response is one action, A_i = r_i - mean of the other
+    K - 1 rewards; 1/K sum_i A_i grad log pi(y_i), log pi(y_i) the sum over its tokens; every group
+    kept. (The paper puts beta * KL into the reward; oreal adds it as a loss term, aggregated alike.)"""
+    losses = []
+    for b, rs in enumerate(_REWARDS):
+        for k, r in enumerate(rs):
+            lps, kls = _seq(logp, ref, b * 4 + k, _LENGTHS[b][k])
+            a = r - (sum(rs) - r) / (len(rs) - 1)
+            losses.append(sum(-_ratio(lp) * a + _BETA * kl for lp, kl in zip(lps, kls)))
+    return _mean(losses)
+
+
+def _paper_reinforce(logp, ref):
+    """OREAL's Table 2 baseline: A = r, every group kept, every token of the batch weighing the same."""
+    toks = []
+    for b, rs in enumerate(_REWARDS):
+        for k, r in enumerate(rs):
+            lps, kls = _seq(logp, ref, b * 4 + k, _LENGTHS[b][k])
+            toks += [-_ratio(lp) * r + _BETA * kl for lp, kl in zip(lps, kls)]
+    return _mean(toks)
+
+
+def _paper_oreal(logp, ref, rows):
+    """OREAL (OREAL.md step 7): groups with pass rate 0 or 1 dropped; one right and one wrong
+    response per kept question (`rows`, the trainer's draw); RLOO advantages; positives'
+    lambda+ * A * -log pi over the positives' tokens, negatives' -lambda- * A * log pi over theirs,
+    beta * k3 over all tokens."""
+    pos, neg, kl = [], [], []
+    for b, k in rows:
+        rs = _REWARDS[b]
+        a = rs[k] - (sum(rs) - rs[k]) / (len(rs) - 1)
+        lps, kls = _seq(logp, ref, b * 4 + k, _LENGTHS[b][k])
+        (pos if rs[k] == 1 else neg).extend(1.0 * a * -lp if rs[k] == 1 else -0.5 * a * _ratio(lp) for lp in lps)
+        kl += kls
+    return _mean(pos) + _mean(neg) + _BETA * _mean(kl)
+
+
+@pytest.mark.parametrize("preset", ["grpo", "drgrpo", "rloo", "reinforce", "oreal"])
+def test_each_preset_is_its_papers_loss_on_a_ragged_batch_with_uniform_groups(preset):
+    cfg = AlgoConfig(name=preset, kl_coef=_BETA, token_weights="none")
+    rewards = torch.tensor(_REWARDS)
+    sel = algo_select(rewards, cfg, torch.Generator().manual_seed(0))
+    logits, logp, ref = _ragged_batch()
+    idx = [b * 4 + k for b, k in sel.rows]
+    mask = torch.zeros(len(idx), logp.size(1))
+    for j, (b, k) in enumerate(sel.rows):
+        mask[j, :_LENGTHS[b][k]] = 1
+    is_pos = torch.tensor([_REWARDS[b][k] == 1 for b, k in sel.rows])
+    adv = torch.stack([sel.adv[b, k] for b, k in sel.rows])
+    counts = TokenCounts((mask * is_pos[:, None]).sum().item(), (mask * ~is_pos[:, None]).sum().item(),
+                         len(idx), _MAX_NEW)
+    got = policy_loss(logp[idx], ref[idx], mask, is_pos, adv, torch.ones_like(mask), counts, cfg).loss
+    paper = {"grpo": _paper_grpo, "drgrpo": _paper_drgrpo, "rloo": _paper_rloo, "reinforce": _paper_reinforce,
+             "oreal": lambda lp, rf: _paper_oreal(lp, rf, sel.rows)}[preset](logp, ref)
+    if preset == "oreal":  # the filter and the pair: 2 responses of the mixed question only
+        assert [b for b, _ in sel.rows] == [0, 0]
+    else:  # the papers keep the all-right and all-wrong groups: zero advantage, tokens and KL counted
+        assert len(sel.rows) == 12
+    assert got.item() == pytest.approx(paper.item(), rel=1e-6, abs=1e-7)
+    (g_got,) = torch.autograd.grad(got, logits, retain_graph=True)
+    (g_paper,) = torch.autograd.grad(paper, logits, retain_graph=True)
+    assert torch.allclose(g_got, g_paper, atol=1e-7), (g_got - g_paper).abs().max()
+    n = len(idx) // 2  # two micro-batches with the global counts: the same loss and gradient
+    halves = sum(policy_loss(logp[idx][s], ref[idx][s], mask[s], is_pos[s], adv[s], torch.ones_like(mask[s]),
+                             counts, cfg).loss for s in (slice(0, n), slice(n, None)))
+    (g_halves,) = torch.autograd.grad(halves, logits)
+    assert halves.item() == pytest.approx(paper.item(), rel=1e-6, abs=1e-7)
+    assert torch.allclose(g_halves, g_paper, atol=1e-7)
+
+
+def test_the_aggregations_differ_on_ragged_rows_and_agree_on_equal_ones():
+    """token mean, sequence mean of token means and sequence mean of token sums are one number on
+    rows of one length (up to the constant), and three on ragged rows: the setting matters."""
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 0.0, 0.0, 0.0]])
+    ragged = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    counts = TokenCounts(5.0, 0.0, 2, 4)
+    by = {name: fn(x, ragged, counts, "all").item() for name, fn in LOSS_AGGREGATIONS.items()}
+    assert by["token_mean"] == pytest.approx(8 / 5)
+    assert by["side_token_mean"] == pytest.approx(8 / 5)  # side "all": every token
+    assert by["seq_mean_token_mean"] == pytest.approx((4 / 4 + 4 / 1) / 2)
+    assert by["seq_mean_token_sum"] == pytest.approx(8 / 2)
+    assert by["seq_mean_token_sum_norm"] == pytest.approx(8 / (2 * 4))
+    full = torch.ones(2, 4)
+    even = {name: fn(full * 2, full, TokenCounts(8.0, 0.0, 2, 4), "all").item() for name, fn in LOSS_AGGREGATIONS.items()}
+    assert even["token_mean"] == even["seq_mean_token_mean"] == even["seq_mean_token_sum_norm"] == 2.0

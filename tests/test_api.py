@@ -63,7 +63,7 @@ def test_a_config_built_in_python_applies_the_preset_and_validates():
     with pytest.raises(ConfigError, match="samples: RLOO"):
         OREALConfig(samples=1)
     with pytest.raises(ConfigError, match="loss_norm"):
-        AlgoConfig(loss_norm="constant")  # OREAL's BC term ignores it: refused instead
+        AlgoConfig(loss_norm="constant")  # not an aggregation's name: the message lists them
     with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
         OREALConfig(optim={"lrr": 1.0})
 

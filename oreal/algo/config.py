@@ -14,14 +14,11 @@ from typing import ClassVar
 from ..config import ConfigError, deprecated, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
-from .objective import OBJECTIVES
+from .objective import LOSS_AGGREGATIONS, OBJECTIVES
 from .selection import SELECTIONS
 from .credit import TOKEN_WEIGHTS, WEIGHTED_SIDES
 
-LOSS_NORMS = {
-    "tokens": "divide by the batch's global token counts",
-    "constant": "divide by sequences x max_new_tokens (Dr. GRPO)",
-}
+LOSS_NORMS = LOSS_AGGREGATIONS
 class _CreditModels(Mapping):
     """The names of `oreal.models.credit.CREDIT_MODELS` (the one registry of credit models), read
     on first use so that this module stays free of model code."""
@@ -58,7 +55,7 @@ OPTIONS = {
 
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
 PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
-                       select="pair", filter=True, loss_norm="tokens", actor_freeze_steps=10)
+                       select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10)
 _FROM_PRESET = " (unset: the preset's)"
 
 
@@ -95,8 +92,10 @@ class AlgoConfig:
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
     kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
-    loss_norm: str | None = setting(None, "pg losses: tokens (global token counts) | constant (sequences x "
-                                          "max_new_tokens, Dr. GRPO)" + _FROM_PRESET)
+    loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
+                                          "side_token_mean (OREAL's reference: each side over its own tokens) | "
+                                          "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum | "
+                                          "seq_mean_token_sum_norm (Dr. GRPO: over max_new_tokens)" + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the token RM learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
@@ -126,27 +125,28 @@ class AlgoConfig:
                 raise ConfigError(f"algo.{key}: {getattr(self, key)!r} is not one of {sorted(allowed)}")
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
-        if self.objective == "bc" and self.loss_norm != "tokens":
-            raise ConfigError(f"algo.loss_norm: {self.loss_norm!r} applies to objective=pg only; behaviour "
-                              f"cloning divides by the positives' and negatives' token counts")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 
 
-_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False)
-# Presets: the paper's ablation ladder and the usual baselines, all in one loop.
+_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
+# Presets: the paper's ablation ladder and the usual baselines, all in one loop; docs/algorithms.md
+# has each one's paper, and tests/test_algo.py computes each one's loss from that paper's formula.
 ALGORITHMS: dict[str, dict] = {
     "oreal": {},
-    "reinforce": dict(_PG_ALL, advantage="none", filter=False, actor_freeze_steps=0),
-    "ladder_shaping": dict(_PG_ALL, advantage="rloo", actor_freeze_steps=0),
+    # OREAL's Table 2, a rung at a time on the reference's code: its filter, token-mean policy terms
+    "reinforce": dict(_PG_ALL, advantage="none", filter=False, loss_norm="token_mean"),
+    "ladder_shaping": dict(_PG_ALL, advantage="rloo", loss_norm="token_mean"),
     "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
                       actor_freeze_steps=0),
     "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
-    "rloo": dict(_PG_ALL, advantage="rloo", actor_freeze_steps=0),
-    "grpo": dict(_PG_ALL, advantage="grpo", actor_freeze_steps=0),
-    "drgrpo": dict(_PG_ALL, advantage="drgrpo", loss_norm="constant", actor_freeze_steps=0),
+    # the baselines as their papers define them: every group kept (zero advantage still counts in
+    # the normaliser and the KL), each paper's aggregation
+    "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
+    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
+    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
 }
 
 

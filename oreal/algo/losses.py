@@ -1,5 +1,6 @@
-"""The per-token terms of the policy loss. Each returns a *sum* over tokens; `normalise`
-divides by a global token count, so micro-batches with gradient accumulation (and ranks under
+"""The per-token terms of the policy loss. `*_terms` give a loss per token ([N, T]); `*_loss` their
+sum over a mask. `oreal.algo.objective` divides sums by *global* counts (`normalise`, the
+aggregations of `algo.loss_norm`), so micro-batches with gradient accumulation (and ranks under
 data parallelism) give exactly the update of one big batch."""
 from __future__ import annotations
 
@@ -23,28 +24,46 @@ def token_entropy(logits: torch.Tensor, max_elements: int = 2**26) -> torch.Tens
     return out
 
 
+def positive_bc_terms(logp: torch.Tensor, weights: torch.Tensor, adv: torch.Tensor, lambda_pos: float = 1.0,
+                      pos_mult_adv: bool = True) -> torch.Tensor:
+    """[N, T] behaviour cloning on positives, per token: lambda+ * w_t * (-log pi(y_t)) [* A]."""
+    scale = adv.view(-1, 1) if pos_mult_adv else 1.0
+    return lambda_pos * weights * scale * (-logp)
+
+
+def negative_pg_terms(logp: torch.Tensor, old_logp: torch.Tensor, weights: torch.Tensor, adv: torch.Tensor,
+                      lambda_neg: float = 0.5) -> torch.Tensor:
+    """[N, T] policy gradient on negatives, per token: -lambda- * w_t * A * pi/pi_old (the ratio is 1
+    in value on-policy; its gradient is that of log pi, i.e. REINFORCE with the shaped A)."""
+    ratio = torch.exp(logp - old_logp.detach())
+    return -lambda_neg * weights * adv.view(-1, 1) * ratio
+
+
+def pg_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """[N, T] the baselines' term on every sample, per token: -w_t * A * pi/pi_old."""
+    w = weights if weights is not None else torch.ones_like(logp)
+    return -w * adv.view(-1, 1) * torch.exp(logp - old_logp.detach())
+
+
 def positive_bc_loss(logp: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor,
                      adv: torch.Tensor, lambda_pos: float = 1.0,
                      pos_mult_adv: bool = True) -> torch.Tensor:
-    """Behaviour cloning on positives: sum_t lambda+ * w_t * (-log pi(y_t)) [* A]."""
-    scale = adv.view(-1, 1) if pos_mult_adv else 1.0
-    return (lambda_pos * weights * scale * (-logp) * mask).sum()
+    """`positive_bc_terms` summed over the tokens of `mask`."""
+    return (positive_bc_terms(logp, weights, adv, lambda_pos, pos_mult_adv) * mask).sum()
 
 
 def negative_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
                      weights: torch.Tensor, adv: torch.Tensor,
                      lambda_neg: float = 0.5) -> torch.Tensor:
-    """Policy gradient on negatives: sum_t -lambda- * w_t * A * pi/pi_old (the ratio is 1 in
-    value on-policy; its gradient is that of log pi, i.e. REINFORCE with the shaped A)."""
-    ratio = torch.exp(logp - old_logp.detach())
-    return (-lambda_neg * weights * adv.view(-1, 1) * ratio * mask).sum()
+    """`negative_pg_terms` summed over the tokens of `mask`."""
+    return (negative_pg_terms(logp, old_logp, weights, adv, lambda_neg) * mask).sum()
 
 
 def pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, adv: torch.Tensor,
             weights: torch.Tensor | None = None) -> torch.Tensor:
-    """The baselines' term on every sample: sum_t -w_t * A * pi/pi_old."""
-    w = weights if weights is not None else torch.ones_like(logp)
-    return (-w * adv.view(-1, 1) * torch.exp(logp - old_logp.detach()) * mask).sum()
+    """`pg_terms` summed over the tokens of `mask`."""
+    return (pg_terms(logp, old_logp, adv, weights) * mask).sum()
 
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
