@@ -80,13 +80,48 @@ def brace_depth(s: str) -> int:
     return best
 
 
-_GSM8K = re.compile(r"####\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+_THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+_PLAIN_NUMBER = re.compile(r"-?(?:[0-9]{1,60}(?:\.[0-9]{1,60})?|\.[0-9]{1,60})")
+_CURRENCY = "$\u20ac\u00a3\u00a5\u20b9"
 
 
 def gsm8k_answer(text: str) -> str | None:
-    """The number after the last `#### ` marker (commas dropped)."""
-    found = _GSM8K.findall(text)
-    return found[-1].replace(",", "") if found else None
+    """The final answer of a `#### ...` line: the text after the last `####` to the end of that
+    line, read whole (None when there is no marker or nothing after it).
+
+    Tidied, nothing more: spaces, a closing full stop, `**bold**` or `$...$` around the whole
+    answer, a leading currency sign (`$18`), a trailing `%`, thousands commas in a plain number
+    (`1,234` -> `1234`) and one trailing unit word of two or more letters after a space
+    (`18 dollars`). What is left is graded whole: `12/5` is 12/5, `12 apples and 3` is no number.
+    Linear-time: a scan of one line, and anchored regexes without nested quantifiers."""
+    i = text.rfind("####")
+    if i < 0:
+        return None
+    line = text[i + 4:]
+    nl = line.find("\n")
+    s = (line if nl < 0 else line[:nl]).strip()
+    for left, right in (("**", "**"), ("$", "$"), ("\\(", "\\)")):
+        if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            s = s[len(left):-len(right)].strip()
+    while s.endswith("."):
+        s = s[:-1].rstrip()
+    parts = s.rsplit(None, 1)
+    if len(parts) == 2 and len(parts[1]) >= 2 and parts[1].isalpha():
+        s = parts[0].rstrip()  # "18 dollars"
+    if s[:1] in _CURRENCY and s:
+        s = s[1:].lstrip()
+    elif s[:1] == "-" and s[1:2] in _CURRENCY and s[1:2]:
+        s = "-" + s[2:].lstrip()
+    if s.endswith("%"):
+        s = s[:-1].rstrip()
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    return s or None
+
+
+def is_plain_number(s: str) -> bool:
+    """`12`, `-3`, `0.5`, `.5`: a number no parser is needed for."""
+    return _PLAIN_NUMBER.fullmatch(s) is not None
 
 
 # What a problem that asks "what goes in the box" puts in a box: not an answer. Spacing commands

@@ -20,6 +20,7 @@ from ..extract import (
     graded_part,
     gsm8k_answer,
     is_placeholder,
+    is_plain_number,
     normalise_for_hedge,
 )
 from .pool import WorkerPool
@@ -35,7 +36,9 @@ _DECIMAL = re.compile(r"-?[0-9]{0,60}\.?[0-9]{1,60}")
 def decide_without_sympy(gold: str, answer: str) -> bool | None:
     """The verdict when no parser is needed: the same text (spaces aside) is correct; two plain
     integers are compared exactly; two plain decimals that are equal (0.50 vs .5) are correct.
-    None: ask Math-Verify (units, LaTeX, decimals that differ, which it may round)."""
+    None: ask Math-Verify (units, LaTeX, decimals that differ, which it may round). A gold written
+    as an expression (`2+3`, `1/2`, `\\frac{10}{4}`, `\\mathrm{e}`) is neither a plain integer nor
+    a plain decimal, so against any other text it reaches the comparison by value."""
     g, a = "".join(gold.split()), "".join(answer.split())
     if g == a:
         return True
@@ -112,10 +115,18 @@ class Verifier:
         if extract == "auto":
             return {"gold": gold, "kind": "auto", "text": text}
         if extract == "gsm8k":
-            num = gsm8k_answer(text)
-            if num is None:
+            ans = gsm8k_answer(text)
+            if ans is None:
                 return Verdict(False, "no_answer", detail="no '#### N' answer")
-            cands = [num]
+            if len(ans) > lim.answer_chars:
+                return Verdict(False, "error", extracted=ans[:80] + "...", detail="answer too long")
+            if brace_depth(ans) > lim.brace_depth:
+                return Verdict(False, "error", extracted=ans[:80], detail="answer nested too deeply")
+            if not is_plain_number(ans) and "\\" not in ans:
+                # an expression (12/5, 10 - 3) or not a number at all: read whole by the worker's
+                # arithmetic parser, never by its leading number
+                return {"gold": gold, "kind": "expr", "cand": ans}
+            cands = [ans]  # a plain number (quick path below) or LaTeX (\frac{12}{5}): as a box
         else:
             # placeholder boxes ("\\boxed{\\phantom{2}} + 3 = 7") restate the question: not answers
             cands = [c for c in boxed_answers(text) if not is_placeholder(c)]
