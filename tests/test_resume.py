@@ -192,8 +192,8 @@ def test_nonfinite_loss_skips_the_update_then_stops_the_run(data, verifier, tmp_
     cfg = _cfg(data, tmp_path / "run", "algo.actor_freeze_steps=0", "max_nonfinite=2", "save_every=0")
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     before = {k: v.clone() for k, v in tr.policy.state_dict().items()}
-    real = objective.negative_pg_loss
-    monkeypatch.setattr(objective, "negative_pg_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = objective.negative_pg_terms
+    monkeypatch.setattr(objective, "negative_pg_terms", lambda *a, **k: real(*a, **k) * float("nan"))
     m = tr.step().metrics
     while m["skipped"]:  # a step with nothing selected never reaches the loss
         m = tr.step().metrics
