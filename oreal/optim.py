@@ -45,13 +45,15 @@ def make_optimizer(params, lr: float, weight_decay: float, warmup: int, total: i
 
 
 def guarded_step(model, opt, sched, clip: float, loss_sum: float) -> bool:
-    """Clip and step, unless the loss or the gradient is not finite: then drop the gradient and
-    leave weights, optimiser state and schedule untouched. Returns whether it stepped."""
+    """Clip and step, unless the loss or the gradient is not finite: then leave weights, optimiser
+    state and schedule untouched. Returns whether it stepped. The gradients are freed either way,
+    so they do not sit beside the rollout's KV cache until the next update (a 7B policy's float32
+    gradients are 30 GB, 3.8 GB a GPU over 8)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
-    if not (torch.isfinite(torch.as_tensor(loss_sum)) and torch.isfinite(norm)):
-        opt.zero_grad(set_to_none=True)
-        return False
-    opt.step()
-    sched.step()
-    return True
+    stepped = bool(torch.isfinite(torch.as_tensor(loss_sum)) and torch.isfinite(norm))
+    if stepped:
+        opt.step()
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+    return stepped

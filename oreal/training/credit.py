@@ -40,6 +40,7 @@ class CreditStage:
                 w = _scores(self.model, mb)
                 if mb.real:
                     out[mb.rows] = w.float()
+        dist_utils.reshard_root(self.model)
         return out
 
     def weights(self, batch: SelectedBatch, scores: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,8 @@
 causal LM, from its last hidden states and its output layer a chunk of tokens at a time
 (`oreal.algo.chunked`): no [tokens x vocab] tensor, whatever the sequence length.
 
-The model's own forward runs with `logits_to_keep=1` (one position's logits) and
-`output_hidden_states=True`; its last hidden state is the output layer's input. A model's logit
+The model's own forward runs with `logits_to_keep=1` (one position's logits); its backbone's output,
+caught by a hook, is the output layer's input (`output_hidden_states` would keep every layer's). A model's logit
 transform is applied exactly (`logit_transform`) or refused: the first call on each model checks
 the chunked log-probs against the model's own full logits on a few tokens and raises
 `LogitMismatchError` when they disagree (a transform oreal does not know, or hidden states that
@@ -70,10 +70,30 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def _from_hidden(model, hf, kw: dict, targets, chunk, transform, entropy: bool = True):
     """The model's last hidden states (one position's logits only), then its output layer a chunk
     at a time."""
-    out = model(**kw, output_hidden_states=True, logits_to_keep=1)
+    hidden = last_hidden_state(model, hf, kw)
     head = hf.get_output_embeddings()
-    return chunked_token_logprobs(out.hidden_states[-1][:, :-1], head.weight, targets, head.bias, chunk, transform,
-                                  entropy)
+    return chunked_token_logprobs(hidden[:, :-1], head.weight, targets, head.bias, chunk, transform, entropy)
+
+
+def last_hidden_state(model, hf, kw: dict) -> torch.Tensor:
+    """The backbone's output (after its final norm: the output layer's input), caught by a forward
+    hook on the backbone while `model` runs with one position's logits. `output_hidden_states`
+    would keep every layer's hidden state until the forward returns: L + 1 of them where one is
+    used, 3.4 GB at 7B and 16k tokens in a forward without gradients."""
+    backbone = getattr(hf, "base_model", hf)
+    if backbone is hf:  # no separate backbone: the model's own list of hidden states
+        return model(**kw, output_hidden_states=True, logits_to_keep=1).hidden_states[-1]
+    caught = []
+
+    def hook(module, args, out):
+        caught.append(out[0] if isinstance(out, tuple) else out.last_hidden_state)
+
+    handle = backbone.register_forward_hook(hook)
+    try:
+        model(**kw, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return caught[-1]
 
 
 @torch.no_grad()
@@ -145,3 +165,4 @@ def check_forwards(models: list[tuple[str, object]], vocab_size: int, device, ch
                 return sequence_logprobs(m, ids, attn, targets, chunk, False, pos)[0]
         with eval_mode(model):
             check_packing(name, forward, vocab_size, device, packed=packed)
+        dist_utils.reshard_root(model)
