@@ -84,3 +84,70 @@ with Verifier(workers=1) as v:
     assert out.returncode == 0, out.stderr[-3000:]
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")][-1]
     assert line.split()[1:3] == ["True", "True"] and int(line.split()[3]) > 0, line  # the step scored a batch
+
+
+def test_the_reference_and_the_credit_model_take_the_policys_attention(tmp_path, verifier):
+    """The reference and the credit model were reloaded from a snapshot with transformers' default
+    attention (sdpa) whatever the policy's, and no setting chose it: pack=auto (packed only under
+    flash-attention) could not be reached from a config. attn_implementation sets all three, and
+    a built model's own attention carries over to the copies."""
+    from oreal.models import load_tokenizer
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    common = [f"out={tmp_path}", "steps=1", "batch_questions=2", "samples=2", "threads=1",
+              "sampling.max_new_tokens=8", "algo.credit=logprob"]
+
+    def attentions(tr):
+        return [m.config._attn_implementation for m in (tr.policy, tr.ref, tr.credit.model.inner)]
+
+    tr = Trainer(build_config(None, [*common, "attn_implementation=eager"]), verifier, log=lambda *a: None)
+    try:
+        assert attentions(tr) == ["eager"] * 3
+    finally:
+        tr.close()
+    built = load_policy("default", attn="eager")
+    tr = Trainer(build_config(None, common), verifier, log=lambda *a: None, policy=built,
+                 tokenizer=load_tokenizer("default"))
+    try:
+        assert attentions(tr) == ["eager"] * 3
+    finally:
+        tr.close()
+
+
+def test_the_engines_check_runs_each_row_alone_and_as_many_forwards_on_every_rank():
+    """The vLLM check after a weight push ran its rows padded to the longest in one forward (4 x 16k
+    tokens beside the awake KV cache), and a rank with no checkable rows returned before the
+    forward every FSDP2 rank must run (a hang). Now: one row per forward, and `forwards` of them
+    on every rank, 2-token ones where it has fewer rows; the log-probs as before."""
+    from oreal.rollout import Rollout
+    from oreal.rollout.vllm_engine import trainer_logprobs
+
+    model = load_policy("default").eval()
+    g = torch.Generator().manual_seed(3)
+    rows = [Rollout(0, i, torch.randint(3, 150, (p,), generator=g).tolist(),
+                    torch.randint(3, 150, (r,), generator=g).tolist(), "", True)
+            for i, (p, r) in enumerate(((5, 9), (8, 3)))]
+    shapes = []
+    handle = model.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    got = trainer_logprobs(model, rows, 0, forwards=4)
+    assert shapes == [(1, 14), (1, 11), (1, 2), (1, 2)]  # each row alone, then 2 in step with other ranks
+    shapes.clear()
+    assert trainer_logprobs(model, [], 0, forwards=3) == [] and shapes == [(1, 2)] * 3
+    handle.remove()
+    with torch.no_grad():  # the same numbers as one padded forward of the rows
+        for r, lp in zip(rows, (got[:9], got[9:])):
+            ids = torch.tensor([r.prompt_ids + r.response_ids])
+            ref = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
+            assert torch.allclose(torch.tensor(lp), ref[len(r.prompt_ids) - 1:], atol=1e-5)
+
+
+def test_the_low_precision_logit_check_allows_the_rounding_of_large_logits():
+    """The first-call check held bf16 log-probs to 0.05, under one bf16 unit in the last place of a
+    logit of 16 or more (0.125): a correct model could be stopped. Two units of the largest logit."""
+    from oreal.training.logprobs import logprob_tolerance
+
+    assert logprob_tolerance(torch.zeros(2, 3)) == 1e-4
+    assert logprob_tolerance(torch.full((2, 3), 2.0, dtype=torch.bfloat16)) == 0.05
+    assert logprob_tolerance(torch.tensor([[20.0, -3.0]], dtype=torch.bfloat16)) == 2 * 0.0078125 * 20

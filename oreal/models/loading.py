@@ -82,13 +82,18 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+def attention_kwargs(attn: str | None) -> dict:
+    """from_pretrained's attention implementation: transformers' own choice for None or "auto"."""
+    return {} if attn in (None, "auto") else {"attn_implementation": attn}
+
+
+def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path),
-                                                 dtype=torch_dtype(dtype))
+                                                 dtype=torch_dtype(dtype), **attention_kwargs(attn))
     return model.to(device)
 
 
-def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
+def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: str | None = None):
     """A causal LM's backbone (its base model: no LM head) from a policy directory, or from a
     directory holding a backbone (`AutoModel`, which drops the LM head and reads either)."""
     import logging
@@ -99,7 +104,8 @@ def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity(logging.ERROR)  # "weights not used: lm_head" is expected here
     try:
-        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype))
+        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype),
+                                          **attention_kwargs(attn))
     finally:
         hf_logging.set_verbosity(level)
     return model.to(device)

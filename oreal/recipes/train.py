@@ -132,18 +132,21 @@ class Trainer(Checkpointing):
         # the sampled tokens' log-probs as the log-prob credit and vLLM's check take them (no entropy)
         self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
         if policy is None:
-            self.policy = load_policy(cfg.policy, cfg.dtype, load_to)
+            self.policy = load_policy(cfg.policy, cfg.dtype, load_to, cfg.attn_implementation)
+        # the reference and the credit model compute as the policy does: reloaded from a snapshot,
+        # they would come back with transformers' default attention whatever the policy's
+        attn = getattr(self.policy.config, "_attn_implementation", None) or cfg.attn_implementation
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
             lc = cfg.lora
             self.policy = add_lora(self.policy, lc.r, lc.alpha, lc.dropout, lc.target_modules)
         self._place(self.policy, trains=True)
         self.ref = None
         if not cfg.lora.enabled:
-            self.ref = self._place(load_policy(self.policy_dir, cfg.dtype, load_to).eval().requires_grad_(False))
+            self.ref = self._place(load_policy(self.policy_dir, cfg.dtype, load_to, attn).eval().requires_grad_(False))
         self._credit_model = None
         if cfg.algo.uses_credit:
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
-                                                   load_to, tuple(cfg.algo.credit_init))
+                                                   load_to, tuple(cfg.algo.credit_init), attn)
             if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
                 self._credit_model.use_token_logprobs(self._token_logprobs)
             self._place(self._credit_model, trains=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import distributed as dist_utils
 from ..config import setting
 from ..errors import ConfigError
 from .engine import EngineSetup, Rollout, SamplingConfig, _stop_ids, check_length, compute_device, eval_mode
@@ -127,29 +128,31 @@ def wake_tags(asleep: set, sampling: bool) -> list[str]:
     return [t for t in want if t in asleep]
 
 
-def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int, token_logprobs=None, device=None) -> list[float]:
+def trainer_logprobs(model, rollouts: list[Rollout], pad_id: int, token_logprobs=None, device=None,
+                     forwards: int = 0) -> list[float]:
     """log pi(y_t) of every response token of `rollouts` (flattened in order) under `model`, in
-    eval mode without gradients: one right-padded forward, through the trainer's own log-prob
-    path `token_logprobs(model, ids, attn, targets) -> (logp, _)` when given (chunked: no
-    [tokens x vocab] tensor), else from the full logits."""
+    eval mode without gradients, one response per forward: the memory of the longest row alone
+    (4 rows padded to the longest of 16k tokens was 4 x 16k tokens' activations on top of a
+    sampling engine's KV cache). Through the trainer's own log-prob path `token_logprobs(model,
+    ids, attn, targets) -> (logp, _)` when given (chunked: no [tokens x vocab] tensor), else from
+    the full logits. `forwards`: at least this many forwards, 2-token ones past the rows: under
+    FSDP2 every forward is a collective, so a rank with fewer rows (or none) keeps in step."""
     device = device or next(model.parameters()).device
     seqs = [r.prompt_ids + r.response_ids for r in rollouts]
-    L = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, :len(x)], attn[i, :len(x)] = torch.tensor(x), 1
-    ids, attn = ids.to(device), attn.to(device)
-    with torch.no_grad(), eval_mode(model):
-        if token_logprobs is not None:
-            lp = token_logprobs(model, ids, attn, ids[:, 1:])[0].float().cpu()
-        else:
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
+    seqs += [[pad_id, pad_id]] * max(0, forwards - len(seqs))
     out = []
-    for i, r in enumerate(rollouts):
-        start = len(r.prompt_ids) - 1  # position p - 1 predicts token p
-        out += lp[i, start:start + len(r.response_ids)].tolist()
+    with torch.no_grad(), eval_mode(model):
+        for i, x in enumerate(seqs):
+            ids = torch.tensor([x], device=device)
+            if token_logprobs is not None:
+                lp = token_logprobs(model, ids, torch.ones_like(ids), ids[:, 1:])[0].float().cpu()
+            else:
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, :-1].float()
+                lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
+            if i < len(rollouts):
+                r = rollouts[i]
+                start = len(r.prompt_ids) - 1  # position p - 1 predicts token p
+                out += lp[0, start:start + len(r.response_ids)].tolist()
     return out
 
 
@@ -231,7 +234,8 @@ class VLLMEngine:
         groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
                   for i, o in enumerate(outs)]
         if self._check_next:
-            self.check_logprobs([r for g in groups for r in g][: self.options.check_rows])
+            # the shortest responses: the check's forward costs the least beside the awake KV cache
+            self.check_logprobs(sorted((r for g in groups for r in g), key=lambda r: len(r.response_ids)))
             self._check_next = False
         return groups
 
@@ -258,13 +262,15 @@ class VLLMEngine:
         """The largest gap between the engine's log-probs of these responses and a forward of the
         trainer's model; raises EngineMismatchError past the tolerance of the lower precision
         (float32: 1e-3 on every token; bf16 / fp16: 0.05 on the mean)."""
-        rows = [r for r in rollouts if r.response_ids and r.logprobs]
+        rows = [r for r in rollouts if r.response_ids and r.logprobs][: self.options.check_rows]
+        # every rank runs check_rows forwards (collectives under FSDP2), rows or not
+        forwards = self.options.check_rows if dist_utils.is_fsdp(self.model) else 0
+        pad = self.tokenizer.pad_token_id or 0
+        trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs, self.device, forwards),
+                               dtype=torch.float64)
         if not rows:
             return 0.0
         engine = torch.tensor([x for r in rows for x in r.logprobs], dtype=torch.float64)
-        pad = self.tokenizer.pad_token_id or 0
-        trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs, self.device),
-                               dtype=torch.float64)
         gap = (engine - trainer).abs()
         exact = self.compute_dtype == torch.float32 and self.llm.llm_engine.model_config.dtype == torch.float32
         bad = gap.max().item() > 1e-3 if exact else gap.mean().item() > 0.05

@@ -86,6 +86,10 @@ class TrainConfig:
                                           "checkpoint shards)")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
     activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
+    attn_implementation: str = setting("auto", "the attention of the policy, the reference and the credit model "
+                                               "alike: auto (transformers' choice, sdpa where it can) | sdpa | eager | "
+                                               "flash_attention_2 | flash_attention_3 | ... (pack=auto packs under "
+                                               "flash-attention only)")
     logprob_chunk: int = setting(512, "log-probs (policy, reference, log-prob credit) from hidden states, the output "
                                       "layer this many tokens at a time, recomputed in backward: no [tokens x vocab] "
                                       "tensor (0: from the full logits)")

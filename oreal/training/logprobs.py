@@ -102,13 +102,22 @@ def _check(model, hf, ids, transform, chunk) -> None:
     full = model(**kw).logits[:, :-1]
     want = token_logprobs(full, ids[:, 1:])
     got, ent = _from_hidden(model, hf, kw, ids[:, 1:], chunk, transform)
-    tol = 1e-4 if full.dtype == torch.float32 else 0.05
+    tol = logprob_tolerance(full)
     gap = max((got - want).abs().max().item(), (ent - token_entropy(full)).abs().max().item())
     if gap > tol:
         raise LogitMismatchError(
             f"{type(hf).__name__}: log-probs from its hidden states differ from its own logits by {gap:.3g} "
             f"(> {tol}): its forward transforms the logits in a way oreal does not apply; set logprob_chunk=0")
     hf._oreal_logits_checked = True
+
+
+def logprob_tolerance(logits: torch.Tensor) -> float:
+    """How far two exact ways of computing log-probs from these logits may differ: 1e-4 in float32;
+    in bf16 / fp16 0.05, or two units in the last place of the largest logit where that is more
+    (a bf16 logit of 20 is held to 0.125: a fixed 0.05 would stop a correct run)."""
+    if logits.dtype == torch.float32:
+        return 1e-4
+    return max(0.05, 2 * torch.finfo(logits.dtype).eps * logits.detach().abs().max().item())
 
 
 def packs(setting, model) -> bool:
