@@ -163,7 +163,12 @@ def test_the_engines_device_dtype_and_wake_order():
     mixed = EngineSetup(dtype="float32", compute_dtype=torch.bfloat16)
     assert engine_dtype(mixed, torch.device("cuda", 0)) == "bfloat16"
     assert engine_dtype(mixed, torch.device("cpu")) == "float32"  # the CPU check stays exact
-    assert engine_dtype(EngineSetup(dtype="float32"), torch.device("cuda", 0)) == "float32"
+    # float32 weights without mixed precision: vLLM served float32 on the GPU (a silent 5-10x)
+    assert engine_dtype(EngineSetup(dtype="float32"), torch.device("cuda", 0)) == "bfloat16"
+    from oreal.rollout.vllm_engine import VLLMConfig
+
+    exact = EngineSetup(dtype="float32", options=VLLMConfig(dtype="float32"))
+    assert engine_dtype(exact, torch.device("cuda", 0)) == "float32"  # asked for by name
 
     asleep = {"weights", "kv_cache"}
     assert wake_tags(asleep, sampling=False) == ["weights"]  # a push wakes the weights only

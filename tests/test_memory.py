@@ -151,3 +151,13 @@ def test_the_low_precision_logit_check_allows_the_rounding_of_large_logits():
     assert logprob_tolerance(torch.zeros(2, 3)) == 1e-4
     assert logprob_tolerance(torch.full((2, 3), 2.0, dtype=torch.bfloat16)) == 0.05
     assert logprob_tolerance(torch.tensor([[20.0, -3.0]], dtype=torch.bfloat16)) == 2 * 0.0078125 * 20
+
+
+def test_float32_on_a_gpu_takes_tf32_and_the_cpu_stays_strict():
+    """Without mixed precision every float32 product on a GPU ran in strict float32 (no TF32),
+    several times slower; on CPU nothing changes (the demo's numbers are bit for bit)."""
+    from oreal.training.config import TrainConfig, matmul_precision
+
+    assert matmul_precision(TrainConfig(device="cuda")) == "high"
+    assert matmul_precision(TrainConfig(device="cuda", tf32=False)) == "highest"
+    assert matmul_precision(TrainConfig(device="cpu")) == "highest"

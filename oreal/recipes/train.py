@@ -34,7 +34,7 @@ from ..tracking import Trackers
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
 from ..training.checkpointing import Checkpointing
-from ..training.config import TrainConfig, check_environment
+from ..training.config import TrainConfig, check_environment, matmul_precision
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -85,6 +85,7 @@ class Trainer(Checkpointing):
             if not cfg.threads:
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
+        torch.set_float32_matmul_precision(matmul_precision(cfg))  # CUDA's TF32 switch; no effect on CPU
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
         self._setup_optimizers()

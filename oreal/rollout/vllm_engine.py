@@ -43,12 +43,16 @@ class VLLMConfig:
     enforce_eager: bool = setting(False, "no CUDA graphs (always on CPU)")
     check_rows: int = setting(4, "responses whose engine log-probs are checked against the trainer's forward "
                                  "after the start and after every weight sync (0: never)")
+    dtype: str = setting("auto", "the dtype the engine serves in: auto (bfloat16 on a GPU, the weights' dtype on "
+                                 "CPU, where the check is exact) | float32 | bfloat16")
 
     def validate(self):
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("vllm.gpu_memory_utilization: must be in (0, 1]")
         if self.tensor_parallel_size < 1 or self.max_model_len < 0 or self.kv_cache_mb < 1:
             raise ConfigError("vllm: tensor_parallel_size and kv_cache_mb must be at least 1, max_model_len >= 0")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"vllm.dtype: expected auto, float32 or bfloat16, got {self.dtype!r}")
         if self.tensor_parallel_size > 1:
             raise ConfigError("vllm.tensor_parallel_size > 1 is not supported: each torchrun rank samples its own "
                               "share of the questions, and the ranks of one tensor-parallel engine would have to "
@@ -112,13 +116,14 @@ def _repack_after_reload(worker) -> None:
 
 
 def engine_dtype(setup: EngineSetup, device: torch.device) -> str:
-    """The dtype vLLM serves in: the trainer's compute dtype on a GPU (bf16 under FSDP2 mixed
-    precision, whose master weights are float32: a float32 7B engine is 30 GB, past a 0.35 x 80 GB
-    budget with no room for a KV cache), the weights' dtype on CPU (where the log-prob check is
-    exact in float32)."""
-    if device.type != "cpu" and setup.compute_dtype == torch.bfloat16:
-        return "bfloat16"
-    return setup.dtype
+    """The dtype vLLM serves in (`vllm.dtype`; auto): bfloat16 on a GPU whatever the trainer's
+    weights (a float32 7B engine is 30 GB, past a 0.35 x 80 GB budget with no room for a KV cache,
+    and decodes several times slower; its log-probs are then checked at bf16's tolerance), the
+    weights' dtype on CPU (where the log-prob check is exact in float32)."""
+    chosen = getattr(setup.options, "dtype", "auto")
+    if chosen != "auto":
+        return chosen
+    return "bfloat16" if device.type != "cpu" else setup.dtype
 
 
 def wake_tags(asleep: set, sampling: bool) -> list[str]:
