@@ -161,3 +161,39 @@ def test_float32_on_a_gpu_takes_tf32_and_the_cpu_stays_strict():
     assert matmul_precision(TrainConfig(device="cuda")) == "high"
     assert matmul_precision(TrainConfig(device="cuda", tf32=False)) == "highest"
     assert matmul_precision(TrainConfig(device="cpu")) == "highest"
+
+
+def test_activation_checkpointing_takes_effect_and_changes_no_number(tmp_path, verifier):
+    """transformers checkpoints a layer only in train mode, and the trainer's models came from
+    from_pretrained in eval mode: activation_checkpointing=true kept every layer's activations
+    (the same peak memory with and without it). Now the layers keep their inputs only, and the
+    step is the same: losses and gradients."""
+    from step_helpers import assert_same_step, step_grads
+
+    saved = {}
+
+    def run(flag):
+        from oreal.recipes import train as train_mod
+
+        seen = {}
+        real = train_mod.Trainer._logprobs
+
+        def spy(self, model, x, entropy=True):
+            if model is not self.policy or not torch.is_grad_enabled():
+                return real(self, model, x, entropy)
+            with torch.autograd.graph.saved_tensors_hooks(
+                    lambda t: seen.__setitem__(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()) or t,
+                    lambda t: t):
+                return real(self, model, x, entropy)
+
+        train_mod.Trainer._logprobs = spy
+        try:
+            out = step_grads(tmp_path / str(flag), verifier, f"activation_checkpointing={str(flag).lower()}")
+        finally:
+            train_mod.Trainer._logprobs = real
+        saved[flag] = sum(seen.values())
+        return out
+
+    plain, ckpt = run(False), run(True)
+    assert_same_step(plain, ckpt, ["loss", "loss_pos", "loss_neg", "loss_kl", "kl", "entropy"])
+    assert saved[True] < saved[False] / 3, saved  # the layers' inputs only (weights aside, which both keep)

@@ -43,13 +43,13 @@ def with_config_keys(parser: argparse.ArgumentParser, epilog: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     # Building the parser imports no torch/transformers: `oreal --help` and `oreal verify` stay fast.
-    from . import config, data, demo, evaluate, report, sft, train, verify
+    from . import config, data, demo, evaluate, plan, report, sft, train, verify
 
     parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"oreal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (demo, train, sft, evaluate, report, verify, data, config):
+    for command in (demo, train, plan, sft, evaluate, report, verify, data, config):
         command.add_parser(sub)
     return parser
 

@@ -74,6 +74,27 @@ def unwrapped(model):
     return model
 
 
+def checkpoint_activations(model) -> None:
+    """Activation checkpointing that takes effect: transformers checkpoints a layer only in train
+    mode (`self.gradient_checkpointing and self.training`), and a model from `from_pretrained` is in
+    eval mode, where `gradient_checkpointing_enable()` alone changes nothing. The model goes to
+    train mode with every dropout at 0, so its forward computes what it computed in eval mode
+    (dropout with p = 0 returns its input and draws no random numbers)."""
+    model.gradient_checkpointing_enable()
+    train_without_dropout(model)
+
+
+def train_without_dropout(model) -> None:
+    """Train mode with every dropout at 0: the forward of eval mode, with train-mode features on."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for name in ("attention_dropout", "dropout", "attn_dropout", "hidden_dropout"):
+            if isinstance(getattr(m, name, None), float):
+                setattr(m, name, 0.0)
+
+
 def load_tokenizer(name_or_path: str):
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
     if tok.pad_token is None:  # many causal LMs ship without one

@@ -23,7 +23,7 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import (CreditModel, add_lora, decoder_layers, load_credit_model, load_policy, load_tokenizer,
+from ..models import (CreditModel, add_lora, checkpoint_activations, decoder_layers, load_credit_model, load_policy, load_tokenizer,
                       resolve_model_path, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
@@ -86,6 +86,7 @@ class Trainer(Checkpointing):
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
         torch.set_float32_matmul_precision(matmul_precision(cfg))  # CUDA's TF32 switch; no effect on CPU
+        problems, self.micro_batch_tokens = self._plan_memory(problems, policy, tokenizer)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
         self._setup_optimizers()
@@ -103,6 +104,36 @@ class Trainer(Checkpointing):
     def add_callbacks(self, callbacks: list[Callback]) -> None:
         """Join `callbacks` to the trainer's one list (each once); every hook of each is called."""
         self.callbacks += [cb for cb in callbacks if all(cb is not c for c in self.callbacks)]
+
+    def _plan_memory(self, problems, policy=None, tokenizer=None) -> tuple[list[Problem] | None, int]:
+        """The run's memory plan (`oreal.plan`), before any weights load: on a GPU a config whose
+        plan does not fit the device is refused here, in one line naming the phase, the part and
+        the setting to change. Returns the problems it read (so they load once) and the
+        micro-batch token budget (`micro_batch_tokens=auto`: the largest that fits on a GPU;
+        off on CPU, where a budget from the free memory would change the batching from run to run)."""
+        from .. import plan
+
+        cfg = self.cfg
+        auto = cfg.micro_batch_tokens == "auto"
+        if not cfg.device.startswith("cuda"):
+            if auto:
+                self.log("micro_batch_tokens=auto: off on CPU (each micro-batch is micro_batch rows)")
+            return problems, 0 if auto else cfg.micro_batch_tokens
+        device = torch.device(dist_utils.local_device(cfg.device))
+        gpu_gb = torch.cuda.get_device_properties(device).total_memory / plan.GiB
+        if problems is None:
+            problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
+        tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
+        memory = plan.plan_config(cfg, self.world, gpu_gb, problems, tok, None if policy is None else policy.config)
+        refusal = memory.refusal()
+        if refusal:
+            raise ConfigError(refusal)
+        peak_phase, peak = memory.worst
+        self.log(f"memory plan: {peak / plan.GiB:.1f} of {gpu_gb:.1f} GiB a GPU at its peak ({peak_phase}); "
+                 f"`oreal plan` prints every part")
+        if auto:
+            self.log(f"micro_batch_tokens=auto: {memory.tokens} tokens a micro-batch")
+        return problems, memory.tokens if auto else cfg.micro_batch_tokens
 
     def _setup_models(self, policy=None, tokenizer=None) -> None:
         """Policy, reference (a frozen copy, or the LoRA base with the adapter off) and credit
@@ -157,7 +188,7 @@ class Trainer(Checkpointing):
         optimisers: fully_shard swaps parameters for sharded DTensors)."""
         cfg = self.cfg
         if trains and cfg.activation_checkpointing:
-            model.gradient_checkpointing_enable()
+            checkpoint_activations(model)
         if cfg.fsdp:
             if isinstance(model, CreditModel):  # its inner model's layers, then itself
                 model.shard(cfg.mixed_precision, cfg.cpu_offload)
@@ -295,7 +326,7 @@ class Trainer(Checkpointing):
         collective, so every rank runs as many micro-batches as the busiest one: the extra ones
         are all-padding rows that add zero to every sum."""
         cfg = self.cfg
-        slices = batch.micro_batches(cfg.micro_batch, cfg.micro_batch_tokens, self.pack)
+        slices = batch.micro_batches(cfg.micro_batch, self.micro_batch_tokens, self.pack)
         n = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
         parts = [(sl, batch[sl]) for sl in slices] + [
             (None, SelectedBatch.padding(self.tok.pad_token_id, self.device)) for _ in range(n - len(slices))]

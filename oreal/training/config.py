@@ -74,8 +74,9 @@ class TrainConfig:
     batch_questions: int = setting(64, "questions per step (B)")
     samples: int = setting(16, "samples per question (K)")
     micro_batch: int = setting(64, "sequences per forward/backward")
-    micro_batch_tokens: int = setting(0, "also cap each micro-batch at this many tokens: their sum when packed, "
-                                         "longest x rows when padded (0: off)")
+    micro_batch_tokens: int | str = setting(0, "also cap each micro-batch at this many tokens: their sum when "
+                                               "packed, longest x rows when padded (0: off; auto: on a GPU the "
+                                               "largest that `oreal plan` fits in its memory, on CPU off)")
     pack: bool | str = setting("auto", "the models see each micro-batch's rows packed into one sequence, positions "
                                        "restarting per row: no compute on padding (false: rows padded to the "
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
@@ -151,6 +152,10 @@ class TrainConfig:
     def validate(self):
         if self.pack not in (True, False, "auto"):
             raise ConfigError(f"pack: expected true, false or auto, got {self.pack!r}")
+        if self.micro_batch_tokens != "auto" and (not isinstance(self.micro_batch_tokens, int)
+                                                  or self.micro_batch_tokens < 0):
+            raise ConfigError(f"micro_batch_tokens: expected a number of tokens >= 0 or auto, got "
+                              f"{self.micro_batch_tokens!r}")
         if self.logprob_chunk < 0:
             raise ConfigError("logprob_chunk: must be >= 0 (0: the full logits)")
         for k in ("steps", "batch_questions", "samples", "micro_batch"):
