@@ -165,10 +165,25 @@ def activation_model(config_json: str, dtype: str, attn: str | None, checkpointi
     working set) and what each layer keeps. Measured: the peak of the update of copies of the
     model cut to one and to two decoder layers (a 256-row vocabulary: the output layer is counted
     from shapes), at two lengths, each in a fresh process (`_probe`)."""
+    import hashlib
     import json
+    import os
+    from pathlib import Path
 
+    import transformers
     from transformers import AutoConfig
 
+    # remembered on disk: a key of everything the measurement depends on (the probe's code, the
+    # model's config, the settings, the torch and transformers versions), so nothing stale is read
+    key = hashlib.sha256(json.dumps([_PROBE, config_json, dtype, attn, checkpointing, packed, chunk,
+                                     torch.__version__, transformers.__version__]).encode()).hexdigest()
+    store = Path(os.environ.get("OREAL_CACHE", Path.home() / ".cache" / "oreal")) / "activations.json"
+    try:
+        known = json.loads(store.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return tuple(known[key])
     config = AutoConfig.for_model(**json.loads(config_json))
     rows, lengths = 4, (256, 512)
     fixed, per_layer = [], []
@@ -183,7 +198,16 @@ def activation_model(config_json: str, dtype: str, attn: str | None, checkpointi
         b = max(0.0, (v[1] - v[0]) / (span[1] - span[0]))
         return max(0.0, v[0] - b * span[0]), b
 
-    return (*line(fixed), *line(per_layer))
+    result = (*line(fixed), *line(per_layer))
+    try:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        known[key] = result
+        tmp = store.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known))
+        tmp.replace(store)
+    except OSError:  # a read-only home: measured again next time
+        pass
+    return result
 
 
 @dataclass
@@ -260,10 +284,11 @@ def micro_batch_tokens(cfg, prompt_tokens: int, packed: bool) -> int:
 
 def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory_gb: float = 0.0,
              prompt_tokens: int = 512, packed: bool = False, attn: str | None = None,
-             tokens: int | None = None) -> MemoryPlan:
+             tokens: int | None = None, activations: tuple[float, float, float, float] | None = None) -> MemoryPlan:
     """The plan of a run of `cfg` (a TrainConfig) with a policy of `shape` on `gpus` GPUs of
     `gpu_memory_gb` each (0: no budget to check). `tokens`: the micro-batch's tokens to plan the
-    activations for (None: the largest the config allows)."""
+    activations for (None: the largest the config allows); `activations`: `activation_model`'s
+    coefficients (None: probed)."""
     world = max(1, gpus)
     shard = world if cfg.fsdp else 1
     w = dtype_bytes(cfg.dtype)  # weights as stored (float32 masters under mixed precision)
@@ -290,7 +315,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     # the probe measures this machine's kernels: on CPU what the run will do; for a GPU run,
     # planned on a CPU, an upper bound where CUDA's attention kernels hold less (no S x S mask copy)
     span = T if packed else _row_tokens(cfg, prompt_tokens)  # what one attention call spans
-    a0, b0, a1, b1 = activation_model(config_json, dt, attn, ckpt, packed, cfg.logprob_chunk)
+    a0, b0, a1, b1 = activations or activation_model(config_json, dt, attn, ckpt, packed, cfg.logprob_chunk)
     # what each layer keeps through the forward, and what does not grow with the depth: one
     # layer rebuilt or its gradients in flight, one attention call's mask and scores, the
     # reference's forward, the embeddings' and the final norm's outputs

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from oreal.models import load_policy
@@ -197,3 +198,86 @@ def test_activation_checkpointing_takes_effect_and_changes_no_number(tmp_path, v
     plain, ckpt = run(False), run(True)
     assert_same_step(plain, ckpt, ["loss", "loss_pos", "loss_neg", "loss_kl", "kl", "entropy"])
     assert saved[True] < saved[False] / 3, saved  # the layers' inputs only (weights aside, which both keep)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+def _shape(**kw):
+    from oreal.plan import ModelShape
+
+    base = dict(params=7_000_000_000, root=1_090_000_000, head=545_000_000, largest=545_000_000, layers=28,
+                hidden=3584, heads=28, vocab=152064, kv_per_token=2 * 28 * 4 * 128, linear_in_out=28 * 90_000,
+                max_positions=32768, moe=False)
+    return ModelShape(**{**base, **kw})
+
+
+def test_the_plans_states_by_hand_for_a_sharded_mixed_precision_run():
+    """Every state part of a 7B-shaped run on 8 GPUs (FSDP2, bf16 compute with float32 masters, the
+    log-prob credit) from its shape: float32 weights, gradients and two AdamW states sharded 8
+    ways, the reference, the credit model; the root gathered in bf16 and its float32 gradient
+    twice (the reduce-scatter's copy); one gathered parameter for a vLLM push."""
+    from oreal.plan import GiB, plan_run
+    from oreal.training.config import TrainConfig
+
+    cfg = TrainConfig(device="cuda", fsdp=True, mixed_precision=True, algo={"credit": "logprob"},
+                      sampling={"max_new_tokens": 1024}, micro_batch=4)
+    cfg.engine = "vllm"  # set after validation: vLLM need not be installed to plan for it
+    P = 7_000_000_000
+    p = plan_run(cfg, _shape(), "{}", gpus=8, gpu_memory_gb=80, prompt_tokens=512, activations=(0.0, 0.0, 0.0, 0.0))
+    assert p.parts["policy weights"] == P * 4 / 8 and p.parts["policy gradients"] == P * 4 / 8
+    assert p.parts["policy optimiser"] == 2 * 4 * P / 8 and p.parts["reference weights"] == P * 4 / 8
+    assert p.parts["credit weights"] == P * 4 / 8 and p.parts["credit optimiser"] == 2 * 4 * P / 8
+    assert p.parts["FSDP root gathered"] == 1_090_000_000 * 2 and p.parts["FSDP root gradient"] == 2 * 1_090_000_000 * 4
+    assert p.parts["engine weights"] == P * 2  # vLLM's own bf16 copy, whole on each rank
+    assert p.parts["engine KV cache"] == 0.35 * 80 * GiB - P * 2
+    assert p.phases["weight push"]["one gathered parameter"] == 545_000_000 * 4
+    assert p.tokens == 4 * (512 + 1024)  # micro_batch rows of the longest prompt + max_new_tokens
+    # vLLM sleeps through training on a GPU: neither its weights nor its KV cache in those phases
+    assert "engine weights" not in p.phases["policy update"] and "engine KV cache" in p.phases["rollout"]
+
+
+def test_a_plan_that_does_not_fit_names_the_phase_the_part_and_the_setting():
+    from oreal.plan import plan_run
+    from oreal.training.config import TrainConfig
+
+    cfg = TrainConfig(device="cuda", micro_batch=64, sampling={"max_new_tokens": 16384})
+    # 64 rows of 16.9k tokens, 60 kB a token a layer: the policy's activations, far past 80 GB
+    p = plan_run(cfg, _shape(), "{}", gpus=1, gpu_memory_gb=80, prompt_tokens=512,
+                 activations=(1000.0, 0.0, 60_000.0, 0.0))
+    assert not p.fits()
+    line = p.refusal()
+    assert "policy update phase" in line and "policy activations" in line and "micro_batch_tokens" in line, line
+    assert "\n" not in line
+    ok = plan_run(cfg, _shape(params=1_000_000, root=10_000, head=0, largest=5000), "{}", gpus=1, gpu_memory_gb=80,
+                  prompt_tokens=16, tokens=1000, activations=(1000.0, 0.0, 1000.0, 0.0))
+    assert ok.fits() and ok.refusal() is None
+
+
+def test_micro_batch_tokens_auto_takes_the_largest_budget_that_fits(monkeypatch):
+    from oreal import plan
+    from oreal.training.config import TrainConfig
+
+    monkeypatch.setattr(plan, "activation_model", lambda *a, **k: (1000.0, 0.0, 60_000.0, 0.0))
+    cfg = TrainConfig(device="cuda", fsdp=True, mixed_precision=True, micro_batch=64, micro_batch_tokens="auto",
+                      sampling={"max_new_tokens": 4096})
+    best = plan.fit_micro_batch_tokens(cfg, _shape(), "{}", 8, 80, 512, False, "sdpa")
+    assert best.fits() and 512 + 4096 <= best.tokens < 64 * (512 + 4096)
+    more = plan.plan_run(cfg, _shape(), "{}", 8, 80, 512, False, "sdpa", tokens=best.tokens + 256)
+    assert not more.fits()  # 256 tokens more would not
+    with __import__("pytest").raises(Exception, match="micro_batch_tokens"):
+        TrainConfig(micro_batch_tokens="lots")
+
+
+@pytest.mark.slow
+def test_oreal_plan_prints_every_part_of_the_embedded_policys_run(tmp_path):
+    """`oreal plan` on the demo's config: the parts, the phases and a peak, exit 0 with no budget
+    to check against, 3 when the budget is too small (the refusal's one line)."""
+    env = {**os.environ, "OREAL_CACHE": str(tmp_path)}  # measured afresh, then read back
+    out = subprocess.run([sys.executable, "-m", "oreal.cli", "plan", "demo", "steps=2", "--gpu-memory", "0"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for want in ("policy weights", "policy activations", "| policy update |", "peak "):
+        assert want in out.stdout, out.stdout
+    small = subprocess.run([sys.executable, "-m", "oreal.cli", "plan", "demo", "--gpu-memory", "0.01"],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert small.returncode == 3 and "over the 0.0 GiB there are" in small.stdout, small.stdout[-800:]
+    assert (tmp_path / "activations.json").is_file()
