@@ -281,3 +281,23 @@ def test_oreal_plan_prints_every_part_of_the_embedded_policys_run(tmp_path):
                            capture_output=True, text=True, env=env, timeout=600)
     assert small.returncode == 3 and "over the 0.0 GiB there are" in small.stdout, small.stdout[-800:]
     assert (tmp_path / "activations.json").is_file()
+
+
+def test_evaluation_releases_the_engine_as_a_rollout_does(tmp_path, verifier):
+    """evaluate() woke the engine (vLLM: its KV cache at the next sample) and nothing released it
+    before the checkpoint and the next step's updates; now it is released as after a rollout."""
+    from oreal.data import curriculum
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    cfg = build_config(None, [f"out={tmp_path}", "steps=1", "batch_questions=2", "samples=2", "threads=1",
+                              "sampling.max_new_tokens=8", "algo.token_weights=none"])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    calls = []
+    tr.engine.resume = lambda: calls.append("resume")
+    tr.engine.release = lambda: calls.append("release")
+    try:
+        tr.evaluate(curriculum.generate(2, "test"), k=1)
+        assert calls == ["resume", "release"], calls
+    finally:
+        tr.close()

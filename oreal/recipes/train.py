@@ -449,10 +449,15 @@ class Trainer(Checkpointing):
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
-        """Under FSDP2 every rank must call this (the engine gathers the weights); the results agree."""
+        """Under FSDP2 every rank must call this (the engine gathers the weights); the results agree.
+        The engine is released afterwards, as after a rollout: vLLM's KV cache would otherwise stay
+        awake through the checkpoint and the next step's credit and policy updates."""
         self.engine.resume()
-        return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
-                                   sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
+        try:
+            return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
+                                       sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
+        finally:
+            self.engine.release()
 
 
 def _same_shape(new, old: torch.Tensor) -> torch.Tensor:
