@@ -115,9 +115,7 @@ class Trainer(Checkpointing):
 
         cfg = self.cfg
         auto = cfg.micro_batch_tokens == "auto"
-        if not cfg.device.startswith("cuda"):
-            if auto:
-                self.log("micro_batch_tokens=auto: off on CPU (each micro-batch is micro_batch rows)")
+        if not cfg.device.startswith("cuda"):  # auto is off: each micro-batch is micro_batch rows
             return problems, 0 if auto else cfg.micro_batch_tokens
         device = torch.device(dist_utils.local_device(cfg.device))
         gpu_gb = torch.cuda.get_device_properties(device).total_memory / plan.GiB

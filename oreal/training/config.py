@@ -74,9 +74,9 @@ class TrainConfig:
     batch_questions: int = setting(64, "questions per step (B)")
     samples: int = setting(16, "samples per question (K)")
     micro_batch: int = setting(64, "sequences per forward/backward")
-    micro_batch_tokens: int | str = setting(0, "also cap each micro-batch at this many tokens: their sum when "
-                                               "packed, longest x rows when padded (0: off; auto: on a GPU the "
-                                               "largest that `oreal plan` fits in its memory, on CPU off)")
+    micro_batch_tokens: int | str = setting("auto", "also cap each micro-batch at this many tokens: their sum when "
+                                                    "packed, longest x rows when padded (0: off; auto: on a GPU the "
+                                                    "largest that `oreal plan` fits in its memory, on CPU off)")
     pack: bool | str = setting("auto", "the models see each micro-batch's rows packed into one sequence, positions "
                                        "restarting per row: no compute on padding (false: rows padded to the "
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
