@@ -445,3 +445,31 @@ def fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt,
             hi = mid
     top = plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=most)
     return top if top.fits() else best
+
+
+def plan_memory(cfg, world: int, problems=None, tokenizer=None, policy_config=None, log=print) -> tuple[list | None, int]:
+    """The trainer's start-up check, before any weights load: on a GPU a config whose plan does not
+    fit the device is refused (`ConfigError`, one line naming the phase, the part and the setting
+    to change). Returns the problems it read (so the data loads once) and the micro-batch token
+    budget (`micro_batch_tokens=auto`: the largest that fits on a GPU; off on CPU, where a budget
+    from the free memory would change the batching, and so the last bits, from run to run)."""
+    from .config import ConfigError
+    from .data import load_list
+    from .distributed import local_device
+    from .models import load_tokenizer
+
+    auto = cfg.micro_batch_tokens == "auto"
+    if not cfg.device.startswith("cuda"):
+        return problems, 0 if auto else cfg.micro_batch_tokens
+    gpu_gb = torch.cuda.get_device_properties(torch.device(local_device(cfg.device))).total_memory / GiB
+    if problems is None:
+        problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
+    memory = plan_config(cfg, world, gpu_gb, problems, tok, policy_config)
+    refusal = memory.refusal()
+    if refusal:
+        raise ConfigError(refusal)
+    phase, peak = memory.worst
+    log(f"memory plan: {peak / GiB:.1f} of {gpu_gb:.1f} GiB a GPU at its peak ({phase}); `oreal plan` prints "
+        f"every part" + (f"; micro_batch_tokens=auto: {memory.tokens}" if auto else ""))
+    return problems, memory.tokens if auto else cfg.micro_batch_tokens

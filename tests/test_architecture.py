@@ -15,7 +15,7 @@ LAYERS = {
     "data": 2, "algo": 2, "rollout": 2, "tracking": 2,
     "evaluation": 3,
     "training": 4,
-    "report": 5,
+    "report": 5, "plan": 5,  # plan: its probe runs training.logprobs in a child process
     "recipes": 6,
     "cli": 7,
 }

@@ -27,14 +27,15 @@ from ..models import (CreditModel, add_lora, checkpoint_activations, decoder_lay
                       resolve_model_path, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
+from ..plan import plan_memory
 from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
-from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing
+from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
-from ..training.config import TrainConfig, check_environment, matmul_precision
+from ..training.config import TrainConfig, check_environment
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -85,8 +86,8 @@ class Trainer(Checkpointing):
             if not cfg.threads:
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
-        torch.set_float32_matmul_precision(matmul_precision(cfg))  # CUDA's TF32 switch; no effect on CPU
-        problems, self.micro_batch_tokens = self._plan_memory(problems, policy, tokenizer)
+        problems, self.micro_batch_tokens = plan_memory(  # before any weights load; on a GPU, refused if it won't fit
+            cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
         self._setup_optimizers()
@@ -104,34 +105,6 @@ class Trainer(Checkpointing):
     def add_callbacks(self, callbacks: list[Callback]) -> None:
         """Join `callbacks` to the trainer's one list (each once); every hook of each is called."""
         self.callbacks += [cb for cb in callbacks if all(cb is not c for c in self.callbacks)]
-
-    def _plan_memory(self, problems, policy=None, tokenizer=None) -> tuple[list[Problem] | None, int]:
-        """The run's memory plan (`oreal.plan`), before any weights load: on a GPU a config whose
-        plan does not fit the device is refused here, in one line naming the phase, the part and
-        the setting to change. Returns the problems it read (so they load once) and the
-        micro-batch token budget (`micro_batch_tokens=auto`: the largest that fits on a GPU;
-        off on CPU, where a budget from the free memory would change the batching from run to run)."""
-        from .. import plan
-
-        cfg = self.cfg
-        auto = cfg.micro_batch_tokens == "auto"
-        if not cfg.device.startswith("cuda"):  # auto is off: each micro-batch is micro_batch rows
-            return problems, 0 if auto else cfg.micro_batch_tokens
-        device = torch.device(dist_utils.local_device(cfg.device))
-        gpu_gb = torch.cuda.get_device_properties(device).total_memory / plan.GiB
-        if problems is None:
-            problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
-        tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-        memory = plan.plan_config(cfg, self.world, gpu_gb, problems, tok, None if policy is None else policy.config)
-        refusal = memory.refusal()
-        if refusal:
-            raise ConfigError(refusal)
-        peak_phase, peak = memory.worst
-        self.log(f"memory plan: {peak / plan.GiB:.1f} of {gpu_gb:.1f} GiB a GPU at its peak ({peak_phase}); "
-                 f"`oreal plan` prints every part")
-        if auto:
-            self.log(f"micro_batch_tokens=auto: {memory.tokens} tokens a micro-batch")
-        return problems, memory.tokens if auto else cfg.micro_batch_tokens
 
     def _setup_models(self, policy=None, tokenizer=None) -> None:
         """Policy, reference (a frozen copy, or the LoRA base with the adapter off) and credit
@@ -163,8 +136,7 @@ class Trainer(Checkpointing):
         self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
         if policy is None:
             self.policy = load_policy(cfg.policy, cfg.dtype, load_to, cfg.attn_implementation)
-        # the reference and the credit model compute as the policy does: reloaded from a snapshot,
-        # they would come back with transformers' default attention whatever the policy's
+        # the copies attend as the policy does (reloaded, they would take transformers' default)
         attn = getattr(self.policy.config, "_attn_implementation", None) or cfg.attn_implementation
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
             lc = cfg.lora
@@ -263,7 +235,7 @@ class Trainer(Checkpointing):
         micro = self.micro_batches(batch)
         weights, scores, credit = self.token_credit(batch, micro, counts)
         for cb in self.callbacks:
-            weights = _same_shape(cb.on_token_weights(self, batch, roll, weights, scores), weights)
+            weights = token_weights_of(cb.on_token_weights(self, batch, roll, weights, scores), weights)
         policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps)
         nonfinite = not (credit.finite and policy.finite)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
@@ -447,23 +419,13 @@ class Trainer(Checkpointing):
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
-        """Under FSDP2 every rank must call this (the engine gathers the weights); the results agree.
-        The engine is released afterwards, as after a rollout: vLLM's KV cache would otherwise stay
-        awake through the checkpoint and the next step's credit and policy updates."""
+        """Every FSDP2 rank must call this (the engine gathers the weights); released after, as a rollout."""
         self.engine.resume()
         try:
             return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,
                                        sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
         finally:
             self.engine.release()
-
-
-def _same_shape(new, old: torch.Tensor) -> torch.Tensor:
-    if new is None:
-        return old
-    if tuple(new.shape) != tuple(old.shape):
-        raise TrainingError(f"a callback's token weights have shape {tuple(new.shape)}, the batch's {tuple(old.shape)}")
-    return new.to(old.device, old.dtype)
 
 
 @dataclass

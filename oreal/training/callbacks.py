@@ -16,9 +16,21 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .. import distributed as dist_utils
+from ..errors import TrainingError
 from .rundir import CappedJsonl, StopOnSignal, format_step
 from .state import StepControl, StepResult
+
+
+def token_weights_of(new, old: torch.Tensor) -> torch.Tensor:
+    """What `on_token_weights` returned, checked: None keeps `old`; the shape must be the batch's."""
+    if new is None:
+        return old
+    if tuple(new.shape) != tuple(old.shape):
+        raise TrainingError(f"a callback's token weights have shape {tuple(new.shape)}, the batch's {tuple(old.shape)}")
+    return new.to(old.device, old.dtype)
 
 
 class Callback:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import torch
+
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, coerce_fields, from_values, read_values, setting
 from ..data import PromptConfig
@@ -202,6 +204,7 @@ def check_environment(cfg: TrainConfig) -> None:
     from .. import preflight
 
     preflight.check_device(cfg.device)
+    torch.set_float32_matmul_precision(matmul_precision(cfg))  # CUDA's TF32 switch; no effect on CPU
     for tracker in cfg.trackers:
         preflight.require(tracker)
     if cfg.lora.enabled:
