@@ -1,5 +1,5 @@
 """Policies and token-level reward models (standard HF directories)."""
-from .loading import (DEFAULT_MODEL, checkpoint_activations, decoder_layers, default_model_dir, forward_kwargs, load_backbone, load_policy, load_tokenizer,
+from .loading import (DEFAULT_MODEL, checkpoint_activations, set_attention, decoder_layers, default_model_dir, forward_kwargs, load_backbone, load_policy, load_tokenizer,
                       load_weights, read_safetensors, read_weights, resolve_model_path, save_model, torch_dtype, unwrapped)
 from .credit import CREDIT_MODELS, CreditModel, LogProbCredit, TokenHeadCredit, load_credit_model, load_token_head
 from .lora import add_lora, load_lora_adapter

@@ -164,11 +164,11 @@ def read_head(path: str | Path) -> dict:
     return {k: state[k] for k in ("score.weight", "score.bias") if k in state}
 
 
-def load_token_head(src: str, dtype: str = "float32", device="cpu", attn: str | None = None) -> TokenHeadCredit:
+def load_token_head(src: str, dtype: str = "float32", device="cpu") -> TokenHeadCredit:
     """The token RM from a policy directory (its backbone and a new head) or from a directory a
     token RM was saved to (this version's or an earlier one's), exactly as saved."""
     path = resolve_model_path(src)
-    backbone = load_backbone(path, dtype, device, attn)
+    backbone = load_backbone(path, dtype, device)
     is_saved_rm = (Path(path) / HEAD_WEIGHTS).is_file() or any(
         a.endswith("ForTokenClassification") for a in (backbone.config.architectures or []))
     if not is_saved_rm:
@@ -251,13 +251,13 @@ class LogProbCredit(CreditModel):
                     opt.state[p][k] = v.reshape(p.shape)
 
 
-def _token_head(src: str, dtype: str, device, init, attn=None) -> CreditModel:
-    return load_token_head(src, dtype, device, attn)
+def _token_head(src: str, dtype: str, device, init) -> CreditModel:
+    return load_token_head(src, dtype, device)
 
 
-def _logprob(src: str, dtype: str, device, init, attn=None, train_lm: bool = True) -> CreditModel:
+def _logprob(src: str, dtype: str, device, init, train_lm: bool = True) -> CreditModel:
     scale, offset = init
-    return LogProbCredit(load_policy(src, dtype, device, attn), train_lm, scale, offset)
+    return LogProbCredit(load_policy(src, dtype, device), train_lm, scale, offset)
 
 
 # algo.credit: a new credit model is a CreditModel subclass with a builder
@@ -265,15 +265,14 @@ def _logprob(src: str, dtype: str, device, init, attn=None, train_lm: bool = Tru
 CREDIT_MODELS = {
     "token_head": _token_head,
     "logprob": _logprob,
-    "surprise": lambda src, dtype, device, init, attn=None: _logprob(src, dtype, device, init, attn, train_lm=False),
+    "surprise": lambda src, dtype, device, init: _logprob(src, dtype, device, init, train_lm=False),
 }
 
 
 def load_credit_model(kind: str, src: str, dtype: str = "float32", device="cpu",
-                      init: tuple[float, float] = (1.0, 0.0), attn: str | None = None) -> CreditModel:
+                      init: tuple[float, float] = (1.0, 0.0)) -> CreditModel:
     """The credit model `algo.credit` names, from a policy directory (a new head or a copy of the
-    policy) or from a directory an earlier run saved. `init`: a, b of a log-prob credit; `attn`:
-    the attention implementation (None: transformers' choice)."""
+    policy) or from a directory an earlier run saved. `init`: a, b of a log-prob credit."""
     if kind not in CREDIT_MODELS:
         raise ValueError(f"unknown credit model {kind!r}; choose from {sorted(CREDIT_MODELS)}")
-    return CREDIT_MODELS[kind](src, dtype, device, init, attn)
+    return CREDIT_MODELS[kind](src, dtype, device, init)

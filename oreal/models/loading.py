@@ -108,6 +108,13 @@ def attention_kwargs(attn: str | None) -> dict:
     return {} if attn in (None, "auto") else {"attn_implementation": attn}
 
 
+def set_attention(model, attn: str | None) -> None:
+    """Give a built model this attention implementation (None or auto: leave it); the reference and
+    the credit model attend as the policy does, where a reload would take transformers' default."""
+    if attn not in (None, "auto") and getattr(model.config, "_attn_implementation", None) != attn:
+        model.set_attn_implementation(attn)
+
+
 def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path),
                                                  dtype=torch_dtype(dtype), **attention_kwargs(attn))

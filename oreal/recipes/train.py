@@ -23,7 +23,7 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import (CreditModel, add_lora, checkpoint_activations, decoder_layers, load_credit_model, load_policy, load_tokenizer,
+from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, decoder_layers, load_credit_model, load_policy, load_tokenizer,
                       resolve_model_path, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
@@ -136,8 +136,7 @@ class Trainer(Checkpointing):
         self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
         if policy is None:
             self.policy = load_policy(cfg.policy, cfg.dtype, load_to, cfg.attn_implementation)
-        # the copies attend as the policy does (reloaded, they would take transformers' default)
-        attn = getattr(self.policy.config, "_attn_implementation", None) or cfg.attn_implementation
+        attn = getattr(self.policy.config, "_attn_implementation", None) or cfg.attn_implementation  # the copies' too
         if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
             lc = cfg.lora
             self.policy = add_lora(self.policy, lc.r, lc.alpha, lc.dropout, lc.target_modules)
@@ -148,7 +147,8 @@ class Trainer(Checkpointing):
         self._credit_model = None
         if cfg.algo.uses_credit:
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
-                                                   load_to, tuple(cfg.algo.credit_init), attn)
+                                                   load_to, tuple(cfg.algo.credit_init))
+            set_attention(self._credit_model.inner, attn)  # whatever its builder loaded
             if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
                 self._credit_model.use_token_logprobs(self._token_logprobs)
             self._place(self._credit_model, trains=True)
