@@ -240,7 +240,8 @@ class VLLMEngine:
                   for i, o in enumerate(outs)]
         if self._check_next:
             # the shortest responses: the check's forward costs the least beside the awake KV cache
-            self.check_logprobs(sorted((r for g in groups for r in g), key=lambda r: len(r.response_ids)))
+            shortest = sorted((r for g in groups for r in g if r.logprobs), key=lambda r: len(r.response_ids))
+            self.check_logprobs(shortest[: self.options.check_rows])
             self._check_next = False
         return groups
 
@@ -267,9 +268,9 @@ class VLLMEngine:
         """The largest gap between the engine's log-probs of these responses and a forward of the
         trainer's model; raises EngineMismatchError past the tolerance of the lower precision
         (float32: 1e-3 on every token; bf16 / fp16: 0.05 on the mean)."""
-        rows = [r for r in rollouts if r.response_ids and r.logprobs][: self.options.check_rows]
-        # every rank runs check_rows forwards (collectives under FSDP2), rows or not
-        forwards = self.options.check_rows if dist_utils.is_fsdp(self.model) else 0
+        rows = [r for r in rollouts if r.response_ids and r.logprobs]
+        # every rank runs as many forwards (collectives under FSDP2: sample() passes at most check_rows)
+        forwards = max(self.options.check_rows, len(rows)) if dist_utils.is_fsdp(self.model) else 0
         pad = self.tokenizer.pad_token_id or 0
         trainer = torch.tensor(trainer_logprobs(self.model, rows, pad, self.token_logprobs, self.device, forwards),
                                dtype=torch.float64)
