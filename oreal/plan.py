@@ -10,11 +10,12 @@ evaluation). `oreal plan` prints it; `oreal train` refuses a config whose plan d
 line naming the phase, the part and the setting to change; `micro_batch_tokens=auto` takes the
 largest budget that fits.
 
-Activations are measured, not guessed: the tensors autograd saves for backward are summed (one
-storage counted once, parameters excluded) while a copy of the model cut to one and to two
-decoder layers, at the policy's widths and a 256-row vocabulary, runs forward on CPU
-(random weights; only shapes matter). Their difference is what one decoder layer keeps per
-token; everything else (states, buffers, the head's blocks) is counted from shapes.
+Activations are measured, not guessed: the trainer's update of one micro-batch (policy forward
+with gradients, the reference's forward, backward) runs on copies of the model cut to one and to
+two decoder layers, at the policy's widths and a 256-row vocabulary, at two lengths, each in a
+fresh process on CPU; the peak resident size over what the process held before gives what each
+layer keeps per token and what does not grow with the depth (`activation_model`). Everything else
+(states, buffers, the output layer's blocks) is counted from shapes.
 `benchmarks/memory_plan.py` holds the plan against the peak resident memory of real runs on CPU.
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ import torch
 
 GiB = 1024 ** 3
 ADAM_STATES = 2  # exp_avg and exp_avg_sq, float32
-PHASES = ("load", "rollout", "credit update", "policy update", "weight push", "evaluation")
 
 
 def dtype_bytes(name: str) -> int:
