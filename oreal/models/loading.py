@@ -121,7 +121,7 @@ def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu", 
     return model.to(device)
 
 
-def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: str | None = None):
+def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
     """A causal LM's backbone (its base model: no LM head) from a policy directory, or from a
     directory holding a backbone (`AutoModel`, which drops the LM head and reads either)."""
     import logging
@@ -132,8 +132,7 @@ def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity(logging.ERROR)  # "weights not used: lm_head" is expected here
     try:
-        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype),
-                                          **attention_kwargs(attn))
+        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype))
     finally:
         hf_logging.set_verbosity(level)
     return model.to(device)
