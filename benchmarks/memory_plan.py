@@ -9,16 +9,20 @@ log-prob credit model) on a Qwen2-architecture policy of the row's widths, then 
 row's tokens, through the trainer's own credit and policy updates, padded or packed, with or
 without activation checkpointing. A first update on one short row creates AdamW's state; the
 peak resident size (VmHWM) is then reset (`/proc/self/clear_refs`) and the second update's peak
-read. The plan is `oreal.plan.plan_run` at the same micro-batch, its credit- and policy-update
+read. Every process (these and the plan's probes) runs with glibc's mmap threshold fixed at
+64 KiB (`oreal.plan.LIVE_RSS`), so its resident size follows its live tensors. The plan is `oreal.plan.plan_run` at the same micro-batch, its credit- and policy-update
 peaks, plus the process's resident size after its imports and before any model (the Python and
 library runtime, measured in the same process, not fitted). Shapes: `embedded` (the shipped
-0.83M policy), `mid` (hidden 512, 4 layers, 32k vocabulary), `qwen05b` (Qwen2.5-0.5B's widths:
-hidden 896, intermediate 4,864, 14 heads, 2 KV heads, 151,936-row tied output layer; 2 layers).
+0.83M policy), `mid` (hidden 512, 4 layers, 32k vocabulary), `qwen05b` (Qwen2.5-0.5B's shape:
+hidden 896, intermediate 4,864, 14 heads, 2 KV heads, 151,936-row tied output layer, 24 layers,
+494M parameters), `qwen05b_2l` (the same widths, 2 layers). A row the plan puts past
+`--max-gib` (this machine's memory) is printed as skipped, with the plan's figure.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,9 +32,12 @@ SHAPES = {
     "embedded": None,
     "mid": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                 num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
-    "qwen05b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=2, num_attention_heads=14,
+    "qwen05b_2l": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=2, num_attention_heads=14,
+                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen05b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                     num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
 }
+UPDATE_PHASES = ("credit update", "credit step", "policy update", "policy step")
 WEIGHTS = [1.0, 0.6, 1.4, 0.8, 1.2, 0.5, 0.9, 1.6]  # the rows' relative lengths (repeated for more rows)
 PROMPT = 32
 LONGEST_ROW = {"embedded": 240}  # the embedded policy's window is 256 positions: more, shorter rows
@@ -103,7 +110,8 @@ def row_lengths(shape: str, tokens: int) -> list[int]:
     return [max(PROMPT + 4, round(tokens * x / sum(w))) for x in w]
 
 
-def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: bool, data: str) -> dict:
+def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: bool, data: str,
+        max_gib: float) -> dict:
     import torch
     from transformers import AutoConfig
 
@@ -120,23 +128,28 @@ def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: 
     if credit:
         overrides += ["algo.token_weights=threshold", "algo.credit=logprob", "algo.objective=bc",
                       "algo.loss_norm=side_token_mean"]
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dict(overrides=overrides, lengths=lengths,
-                                                                       prompt=PROMPT))],
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr[-3000:])
-    got = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[7:])
     path = resolve_model_path(policy)
     config = AutoConfig.from_pretrained(path)
     config_json = json.dumps(json.loads(Path(path, "config.json").read_text()))
     cfg = build_config(None, overrides)
     attn = plan.attention_of(cfg, config)
-    p = plan.plan_run(cfg, plan.ModelShape.from_config(config), config_json, 1, 0, PROMPT, got["packed"], attn,
-                      tokens=got["tokens"])
-    planned = max(p.peak("policy update"), p.peak("credit update")) + got["base"]
-    return dict(shape=shape, tokens=got["tokens"], packed=got["packed"], checkpointing=ckpt, credit=credit,
-                measured_gib=got["peak"] / plan.GiB, planned_gib=planned / plan.GiB,
-                runtime_gib=got["base"] / plan.GiB, error=planned / got["peak"] - 1, torch=torch.__version__)
+    tokens = sum(lengths) if packed else len(lengths) * max(lengths)  # what the micro-batch's ids will hold
+    p = plan.plan_run(cfg, plan.ModelShape.from_config(config), config_json, 1, 0, PROMPT, packed, attn,
+                      tokens=tokens)
+    planned = max(p.peak(ph) for ph in UPDATE_PHASES)
+    base = dict(shape=shape, tokens=tokens, packed=packed, checkpointing=ckpt, credit=credit, torch=torch.__version__)
+    if planned / plan.GiB > max_gib:  # past this machine's memory: the plan's figure only
+        return dict(base, measured_gib=None, planned_gib=planned / plan.GiB, error=None)
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dict(overrides=overrides, lengths=lengths,
+                                                                       prompt=PROMPT))],
+                         capture_output=True, text=True, timeout=3600, env={**os.environ, **plan.LIVE_RSS})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    got = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert (got["tokens"], got["packed"]) == (tokens, packed), (got, tokens, packed)
+    planned += got["base"]
+    return dict(base, measured_gib=got["peak"] / plan.GiB, planned_gib=planned / plan.GiB,
+                runtime_gib=got["base"] / plan.GiB, error=planned / got["peak"] - 1)
 
 
 def main() -> None:
@@ -145,6 +158,10 @@ def main() -> None:
     ap.add_argument("--tokens", nargs="+", type=int, default=[1024, 4096, 16384])
     ap.add_argument("--credit", action="store_true", help="also the rows with the log-prob credit model")
     ap.add_argument("--out", default="runs/memory_plan.jsonl")
+    ap.add_argument("--max-gib", type=float, default=20.0, help="skip a row the plan puts past this (the machine's "
+                                                                 "memory, less the runtime)")
+    ap.add_argument("--packed", nargs="+", default=["false", "true"], choices=["false", "true"])
+    ap.add_argument("--checkpointing", nargs="+", default=["false", "true"], choices=["false", "true"])
     args = ap.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="oreal-plan-models-"))
@@ -156,13 +173,17 @@ def main() -> None:
     for shape in args.shapes:
         policy = make_policy(shape, root)
         for tokens in args.tokens:
-            for packed in (False, True):
-                for ckpt in (False, True):
+            for packed in (x == "true" for x in args.packed):
+                for ckpt in (x == "true" for x in args.checkpointing):
                     for credit in ((False, True) if args.credit else (False,)):
-                        r = row(shape, policy, tokens, packed, ckpt, credit, str(data))
-                        worst = max(worst, abs(r["error"]))
+                        r = row(shape, policy, tokens, packed, ckpt, credit, str(data), args.max_gib)
                         with open(args.out, "a") as f:
                             f.write(json.dumps(r) + "\n")
+                        if r["error"] is None:
+                            print(f"| {shape} | {r['tokens']} | {packed} | {ckpt} | {credit} | skipped: planned "
+                                  f"{r['planned_gib']:.1f} GiB | | |", flush=True)
+                            continue
+                        worst = max(worst, abs(r["error"]))
                         print(f"| {shape} | {r['tokens']} | {packed} | {ckpt} | {credit} | {r['measured_gib']:.3f} "
                               f"| {r['planned_gib']:.3f} | {100 * r['error']:+.1f}% |", flush=True)
     print(f"\nlargest error: {100 * worst:.1f}%")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -112,14 +113,15 @@ torch.set_num_threads(a["threads"])
 torch.manual_seed(0)
 config = AutoConfig.for_model(**a["config"])
 dtype = getattr(torch, a["dtype"])
-policy = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention_kwargs(a["attn"]))
-ref = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention_kwargs(a["attn"])).eval()
+dev = torch.device(a["device"])
+policy = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention_kwargs(a["attn"])).to(dev)
+ref = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention_kwargs(a["attn"])).to(dev).eval()
 checkpoint_activations(policy) if a["ckpt"] else train_without_dropout(policy)
 rows, L = a["rows"], a["length"]
 def inputs(rows, L):
-    ids = torch.randint(1, 200, (rows, L))
+    ids = torch.randint(1, 200, (rows, L), device=dev)
     if a["packed"]:
-        return (ids.reshape(1, -1), None, ids.reshape(1, -1)[:, 1:], torch.arange(L).repeat(rows)[None])
+        return (ids.reshape(1, -1), None, ids.reshape(1, -1)[:, 1:], torch.arange(L, device=dev).repeat(rows)[None])
     mask = torch.ones_like(ids)
     mask[-1, L - L // 4:] = 0
     return (ids, mask, ids[:, 1:], None)
@@ -128,17 +130,31 @@ def update(kw):  # the trainer's policy update on one micro-batch: policy forwar
     with torch.no_grad():
         rlp, _ = sequence_logprobs(ref, kw[0], kw[1], kw[2], a["chunk"], False, kw[3])
     (lp - rlp).exp().sum().backward()
-    policy.zero_grad(set_to_none=True)
 update(inputs(1, 8))  # lazy set-up on a short row, as the trainer's first step is
+policy.zero_grad(set_to_none=False)  # the gradients stay allocated: the plan counts them from shapes
 import gc; gc.collect()
-open("/proc/self/clear_refs", "w").write("5")
-before = rss("VmRSS:")
-update(inputs(rows, L))
-print("PEAK", rss("VmHWM:") - before)
+if dev.type == "cuda":  # the device's own count of what its tensors hold
+    torch.cuda.synchronize(); torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    update(inputs(rows, L))
+    print("PEAK", torch.cuda.max_memory_allocated() - before)
+else:
+    open("/proc/self/clear_refs", "w").write("5")
+    before = rss("VmRSS:")
+    update(inputs(rows, L))
+    print("PEAK", rss("VmHWM:") - before)
 """
 
 
-def _probe(config, dtype: str, attn, checkpointing: bool, packed: bool, rows: int, length: int, chunk: int) -> int:
+# glibc keeps freed blocks under its mmap threshold in its heap (a threshold that grows with the
+# blocks freed, up to 32 MiB), so a process's peak resident size depends on the order of its past
+# allocations; fixed at 64 KiB, every tensor past it is mapped and unmapped whole and the resident
+# size follows the live tensors, which is what the plan counts (and what a GPU's allocator holds)
+LIVE_RSS = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def _probe(config, dtype: str, attn, checkpointing: bool, packed: bool, rows: int, length: int, chunk: int,
+           device: str = "cpu") -> int:
     """Peak resident bytes, over what it held before, of the trainer's update of one micro-batch of
     `rows` x `length` tokens (policy forward with gradients, reference forward, backward) on a
     model of `config`, measured in a fresh process on this machine's kernels."""
@@ -148,23 +164,72 @@ def _probe(config, dtype: str, attn, checkpointing: bool, packed: bool, rows: in
     import sys
 
     args = dict(config=config.to_dict(), dtype=dtype, attn=attn, ckpt=checkpointing, packed=packed, rows=rows,
-                length=length, chunk=chunk, threads=max(1, min(2, os.cpu_count() or 1)))
+                length=length, chunk=chunk, device=device, threads=max(1, min(2, os.cpu_count() or 1)))
     out = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(args)], capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, env={**os.environ, **LIVE_RSS})
     if out.returncode != 0:
         raise RuntimeError(f"the memory probe failed: {out.stderr[-1500:]}")
     return int(next(x for x in out.stdout.splitlines() if x.startswith("PEAK ")).split()[1])
 
 
+class Activations(NamedTuple):
+    """An update of T tokens whose attention spans `span` tokens (a padded row, or a whole pack)
+    needs fixed + T * (per_token + per_token_span * span) bytes beyond the states for what does
+    not grow with the depth (embeddings, one layer rebuilt or its gradients in flight, one
+    attention call's mask and scores, the reference's forward), and as much again with the
+    `layer_` coefficients for what each decoder layer keeps."""
+    fixed: float
+    per_token: float
+    per_token_span: float
+    layer_fixed: float
+    layer_per_token: float
+    layer_per_token_span: float
+
+    def fixed_bytes(self, tokens: int, span: int) -> float:
+        return self.fixed + tokens * (self.per_token + self.per_token_span * span)
+
+    def layer_bytes(self, tokens: int, span: int) -> float:
+        return self.layer_fixed + tokens * (self.layer_per_token + self.layer_per_token_span * span)
+
+
+# (rows, length) of the probes: three micro-batches give the three coefficients of each cut
+# exactly; padded rows vary the tokens at one span and the span at one token count, packed rows
+# (span = tokens) give a quadratic in the tokens at 1k, 2k and 4k
+PROBES = {False: ((4, 256), (4, 512), (8, 256)), True: ((4, 256), (4, 512), (8, 512))}
+
+
+def _solve3(points: list[tuple[float, float, float]], values: list[float]) -> tuple[float, float, float]:
+    """(x, y, z) with x * p0 + y * p1 + z * p2 = v for three points p (Cramer's rule)."""
+    def det(m):
+        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+    d = det(points)
+    return tuple(det([[values[r] if c == k else points[r][c] for c in range(3)] for r in range(3)]) / d
+                 for k in range(3))
+
+
+def fit_activations(one: list[int], two: list[int], packed: bool) -> Activations:
+    """The coefficients from the peaks of the probes (`PROBES[packed]`, in order) on the cuts of
+    one (`one`) and two (`two`) decoder layers: per layer what two hold over one, the rest fixed.
+    A coefficient the noise drives below zero counts as zero (the plan must not shrink with size)."""
+    points = []
+    for rows, length in PROBES[packed]:
+        tokens = rows * length
+        span = tokens if packed else length
+        points.append((1.0, float(tokens), float(tokens * span)))
+    layer = _solve3(points, [b - a for a, b in zip(one, two)])
+    fixed = _solve3(points, [2 * a - b for a, b in zip(one, two)])
+    return Activations(*(max(0.0, v) for v in (*fixed, *layer)))
+
+
 @lru_cache(maxsize=64)
 def activation_model(config_json: str, dtype: str, attn: str | None, checkpointing: bool, packed: bool,
-                     chunk: int) -> tuple[float, float, float, float]:
-    """(a0, b0, a1, b1): an update of T tokens whose attention spans `span` tokens (a padded row,
-    or a whole pack) needs T * (a0 + b0 * span) + layers * T * (a1 + b1 * span) bytes beyond the
-    states: what does not grow with the depth (embeddings, the output layer's blocks, one layer's
-    working set) and what each layer keeps. Measured: the peak of the update of copies of the
-    model cut to one and to two decoder layers (a 256-row vocabulary: the output layer is counted
-    from shapes), at two lengths, each in a fresh process (`_probe`)."""
+                     chunk: int, device: str = "cpu") -> Activations:
+    """The activations of the trainer's update on a model of `config_json`, measured: the peaks of
+    the update of copies of the model cut to one and to two decoder layers (a 256-row vocabulary:
+    the output layer is counted from shapes), at the micro-batches of `PROBES`, each in a fresh
+    process (`_probe`) on `device` (a GPU's own allocator count there, else the resident size on
+    CPU), fitted by `fit_activations`."""
     import hashlib
     import json
     import os
@@ -173,35 +238,25 @@ def activation_model(config_json: str, dtype: str, attn: str | None, checkpointi
     import transformers
     from transformers import AutoConfig
 
-    # remembered on disk: a key of everything the measurement depends on (the probe's code, the
-    # model's config, the settings, the torch and transformers versions), so nothing stale is read
-    key = hashlib.sha256(json.dumps([_PROBE, config_json, dtype, attn, checkpointing, packed, chunk,
+    # remembered on disk: a key of everything the measurement depends on (the probe's code and
+    # micro-batches, the model's config, the settings, the torch and transformers versions)
+    key = hashlib.sha256(json.dumps([_PROBE, LIVE_RSS, PROBES[packed], config_json, dtype, attn, checkpointing, packed, chunk,
+                                     device, torch.cuda.get_device_name() if device == "cuda" else None,
                                      torch.__version__, transformers.__version__]).encode()).hexdigest()
     store = Path(os.environ.get("OREAL_CACHE", Path.home() / ".cache" / "oreal")) / "activations.json"
     try:
         known = json.loads(store.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        return tuple(known[key])
+    if key in known and len(known[key]) == len(Activations._fields):
+        return Activations(*known[key])
     config = AutoConfig.for_model(**json.loads(config_json))
-    rows, lengths = 4, (256, 512)
-    fixed, per_layer = [], []
-    for L in lengths:
-        one = _probe(_cut(config, 1), dtype, attn, checkpointing, packed, rows, L, chunk)
-        two = _probe(_cut(config, 2), dtype, attn, checkpointing, packed, rows, L, chunk)
-        per_layer.append(max(two - one, 0) / (rows * L))
-        fixed.append(max(2 * one - two, 0) / (rows * L))
-    span = [rows * L if packed else L for L in lengths]
-
-    def line(v):
-        b = max(0.0, (v[1] - v[0]) / (span[1] - span[0]))
-        return max(0.0, v[0] - b * span[0]), b
-
-    result = (*line(fixed), *line(per_layer))
+    one = [_probe(_cut(config, 1), dtype, attn, checkpointing, packed, r, n, chunk, device) for r, n in PROBES[packed]]
+    two = [_probe(_cut(config, 2), dtype, attn, checkpointing, packed, r, n, chunk, device) for r, n in PROBES[packed]]
+    result = fit_activations(one, two, packed)
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
-        known[key] = result
+        known[key] = list(result)
         tmp = store.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(known))
         tmp.replace(store)
@@ -284,7 +339,7 @@ def micro_batch_tokens(cfg, prompt_tokens: int, packed: bool) -> int:
 
 def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory_gb: float = 0.0,
              prompt_tokens: int = 512, packed: bool = False, attn: str | None = None,
-             tokens: int | None = None, activations: tuple[float, float, float, float] | None = None) -> MemoryPlan:
+             tokens: int | None = None, activations: tuple[float, ...] | None = None) -> MemoryPlan:
     """The plan of a run of `cfg` (a TrainConfig) with a policy of `shape` on `gpus` GPUs of
     `gpu_memory_gb` each (0: no budget to check). `tokens`: the micro-batch's tokens to plan the
     activations for (None: the largest the config allows); `activations`: `activation_model`'s
@@ -308,19 +363,25 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     parts["credit weights"] = credit_params * w / shard
     parts["credit gradients"] = credit_params * w / shard if credit_trains else 0
     parts["credit optimiser"] = ADAM_STATES * 4 * credit_params / shard if credit_trains else 0
+    # AdamW's multi-tensor step takes one float32 temporary of every parameter it updates at once
+    # (the square root of the second moment)
+    parts["policy step temporary"] = 4 * trainable / shard
+    parts["credit step temporary"] = 4 * credit_params / shard if credit_trains else 0
 
     T = tokens if tokens is not None else micro_batch_tokens(cfg, prompt_tokens, packed)
     ckpt = cfg.activation_checkpointing
     dt = "bfloat16" if c == 2 else "float32"
-    # the probe measures this machine's kernels: on CPU what the run will do; for a GPU run,
-    # planned on a CPU, an upper bound where CUDA's attention kernels hold less (no S x S mask copy)
+    # the probe measures the kernels of the device it runs on: a GPU run planned where there is a
+    # GPU is probed on it; planned on a CPU, an upper bound where CUDA's attention kernels hold less
     span = T if packed else _row_tokens(cfg, prompt_tokens)  # what one attention call spans
-    a0, b0, a1, b1 = activations or activation_model(config_json, dt, attn, ckpt, packed, cfg.logprob_chunk)
+    probe_on = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    act = Activations(*(activations or activation_model(config_json, dt, attn, ckpt, packed, cfg.logprob_chunk,
+                                                        probe_on)))
     # what each layer keeps through the forward, and what does not grow with the depth: one
     # layer rebuilt or its gradients in flight, one attention call's mask and scores, the
     # reference's forward, the embeddings' and the final norm's outputs
-    parts["policy activations"] = T * shape.layers * (a1 + b1 * span)
-    parts["layer working set"] = T * (a0 + b0 * span)
+    parts["policy activations"] = shape.layers * act.layer_bytes(T, span)
+    parts["layer working set"] = act.fixed_bytes(T, span)
     parts["credit activations"] = parts["policy activations"] if credit_trains else 0
     chunk = cfg.logprob_chunk
     if chunk:  # chunk tokens by 32,768 output rows: logits, exp, and their gradient block, float32
@@ -329,7 +390,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     else:  # the full [T x V] logits in float32, their log-softmax and gradient
         head_ws = 3 * 4 * T * shape.vocab
     parts["output layer working set"] = head_ws
-    if cfg.fsdp and world > 1:  # the root's own parameters gathered, and its float32 gradient before the
+    if cfg.fsdp:  # (one rank too: FSDP2 gathers into buffers of its own) the root's own parameters gathered, and its float32 gradient before the
         # reduce-scatter; a decoder layer gathered at a time, and the next one prefetched
         parts["FSDP root gathered"] = shape.root * c
         parts["FSDP root gradient"] = 2 * shape.root * 4
@@ -373,6 +434,8 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
         "policy update": phase("policy gradients", "policy activations", "layer working set",
                                "output layer working set", "FSDP root gathered", "FSDP root gradient",
                                "FSDP layers gathered"),
+        "credit step": phase("credit gradients", "credit step temporary") if credit_trains else phase(),
+        "policy step": phase("policy gradients", "policy step temporary"),
         "weight push": {**phase("engine weights"), "one gathered parameter": shape.largest * 4.0}
         if engine == "vllm" else phase(),
         "evaluation": phase("engine weights", "engine KV cache"),
@@ -396,9 +459,10 @@ def attention_of(cfg, config) -> str:
 
 
 def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, tokenizer=None,
-                config=None) -> MemoryPlan:
+                config=None, prompt_tokens: int | None = None) -> MemoryPlan:
     """`plan_run` for a TrainConfig as `oreal train` would run it: the policy's config.json (no
-    weights), the longest rendered prompt of its data, its packing and attention."""
+    weights), the longest rendered prompt of its data (or `prompt_tokens`: no tokenizer or data
+    read), its packing and attention."""
     import json
     from pathlib import Path
 
@@ -413,9 +477,13 @@ def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, t
         config_json = json.dumps(json.loads(Path(path, "config.json").read_text()))
     else:
         config_json = config.to_json_string(use_diff=False)
-    problems = problems if problems is not None else load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
-    tok = tokenizer or load_tokenizer(cfg.policy)
-    prompt = longest_prompt_tokens([p.question for p in problems], tok, cfg.prompt)
+    if prompt_tokens is None:
+        problems = problems if problems is not None else load_list(cfg.data, data_dir_=cfg.data_dir,
+                                                                   preset=cfg.data_preset)
+        tok = tokenizer or load_tokenizer(cfg.policy)
+        prompt = longest_prompt_tokens([p.question for p in problems], tok, cfg.prompt)
+    else:
+        prompt = prompt_tokens
     attn = attention_of(cfg, config)
     packed = cfg.pack is True or (cfg.pack == "auto" and attn.startswith("flash"))
     shape = ModelShape.from_config(config)

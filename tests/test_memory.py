@@ -3,6 +3,7 @@ process) and, from the model's config alone, the plan of a run's memory by part 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -222,7 +223,7 @@ def test_the_plans_states_by_hand_for_a_sharded_mixed_precision_run():
                       sampling={"max_new_tokens": 1024}, micro_batch=4)
     cfg.engine = "vllm"  # set after validation: vLLM need not be installed to plan for it
     P = 7_000_000_000
-    p = plan_run(cfg, _shape(), "{}", gpus=8, gpu_memory_gb=80, prompt_tokens=512, activations=(0.0, 0.0, 0.0, 0.0))
+    p = plan_run(cfg, _shape(), "{}", gpus=8, gpu_memory_gb=80, prompt_tokens=512, activations=(0.0,) * 6)
     assert p.parts["policy weights"] == P * 4 / 8 and p.parts["policy gradients"] == P * 4 / 8
     assert p.parts["policy optimiser"] == 2 * 4 * P / 8 and p.parts["reference weights"] == P * 4 / 8
     assert p.parts["credit weights"] == P * 4 / 8 and p.parts["credit optimiser"] == 2 * 4 * P / 8
@@ -242,13 +243,13 @@ def test_a_plan_that_does_not_fit_names_the_phase_the_part_and_the_setting():
     cfg = TrainConfig(device="cuda", micro_batch=64, sampling={"max_new_tokens": 16384})
     # 64 rows of 16.9k tokens, 60 kB a token a layer: the policy's activations, far past 80 GB
     p = plan_run(cfg, _shape(), "{}", gpus=1, gpu_memory_gb=80, prompt_tokens=512,
-                 activations=(1000.0, 0.0, 60_000.0, 0.0))
+                 activations=(0.0, 1000.0, 0.0, 0.0, 60_000.0, 0.0))
     assert not p.fits()
     line = p.refusal()
     assert "policy update phase" in line and "policy activations" in line and "micro_batch_tokens" in line, line
     assert "\n" not in line
     ok = plan_run(cfg, _shape(params=1_000_000, root=10_000, head=0, largest=5000), "{}", gpus=1, gpu_memory_gb=80,
-                  prompt_tokens=16, tokens=1000, activations=(1000.0, 0.0, 1000.0, 0.0))
+                  prompt_tokens=16, tokens=1000, activations=(0.0, 1000.0, 0.0, 0.0, 1000.0, 0.0))
     assert ok.fits() and ok.refusal() is None
 
 
@@ -256,7 +257,7 @@ def test_micro_batch_tokens_auto_takes_the_largest_budget_that_fits(monkeypatch)
     from oreal import plan
     from oreal.training.config import TrainConfig
 
-    monkeypatch.setattr(plan, "activation_model", lambda *a, **k: (1000.0, 0.0, 60_000.0, 0.0))
+    monkeypatch.setattr(plan, "activation_model", lambda *a, **k: (0.0, 1000.0, 0.0, 0.0, 60_000.0, 0.0))
     cfg = TrainConfig(device="cuda", fsdp=True, mixed_precision=True, micro_batch=64, micro_batch_tokens="auto",
                       sampling={"max_new_tokens": 4096})
     best = plan.fit_micro_batch_tokens(cfg, _shape(), "{}", 8, 80, 512, False, "sdpa")
@@ -301,3 +302,77 @@ def test_evaluation_releases_the_engine_as_a_rollout_does(tmp_path, verifier):
         assert calls == ["resume", "release"], calls
     finally:
         tr.close()
+
+
+def test_the_activation_fit_recovers_a_constant_a_per_token_and_a_span_term_exactly():
+    """Three probes a cut give its three coefficients: padded rows (span = the row) and packed
+    rows (span = the whole pack, a quadratic in the tokens) alike; a constant (what a layer's
+    buffers hold whatever the tokens) is kept apart, not spread over the tokens. By hand: a cut
+    of one layer holds 5e6 + 3000 T + 2 T x span bytes, each added layer 1e5 + 800 T + 0.5 T x span."""
+    from oreal.plan import PROBES, fit_activations
+
+    for packed in (False, True):
+        def peak(layers, rows, length):
+            T = rows * length
+            span = T if packed else length
+            return 5e6 + 3000 * T + 2 * T * span + layers * (1e5 + 800 * T + 0.5 * T * span)
+
+        one = [peak(1, r, n) for r, n in PROBES[packed]]
+        two = [peak(2, r, n) for r, n in PROBES[packed]]
+        fit = fit_activations(one, two, packed)
+        assert fit == pytest.approx((5e6, 3000, 2, 1e5, 800, 0.5), rel=1e-9), (packed, fit)
+        T, span = 16384, (16384 if packed else 2048)
+        assert fit.fixed_bytes(T, span) + 28 * fit.layer_bytes(T, span) == pytest.approx(
+            peak(28, 1, T) if packed else peak(28, T // span, span))
+    # noise below zero counts as zero: a plan never shrinks with the size
+    assert fit_activations([10.0, 5.0, 1.0], [20.0, 10.0, 2.0], False).per_token_span == 0.0
+
+
+def test_memory_settings_left_to_auto_follow_the_launch(monkeypatch):
+    """fsdp, mixed_precision and activation_checkpointing default to auto: off on CPU (the demo's
+    bits unchanged); on a GPU activation checkpointing, and under torchrun with more than one rank
+    FSDP2 with bf16 compute (not with LoRA, which FSDP does not take yet). A setting given wins."""
+    from oreal.training.config import TrainConfig
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cpu = TrainConfig()
+    assert (cpu.fsdp, cpu.mixed_precision, cpu.activation_checkpointing) == (False, False, False)
+    one_gpu = TrainConfig(device="cuda")
+    assert (one_gpu.fsdp, one_gpu.mixed_precision, one_gpu.activation_checkpointing) == (False, False, True)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    node = TrainConfig(device="cuda")
+    assert (node.fsdp, node.mixed_precision, node.activation_checkpointing) == (True, True, True)
+    lora = TrainConfig(device="cuda", lora={"enabled": True})
+    assert (lora.fsdp, lora.mixed_precision) == (False, False)
+    given = TrainConfig(device="cuda", fsdp=True, mixed_precision=False, activation_checkpointing=False)
+    assert (given.fsdp, given.mixed_precision, given.activation_checkpointing) == (True, False, False)
+    assert (TrainConfig(fsdp="auto").fsdp, TrainConfig(device="cpu").fsdp) == (False, False)
+    with pytest.raises(Exception, match="activation_checkpointing"):
+        TrainConfig(activation_checkpointing="sometimes")
+
+
+def test_a_config_json_alone_is_enough_to_plan_with_prompt_tokens(tmp_path, monkeypatch, capsys):
+    """`oreal plan --prompt-tokens N` reads no tokenizer and no data: a directory holding only a
+    model's config.json (the 7B's shape here) is planned, and the launch of --gpus ranks resolves
+    the config's auto settings (FSDP2, bf16 compute, checkpointing on 8 GPUs)."""
+    import shutil
+
+    from oreal import plan
+    from oreal.cli import main
+
+    shutil.copy(Path(__file__).parents[1] / "benchmarks" / "shapes" / "qwen2.5-7b" / "config.json", tmp_path)
+    seen = {}
+
+    def fake(*a, **k):  # the probe's coefficients (minutes at 7B widths on 2 cores), recorded
+        seen["args"] = a
+        return (0.0, 1000.0, 0.0, 0.0, 8_000.0, 0.0)
+
+    monkeypatch.setattr(plan, "activation_model", fake)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    rc = main(["plan", f"policy={tmp_path}", "device=cuda", "sampling.max_new_tokens=16384", "--gpus", "8",
+               "--prompt-tokens", "1024"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "fsdp=True, mixed_precision=True, activation_checkpointing=True" in out, out
+    assert seen["args"][1:4] == ("bfloat16", "sdpa", True)  # bf16 compute, checkpointed
+    assert "| policy weights | 3.55 |" in out  # 7.62B float32 parameters sharded 8 ways

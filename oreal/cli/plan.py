@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. micro_batch_tokens=16384")
     p.add_argument("--gpus", type=positive_int, default=1, help="GPUs (torchrun ranks) the run shards over")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB of memory on each GPU (0: print only)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=None,
+                   help="plan for prompts of this many tokens (default: the longest prompt of the data, rendered by "
+                        "the policy's tokenizer; with this, a directory holding only config.json is enough)")
     p.set_defaults(func=run)
 
 
@@ -23,15 +26,20 @@ def run(args) -> int:
     from ..plan import GiB, plan_config
     from ..training.config import build_config
 
+    import os
+
     path, overrides = config_and_overrides(args.config, args.overrides)
+    # the config's `auto` settings resolve for the launch planned: torchrun with --gpus ranks
+    os.environ.setdefault("WORLD_SIZE", str(args.gpus))
     if path == "demo":
         from ..recipes.demo import demo_config_path
 
         path = demo_config_path()
     cfg = build_config(path, overrides)
-    memory = plan_config(cfg, args.gpus, args.gpu_memory)
+    memory = plan_config(cfg, args.gpus, args.gpu_memory, prompt_tokens=args.prompt_tokens)
     where = f"{args.gpus} GPU{'s' if args.gpus > 1 else ''} of {args.gpu_memory:g} GiB" if args.gpu_memory else "no budget"
     print(f"oreal plan: policy {cfg.policy}, {where}, device={cfg.device}, fsdp={cfg.fsdp}, "
+          f"mixed_precision={cfg.mixed_precision}, activation_checkpointing={cfg.activation_checkpointing}, "
           f"micro-batch of {memory.tokens} tokens\n")
     print(memory.table())
     refusal = memory.refusal()

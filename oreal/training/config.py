@@ -5,6 +5,8 @@ for the embedded model. The algorithm's own settings (`AlgoConfig`) live in `ore
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -82,13 +84,16 @@ class TrainConfig:
     pack: bool | str = setting("auto", "the models see each micro-batch's rows packed into one sequence, positions "
                                        "restarting per row: no compute on padding (false: rows padded to the "
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
-    fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
-    mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
+    fsdp: bool | str = setting("auto", "shard policy, reference and credit model with FSDP2 (torchrun; one GPU works "
+                                       "too; auto: on a GPU under torchrun with more than one rank, without LoRA)")
+    mixed_precision: bool | str = setting("auto", "FSDP2: bf16 compute, fp32 master weights and reductions (auto: "
+                                                  "with fsdp on a GPU)")
     dist_timeout: float = setting(3600.0, "seconds a rank waits for the others in a collective (NCCL's default "
                                           "600 is shorter than what rank 0 does alone: evaluation, hashing "
                                           "checkpoint shards)")
     cpu_offload: bool = setting(False, "FSDP2: keep sharded parameters and optimiser state in CPU memory")
-    activation_checkpointing: bool = setting(False, "recompute activations in backward to save memory")
+    activation_checkpointing: bool | str = setting("auto", "recompute activations in backward to save memory "
+                                                           "(auto: on a GPU)")
     tf32: bool = setting(True, "CUDA: float32 matrix products in TF32 (PyTorch's default is strict float32, "
                                "several times slower on an A100 or H100); no effect on CPU or under bf16 compute")
     attn_implementation: str = setting("auto", "the attention of the policy, the reference and the credit model "
@@ -132,7 +137,25 @@ class TrainConfig:
         for key, cls in _SECTIONS.items():
             setattr(self, key, as_config(cls, getattr(self, key), key))
         coerce_fields(self)  # the plain keys' types, checked as a YAML file's are
+        self._resolve_auto()
         self.validate()
+
+    def _resolve_auto(self) -> None:
+        """The memory settings left to `auto`, for this launch: on a GPU, activation checkpointing
+        (TRL's and veRL's default) and, under torchrun with more than one rank, FSDP2 with bf16
+        compute over float32 masters (a 7B's float32 states alone are 122 GB unsharded); on CPU
+        off, as before. `oreal plan --gpus N` plans as a launch of N ranks would resolve them."""
+        gpu = self.device.startswith("cuda")
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if self.fsdp == "auto":
+            self.fsdp = gpu and world > 1 and not self.lora.enabled
+        if self.mixed_precision == "auto":
+            self.mixed_precision = self.fsdp is True and gpu
+        if self.activation_checkpointing == "auto":
+            self.activation_checkpointing = gpu
+        for k in ("fsdp", "mixed_precision", "activation_checkpointing"):
+            if getattr(self, k) not in (True, False):
+                raise ConfigError(f"{k}: expected true, false or auto, got {getattr(self, k)!r}")
 
     def _check_precision(self) -> None:
         """bf16 or fp16 trainable weights have no float32 master copy here: AdamW's update at the
