@@ -83,6 +83,9 @@ class TrainConfig:
                                        "restarting per row: no compute on padding (false: rows padded to the "
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
     fsdp: bool = setting(False, "shard policy, reference and token RM with FSDP2 (torchrun; one GPU works too)")
+    balance_tokens: bool = setting(True, "torchrun: after selection, move selected rows between ranks so that each "
+                                         "trains about the same number of tokens (the same gradient up to float "
+                                         "summation order; no effect on one process)")
     mixed_precision: bool = setting(False, "FSDP2: bf16 compute, fp32 master weights and reductions")
     dist_timeout: float = setting(3600.0, "seconds a rank waits for the others in a collective (NCCL's default "
                                           "600 is shorter than what rank 0 does alone: evaluation, hashing "
