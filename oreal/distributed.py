@@ -87,6 +87,16 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:n] for o, n in zip(out, sizes)]).to(t.device)
 
 
+def all_gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank (object collectives go over gloo
+    on CPU, also beside NCCL)."""
+    if not active():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def sum_floats(values: list[float]) -> list[float]:
     if not active():
         return values

@@ -46,12 +46,15 @@ def _torchrun(env, cli, *args, nproc=2):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp,credit,chunk,pack", [
-    (False, "token_head", 0, False), (True, "token_head", 0, False), (False, "logprob", 0, False),
-    (True, "logprob", 0, False), (True, "logprob", 7, False), (True, "logprob", 7, True)],
+@pytest.mark.parametrize("fsdp,credit,chunk,pack,balance", [
+    (False, "token_head", 0, False, True), (True, "token_head", 0, False, True), (False, "logprob", 0, False, True),
+    (True, "logprob", 0, False, True), (True, "logprob", 7, False, True), (True, "logprob", 7, True, True),
+    (False, "token_head", 0, False, False)],
     ids=["replicated", "fsdp2", "replicated_logprob_credit", "fsdp2_logprob_credit", "fsdp2_chunked_logprobs",
-         "fsdp2_packed_against_padded"])
-def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack):
+         "fsdp2_packed_against_padded", "replicated_unbalanced"])
+def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack, balance):
+    """balance: `balance_tokens` moves selected rows between the two ranks (it must have moved
+    some, so the match is not vacuous); off, each rank trains the rows it sampled."""
     env, cli = _write_cfg(tmp_path)
     # logprob: the demo's credit model; chunk: the log-probs from hidden states (the FSDP2 root's
     # output layer read outside its forward), 7 tokens at a time; pack: the two ranks' micro-batches
@@ -60,7 +63,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack):
     one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}", "pack=false"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}", f"pack={str(pack).lower()}")
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}", f"pack={str(pack).lower()}",
+                    f"balance_tokens={str(balance).lower()}")
     assert two.returncode == 0, two.stderr[-3000:]
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("one", "two")}
@@ -69,10 +73,18 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack):
     for a, b in zip(rows["one"], rows["two"]):
         assert (a["reward"], a["selected"], a["positives"], a["response_tokens"]) == \
             (b["reward"], b["selected"], b["positives"], b["response_tokens"])
-        for k in ("credit_loss", "loss", "kl", "entropy"):
+        for k in ("credit_loss", "credit_acc", "credit_pair_rank", "loss", "kl", "entropy"):
             if a[k] is not None:
                 assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), k
+        assert a["balance_moved_rows"] is None  # one process: nothing to balance
     assert any(r["actor_updated"] for r in rows["one"])
+    stepped = [r for r in rows["two"] if not r["skipped"]]
+    if balance:
+        assert sum(r["balance_moved_rows"] for r in stepped) > 0
+        assert all(r["rank_imbalance"] <= r["rank_imbalance_before"] for r in stepped)
+        assert any(r["rank_imbalance"] < r["rank_imbalance_before"] for r in stepped)
+    else:
+        assert all(r["balance_moved_rows"] is None for r in rows["two"])
     for model in ("credit", "policy"):
         wa = load_file(str(tmp_path / "one" / "final" / model / "model.safetensors"))
         wb = load_file(str(tmp_path / "two" / "final" / model / "model.safetensors"))

@@ -1,11 +1,11 @@
 """The OREAL training loop (Algorithm 1 of the paper) and its baselines, in one readable loop.
 
-`Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples
-each) -> select (`algo.select`: the pass-rate filter, one pair per question or all, advantages)
--> build the padded batch -> credit (`oreal.training.credit`: the credit model's BCE on the outcomes
-and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives, KL to the reference; the
-step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it. `train()` runs steps to
-the end with the step-end callbacks (`oreal.training.callbacks`).
+`Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each) ->
+select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
+ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
+BCE on the outcomes and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives,
+KL to the reference; the step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
+`train()` runs steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from ..training.credit import CreditStage
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
+from ..training.balance import rank_rows
 from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
@@ -55,6 +56,7 @@ METRIC_FIELDS = [
     "engine_ratio_mean", "engine_ratio_max", "engine_ratio_outside",
     # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped
     "tis_mean", "tis_capped",
+    "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
 ]
 _POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens",
                 "tis_sum", "tis_capped", "tis_tokens")
@@ -230,7 +232,8 @@ class Trainer(Checkpointing):
             self.log(f"step {step}: all {len(questions)} questions filtered out (pass rate 0 or 1); update skipped")
             m.update(skipped=True, actor_updated=False, nonfinite=False)
             return self._finish(m, t0, self._trajectories(roll, [], sel.adv, None))
-        batch = SelectedBatch.build(roll, sel.rows, sel.adv, self.tok.pad_token_id, self.device)
+        roll, rows, balanced = rank_rows(roll, sel.rows, self.rank, self.world if self.cfg.balance_tokens else 1)
+        batch = SelectedBatch.build(roll, rows, sel.adv, self.tok.pad_token_id, self.device)
         counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
         micro = self.micro_batches(batch)
         weights, scores, credit = self.token_credit(batch, micro, counts)
@@ -240,7 +243,7 @@ class Trainer(Checkpointing):
         nonfinite = not (credit.finite and policy.finite)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
         m.update(credit.metrics(), **policy.metrics(), nonfinite=nonfinite, positives=sel.positives,
-                 negatives=len(sel.rows) - sel.positives, skipped=False, lr=self.sched.get_last_lr()[0])
+                 negatives=len(sel.rows) - sel.positives, skipped=False, lr=self.sched.get_last_lr()[0], **balanced)
         trajectories = self._trajectories(roll, batch.rows, sel.adv, weights)
         if self.state.nonfinite_streak >= self.cfg.max_nonfinite:
             raise TrainingError(f"step {step}: {self.state.nonfinite_streak} steps in a row had a non-finite "
@@ -278,15 +281,13 @@ class Trainer(Checkpointing):
         st = count_statuses(verdicts)
         unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
             [st["unfinished"], st["timeout"], st["judge_failed"], sum(len(r.response_ids) for g in groups for r in g)])
-        stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts),
-                 "judge_failures": int(judge_failed), "response_tokens": int(resp_tokens),
-                 "rollout_seconds": t_rollout, "sample_seconds": timings.get("sample", 0.0),
-                 "grade_seconds": timings.get("grade", 0.0)}
+        stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts), "judge_failures": int(judge_failed),
+                 "response_tokens": int(resp_tokens), "rollout_seconds": t_rollout,
+                 "sample_seconds": timings.get("sample", 0.0), "grade_seconds": timings.get("grade", 0.0)}
         return RolloutBatch(questions, groups, rewards, lo, hi, stats)
 
     def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
-        """The normalisers of the policy loss, and the tokens the step trains on (prompts included),
-        over the whole batch: one collective."""
+        """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
         pos, neg, tokens = dist_utils.sum_floats([*batch.token_counts(), float(sum(batch.lengths))])
         return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
 
@@ -413,8 +414,7 @@ class Trainer(Checkpointing):
         m["seconds"] = time.time() - t0
         m["threads"] = torch.get_num_threads()  # the count can change results in the last bits
         m["tokens_per_s"] = m["response_tokens"] / max(m["seconds"], 1e-9)
-        for k in METRIC_FIELDS:
-            m.setdefault(k, None)
+        m.update({k: None for k in METRIC_FIELDS if k not in m})
         return StepResult(m, trajectories)
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,

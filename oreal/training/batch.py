@@ -21,23 +21,31 @@ from ..rollout import Rollout
 class RolloutBatch:
     """K graded rollouts for each of the step's B questions. Under data parallelism every rank
     holds every question and the whole [B, K] reward matrix, but only the rollouts of its own
-    contiguous share [lo, hi) of the questions."""
+    contiguous share [lo, hi) of the questions, give or take the selected rows that token
+    balancing (`oreal.training.balance`) moved in from other ranks or out to them."""
     questions: list[Problem]
     groups: list[list[Rollout]]  # groups[b - lo][k] for lo <= b < hi
     rewards: torch.Tensor  # [B, K] in {0, 1}, the whole batch
     lo: int
     hi: int
     stats: dict = field(default_factory=dict)  # unfinished, timeouts, tokens, seconds (all ranks)
+    moved_in: dict[tuple[int, int], Rollout] = field(default_factory=dict)  # sampled elsewhere, trained here
+    moved_out: frozenset[tuple[int, int]] = frozenset()  # sampled here, trained elsewhere
 
     def is_local(self, b: int) -> bool:
+        """Whether this rank sampled question b."""
         return self.lo <= b < self.hi
 
     def rollout(self, b: int, k: int) -> Rollout:
+        """A rollout this rank holds: one it sampled, or a row moved in."""
+        if (b, k) in self.moved_in:
+            return self.moved_in[(b, k)]
         return self.groups[b - self.lo][k]
 
     def local_pairs(self) -> list[tuple[int, int]]:
-        """Every (question, sample) this rank holds, in order."""
-        return [(b, k) for b in range(self.lo, self.hi) for k in range(len(self.groups[b - self.lo]))]
+        """Every (question, sample) this rank sampled and kept, in order."""
+        return [(b, k) for b in range(self.lo, self.hi) for k in range(len(self.groups[b - self.lo]))
+                if (b, k) not in self.moved_out]
 
 
 @dataclass
@@ -61,8 +69,8 @@ class SelectedBatch:
     @classmethod
     def build(cls, roll: RolloutBatch, rows: list[tuple[int, int]], adv: torch.Tensor, pad_id: int,
               device: torch.device | str = "cpu") -> "SelectedBatch":
-        """Rows for the selected (b, k) this rank holds; `adv` is the whole batch's [B, K]."""
-        rows = [(b, k) for b, k in rows if roll.is_local(b)]
+        """One row for each of `rows`, the (b, k) this rank trains (`balance.rank_rows`: each a
+        rollout `roll` holds); `adv` is the whole batch's [B, K]."""
         seqs = [(roll.rollout(b, k).prompt_ids, roll.rollout(b, k).response_ids) for b, k in rows]
         ids, attn, targets, mask = batch_tensors(seqs, pad_id)
         reward = torch.tensor([roll.rewards[b, k].item() for b, k in rows])

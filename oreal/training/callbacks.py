@@ -5,6 +5,8 @@ order (some vote across ranks, a collective).
 - `on_token_weights(trainer, batch, rollouts, weights, scores)`: the [N, T] token weights the
   policy loss is about to use and the credit model's [N, T] scores w_t they came from (None
   without a credit model); return a tensor of the weights' shape to use instead (None keeps them).
+  Under torchrun `batch` holds this rank's rows, and `rollouts.rollout(b, k)` gives the rollout of
+  each (b, k) in `batch.rows`, rows that token balancing moved in from another rank included.
 - `on_step_end(trainer, result, control)`: after a step; may add metrics to `result.metrics`
   and ask for a checkpoint or a stop through `control`.
 - `on_train_end(trainer, history)`: after the last step, before the final weights are written.

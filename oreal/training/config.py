@@ -86,6 +86,9 @@ class TrainConfig:
                                        "longest; auto: packed where the attention is varlen, flash-attention)")
     fsdp: bool | str = setting("auto", "shard policy, reference and credit model with FSDP2 (torchrun; one GPU works "
                                        "too; auto: on a GPU under torchrun with more than one rank, without LoRA)")
+    balance_tokens: bool = setting(True, "torchrun: after selection, move selected rows between ranks so that each "
+                                         "trains about the same number of tokens (the same gradient up to float "
+                                         "summation order; no effect on one process)")
     mixed_precision: bool | str = setting("auto", "FSDP2: bf16 compute, fp32 master weights and reductions (auto: "
                                                   "with fsdp on a GPU)")
     dist_timeout: float = setting(3600.0, "seconds a rank waits for the others in a collective (NCCL's default "

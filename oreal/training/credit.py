@@ -21,7 +21,7 @@ from ..optim import guarded_step, make_optimizer
 from .batch import MicroBatch, SelectedBatch
 from .state import CreditStats, DeviceSums
 
-_SUMS = ("loss", "correct", "pair_wins", "pairs")
+_SUMS = ("loss", "correct")
 
 
 class CreditStage:
@@ -67,12 +67,8 @@ class CreditStage:
             sums.add("correct", algo.credit_correct(w, b.mask, b.positive))
             if mb.real:
                 scores[mb.rows] = w.detach().float()
-        # a question's rows all live on one rank
-        seq_scores = algo.masked_mean(scores, batch.mask).cpu()
-        wins, pairs = algo.pair_ranking(seq_scores.tolist(), batch.positive.tolist(), [q for q, _ in batch.rows])
-        sums.add("pair_wins", wins)
-        sums.add("pairs", pairs)
         sums = sums.total()
+        wins, pairs = _pair_ranking(batch, scores)
         if not self.fsdp:
             dist_utils.all_reduce_grads(self.model)
         stats = CreditStats(lr=self.sched.get_last_lr()[0], scores=scores)
@@ -80,9 +76,18 @@ class CreditStage:
         stats.finite = stats.stepped
         if stats.stepped:
             stats.loss, stats.acc = sums["loss"] / counts.seqs, sums["correct"] / counts.seqs
-            stats.pair_rank = sums["pair_wins"] / sums["pairs"] if sums["pairs"] else None
+            stats.pair_rank = wins / pairs if pairs else None
         stats.seconds = self.clock() - t0
         return stats
+
+
+def _pair_ranking(batch: SelectedBatch, scores: torch.Tensor) -> tuple[float, int]:
+    """`algo.pair_ranking` over the whole batch, the same on every rank: token balancing may train a
+    question's rows on different ranks, so every row's (question, correct, mean score) is gathered."""
+    seq = algo.masked_mean(scores, batch.mask).cpu().double()
+    q = torch.tensor([b for b, _ in batch.rows], dtype=torch.float64)
+    q, pos, seq = dist_utils.all_gather_rows(torch.stack([q, batch.positive.cpu().double(), seq], 1)).T
+    return algo.pair_ranking(seq.tolist(), (pos > 0.5).tolist(), q.long().tolist())
 
 
 def _scores(model: CreditModel, mb: MicroBatch) -> torch.Tensor:
