@@ -193,6 +193,28 @@ def reshard_root(model) -> None:
         model.reshard()
 
 
+def fsdp_units(model) -> dict[str, torch.nn.Module]:
+    """{parameter name: the FSDP2 module that shards it}: the innermost `fully_shard`ed module
+    above it (a decoder layer, else the root). Empty without FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {name: m for name, m in model.named_modules() if isinstance(m, FSDPModule)}
+    out = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        modules = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]  # innermost first, the root ("") last
+        owner = next((units[m] for m in modules if m in units), None)
+        if owner is not None:
+            out[name] = owner
+    return out
+
+
+def unshard_dtype(unit) -> torch.dtype | None:
+    """The dtype FSDP2's `unshard()` gathers a unit's parameters in: its MixedPrecisionPolicy's
+    param_dtype, None for their own (FSDP2 has no public getter for a unit's policy)."""
+    return unit._get_fsdp_state()._mp_policy.param_dtype
+
+
 class gathered:
     """Hold an FSDP2 model's full parameters across many small forwards (token-by-token rollouts,
     evaluation): one all-gather per module up front instead of one per forward, and no collective

@@ -348,10 +348,10 @@ class Trainer(Checkpointing):
 
     def push_weights(self) -> None:
         """An engine with its own copy of the weights gets the policy's (after every optimiser step
-        and a resume): gathered and LoRA-merged here, once, whatever the engine."""
+        and a resume): gathered (in the dtype the engine keeps) and LoRA-merged here, once."""
         if self.engine.holds_weights:
             self.engine.resume()
-            with full_weights(self.policy) as named:
+            with full_weights(self.policy, getattr(self.engine, "weights_dtype", None)) as named:
                 self.engine.update_weights(named)
 
     def _policy_backward(self, micro: MicroBatch, weights: torch.Tensor, counts: algo.TokenCounts,

@@ -252,13 +252,17 @@ class VLLMEngine:
                        c.finish_reason == "stop", lp)
 
     # -- the engine's own weights -------------------------------------------------------------
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """What `update_weights` casts to: a push under mixed precision gathers in it (bf16)."""
+        return self.llm.llm_engine.model_config.dtype
+
     def update_weights(self, named_tensors) -> None:
         """Load these weights into the engine one tensor at a time in the engine's dtype, drop the
         prefix cache, and check the next rollout's log-probs against the trainer's model."""
         if "weights" in self.asleep:
             raise RuntimeError("engine=vllm: update_weights() on a released engine; call resume() first")
-        dtype = self.llm.llm_engine.model_config.dtype
-        weights = ((name, t.to(dtype)) for name, t in named_tensors)
+        weights = ((name, t.to(self.weights_dtype)) for name, t in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.collective_rpc(_repack_after_reload)
         self.llm.reset_prefix_cache()
