@@ -69,6 +69,11 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous [lo, hi) share of n items that `rank` handles."""
     return rank * n // world, (rank + 1) * n // world
@@ -85,6 +90,15 @@ def all_gather_rows(t: torch.Tensor) -> torch.Tensor:
     out = [torch.zeros_like(pad) for _ in sizes]
     dist.all_gather(out, pad)
     return torch.cat([o[:n] for o, n in zip(out, sizes)]).to(t.device)
+
+
+def all_gather_list(items: list) -> list:
+    """Every rank's list (picklable items), concatenated in rank order."""
+    if not active():
+        return items
+    lists = [None] * dist.get_world_size()
+    dist.all_gather_object(lists, items)
+    return [x for part in lists for x in part]
 
 
 def sum_floats(values: list[float]) -> list[float]:

@@ -235,3 +235,48 @@ def test_the_weight_push_gathers_one_fsdp2_unit_at_a_time(tmp_path):
         assert r["True torch.bfloat16"] == {"gathers": units, "names": True, "equal": True, "resharded": True}
         assert r["True None"] == {"gathers": params, "names": True, "equal": True, "resharded": True}
         assert r["early_stop_resharded"]
+
+
+_EVAL = r"""
+import json, torch
+from oreal.data import curriculum
+from oreal.distributed import fsdp_wrap, setup
+from oreal.evaluation import evaluate
+from oreal.models import decoder_layers, load_policy, load_tokenizer
+from oreal.rollout import HFSampler, SamplingConfig
+from oreal.verify import Verifier
+
+rank, world = setup("cpu")
+torch.set_num_threads(1)
+m, tok = load_policy("default"), load_tokenizer("default")
+if world > 1:
+    fsdp_wrap(m, decoder_layers(m))
+engine = HFSampler(m, tok)
+calls, sample = [], engine.sample
+engine.sample = lambda prompts, *a, **kw: calls.append(len(prompts)) or sample(prompts, *a, **kw)
+out = {"rank": rank}
+with Verifier(workers=1) as v:
+    for n in (5, 1):
+        calls.clear()
+        res = evaluate(engine, tok, curriculum.generate(n, "test", seed=3), v, k=2,
+                       sampling=SamplingConfig(max_new_tokens=24), seed=7, batch_prompts=2, keep_samples=3)
+        out[n] = {"calls": list(calls), "result": res}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_ranks_each_evaluate_their_share_and_report_the_whole_set(tmp_path):
+    """Issue 39: every FSDP2 rank sampled the whole evaluation set. Now each samples its
+    contiguous share (one seed per problem) and every rank returns the summary one process gives
+    of the whole set. The shares need different numbers of engine calls (2 and 3 problems, 2 a
+    call; 1 problem on 2 ranks): every rank makes as many, the extra ones empty, or FSDP2's
+    weight gathers would wait on each other."""
+    one = _run_script(tmp_path, _EVAL, nproc=0)[0]
+    two = _run_script(tmp_path, _EVAL)
+    assert [r["5"]["calls"] for r in two] == [[2, 0], [2, 1]] and one["5"]["calls"] == [2, 2, 1]
+    assert [r["1"]["calls"] for r in two] == [[0], [1]]
+    for r in two:
+        for n in ("5", "1"):
+            assert r[n]["result"] == one[n]["result"], n
+    assert one["5"]["result"]["n"] == 5 and len(one["5"]["result"]["samples"]) == 3

@@ -419,7 +419,7 @@ class Trainer(Checkpointing):
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
-        """Every FSDP2 rank must call this (the engine gathers the weights); released after, as a rollout."""
+        """Every rank must call this (each samples its share); the engine is released after, as a rollout."""
         self.engine.resume()
         try:
             return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,

@@ -235,7 +235,8 @@ class VLLMEngine:
                                  top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens, stop_token_ids=self.stop,
                                  stop=list(cfg.stop_strings) or None, include_stop_str_in_output=True,
                                  logprobs=0, detokenize=bool(cfg.stop_strings)) for s in seeds]
-        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        # no prompts: an FSDP2 rank whose share ran out keeps the others' count of calls (and checks)
+        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False) if ids else []
         groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
                   for i, o in enumerate(outs)]
         if self._check_next:
