@@ -69,6 +69,11 @@ def comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the process group, (0, 1) without one."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
 def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
     """The contiguous [lo, hi) share of n items that `rank` handles."""
     return rank * n // world, (rank + 1) * n // world
@@ -95,6 +100,11 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_list(items: list) -> list:
+    """Every rank's list (picklable items), concatenated in rank order."""
+    return [x for part in all_gather_objects(items) for x in part]
 
 
 def sum_floats(values: list[float]) -> list[float]:
@@ -201,6 +211,28 @@ def reshard_root(model) -> None:
     through the policy update). A no-op without FSDP2."""
     if is_fsdp(model):
         model.reshard()
+
+
+def fsdp_units(model) -> dict[str, torch.nn.Module]:
+    """{parameter name: the FSDP2 module that shards it}: the innermost `fully_shard`ed module
+    above it (a decoder layer, else the root). Empty without FSDP2."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = {name: m for name, m in model.named_modules() if isinstance(m, FSDPModule)}
+    out = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        modules = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]  # innermost first, the root ("") last
+        owner = next((units[m] for m in modules if m in units), None)
+        if owner is not None:
+            out[name] = owner
+    return out
+
+
+def unshard_dtype(unit) -> torch.dtype | None:
+    """The dtype FSDP2's `unshard()` gathers a unit's parameters in: its MixedPrecisionPolicy's
+    param_dtype, None for their own (FSDP2 has no public getter for a unit's policy)."""
+    return unit._get_fsdp_state()._mp_policy.param_dtype
 
 
 class gathered:

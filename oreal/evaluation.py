@@ -6,6 +6,7 @@ import time
 from collections import Counter, defaultdict
 from math import comb
 
+from . import distributed as dist_utils
 from .data.prompts import PromptConfig, render
 from .data.records import Problem
 from .rollout import SamplingConfig
@@ -37,15 +38,18 @@ def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
 def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: int,
                      sampling: SamplingConfig, prompt: PromptConfig | None = None,
                      seed: int | list[int] = 0, batch_prompts: int | None = None,
-                     timings: dict | None = None):
+                     timings: dict | None = None, calls: int = 0):
     """Yield (problem, K rollouts, K verdicts) for every problem, sampling `batch_prompts`
     prompts at a time (all at once when None) and grading each chunk in one batch across the
     verifier's workers. `seed`: one for the run, or one per problem. `timings` (optional) gains
-    the seconds spent in "sample" and "grade". Shared by evaluation, pass-rate measurement and
+    the seconds spent in "sample" and "grade". `calls`: the engine is called at least this many
+    times, the missing calls with no prompts (under FSDP2 each call gathers the weights, a
+    collective: every rank must make as many). Shared by evaluation, pass-rate measurement and
     the trainer, so all three grade alike."""
     step = batch_prompts or max(1, len(problems))
     timings = timings if timings is not None else {}
-    for s in range(0, len(problems), step):
+    starts = list(range(0, len(problems), step))
+    for s in starts + [len(problems)] * (calls - len(starts)):
         chunk = problems[s:s + step]
         t0 = time.perf_counter()
         groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
@@ -83,21 +87,18 @@ def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
              sampling: SamplingConfig | None = None, prompt: PromptConfig | None = None,
              seed: int = 0, batch_prompts: int = 64, progress: bool = False,
              keep_samples: int = 0) -> dict:
+    """pass@1 / pass@k / maj@k of K samples per problem, and by subject, level and skill. Under
+    torch.distributed every rank must call it with the same problems: each samples and grades its
+    contiguous share and every rank returns the summary of the whole set, as one process would."""
     sampling = sampling or SamplingConfig()
-    per_problem, verdicts_all, samples = [], [], []
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(problems), desc="eval", unit="q", file=sys.stderr, disable=not progress)
-    for p, group, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling,
-                                               prompt, seed, batch_prompts):
-        corr = [v.correct for v in verdicts]
+    rows = dist_utils.all_gather_list(_graded_share(engine, tokenizer, problems, verifier, k, sampling, prompt,
+                                                    seed, batch_prompts, progress, keep_samples))
+    per_problem, verdicts_all = [], []
+    for p, (verdicts, _) in zip(problems, rows):
         verdicts_all.extend(verdicts)
-        per_problem.append((p, corr, [v.extracted for v in verdicts]))
-        if len(samples) < keep_samples:
-            samples.append({"id": p.id, "question": p.question, "gold": p.gold,
-                            "response": group[0].text, "correct": corr[0]})
-        bar.update(1)
-    bar.close()
+        per_problem.append((p, [v.correct for v in verdicts], [v.extracted for v in verdicts]))
+    samples = [{"id": p.id, "question": p.question, "gold": p.gold, "response": text, "correct": vs[0].correct}
+               for p, (vs, text) in zip(problems[:keep_samples], rows)]
 
     def summarise(rows):
         n = len(rows)
@@ -127,3 +128,26 @@ def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
     if keep_samples:
         out["samples"] = samples
     return out
+
+
+def _graded_share(engine, tokenizer, problems, verifier, k, sampling, prompt, seed, batch_prompts, progress,
+                  keep_samples) -> list[tuple[list, str | None]]:
+    """(K verdicts, the first response's text where it is kept) of each problem of this rank's
+    contiguous share [lo, hi), as data-parallel rollouts shard questions (`shard_range`). Problem
+    i has seed + i, as one seed for the call gives it on every engine but hf_generate (which then
+    samples each problem alone), so the samples do not depend on the split; every rank makes as
+    many engine calls as the largest share needs."""
+    from tqdm import tqdm
+
+    rank, world = dist_utils.rank_world()
+    lo, hi = dist_utils.shard_range(len(problems), rank, world)
+    largest = -(-len(problems) // world)  # the last rank's share
+    calls = -(-largest // (batch_prompts or max(1, largest)))
+    rows = []
+    with tqdm(total=hi - lo, desc="eval", unit="q", file=sys.stderr, disable=not progress) as bar:
+        for i, (_, group, verdicts) in enumerate(sample_and_grade(
+                engine, tokenizer, problems[lo:hi], verifier, k, sampling, prompt, [seed + j for j in range(lo, hi)],
+                batch_prompts, calls=calls), start=lo):
+            rows.append((verdicts, group[0].text if i < keep_samples else None))
+            bar.update(1)
+    return rows

@@ -41,7 +41,7 @@ class ModelShape:
     params: int  # every parameter (a tied output layer counted once)
     root: int  # parameters outside the decoder layers: embeddings, final norm, output layer (FSDP2's root)
     head: int  # the output layer's own parameters (0 when tied to the embeddings)
-    largest: int  # the largest single parameter (a weight push gathers one at a time)
+    largest: int  # the largest single parameter (a weight push copies one at a time)
     layers: int
     hidden: int
     heads: int
@@ -421,6 +421,15 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     if not sleeps:
         resident += ["engine weights", "engine KV cache"]
 
+    # a push gathers one FSDP2 unit at a time (the root held throughout), in the compute dtype
+    # where the engine keeps that dtype (bf16 under mixed precision on a GPU), and copies out one
+    # parameter at a time
+    g = c if c == (2 if gpu else w) else w
+    push = {"one gathered parameter": shape.largest * g}
+    if cfg.fsdp:
+        push["push: root gathered"] = shape.root * g
+        push["push: a layer gathered"] = (P - shape.root) / shape.layers * g
+
     def phase(*names):
         keep = dict.fromkeys(resident + list(names))
         return {k: parts[k] for k in keep if parts.get(k)}
@@ -436,7 +445,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
                                "FSDP layers gathered"),
         "credit step": phase("credit gradients", "credit step temporary") if credit_trains else phase(),
         "policy step": phase("policy gradients", "policy step temporary"),
-        "weight push": {**phase("engine weights"), "one gathered parameter": shape.largest * 4.0}
+        "weight push": {**phase("engine weights"), **push}
         if engine == "vllm" else phase(),
         "evaluation": phase("engine weights", "engine KV cache"),
     }

@@ -185,3 +185,110 @@ def test_fewer_questions_than_ranks_is_refused_before_any_collective(tmp_path):
     out = _torchrun(env, cli, f"out={tmp_path / 'run'}", "fsdp=true", "batch_questions=1")
     assert out.returncode != 0
     assert "batch_questions=1 on 2 ranks" in out.stderr and "oreal/" not in out.stderr  # no traceback of ours
+
+
+def _run_script(tmp_path, code: str, nproc: int = 2) -> list[dict]:
+    """`code` run on `nproc` gloo ranks (or as one plain process when nproc is 0); each process
+    prints one JSON line: those lines, in rank order."""
+    script = tmp_path / f"script_{nproc}.py"
+    script.write_text(code)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+              "--master_port", str(_free_port())] if nproc else []
+    out = subprocess.run([sys.executable, *launch, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+_PUSH = r"""
+import json, torch
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.debug import CommDebugMode
+from oreal.distributed import fsdp_wrap, setup
+from oreal.models import decoder_layers, load_policy
+from oreal.rollout.weights import full_weights
+
+rank, _ = setup("cpu")
+torch.set_num_threads(1)
+out = {"rank": rank}
+for bf16 in (False, True):
+    m = load_policy("default")
+    ref = {n: p.detach().clone() for n, p in m.named_parameters()}
+    fsdp_wrap(m, decoder_layers(m), bf16=bf16)
+    out["units"], out["params"] = len(decoder_layers(m)) + 1, len(ref)
+    for dtype in ([None] if not bf16 else [None, torch.bfloat16]):
+        with CommDebugMode() as comm, full_weights(m, *([dtype] if dtype else [])) as named:
+            pushed = dict(named)
+        want = {n: t if dtype is None else t.to(dtype) for n, t in ref.items()}
+        out[f"{bf16} {dtype}"] = {
+            "gathers": comm.get_total_counts(), "names": list(pushed) == list(want),
+            "equal": all(pushed[n].dtype == want[n].dtype and torch.equal(pushed[n], want[n]) for n in want),
+            "resharded": all(isinstance(p, DTensor) for p in m.parameters())}
+    with full_weights(m, torch.bfloat16) as named:  # a reader that stops early leaves nothing gathered
+        next(named)
+    out["early_stop_resharded"] = all(isinstance(p, DTensor) for p in m.parameters())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_the_weight_push_gathers_one_fsdp2_unit_at_a_time(tmp_path):
+    """Issue 39: the push to an engine with its own weights called `full_tensor()` on every FSDP2
+    parameter (50 all-gathers for the embedded model's 4 layers, 339 for a 7B) in float32.
+    Now one all-gather per unit (each decoder layer, then the root), bit-identical to the full
+    weights; under mixed precision in bf16 when the engine keeps bf16 (its own cast of the fp32
+    tensor gives the same bits), exactly in float32 (per parameter) when it keeps float32."""
+    for r in _run_script(tmp_path, _PUSH):
+        units, params = r["units"], r["params"]
+        assert units == 5 and params == 50
+        assert r["False None"] == {"gathers": units, "names": True, "equal": True, "resharded": True}
+        assert r["True torch.bfloat16"] == {"gathers": units, "names": True, "equal": True, "resharded": True}
+        assert r["True None"] == {"gathers": params, "names": True, "equal": True, "resharded": True}
+        assert r["early_stop_resharded"]
+
+
+_EVAL = r"""
+import json, torch
+from oreal.data import curriculum
+from oreal.distributed import fsdp_wrap, setup
+from oreal.evaluation import evaluate
+from oreal.models import decoder_layers, load_policy, load_tokenizer
+from oreal.rollout import HFSampler, SamplingConfig
+from oreal.verify import Verifier
+
+rank, world = setup("cpu")
+torch.set_num_threads(1)
+m, tok = load_policy("default"), load_tokenizer("default")
+if world > 1:
+    fsdp_wrap(m, decoder_layers(m))
+engine = HFSampler(m, tok)
+calls, sample = [], engine.sample
+engine.sample = lambda prompts, *a, **kw: calls.append(len(prompts)) or sample(prompts, *a, **kw)
+out = {"rank": rank}
+with Verifier(workers=1) as v:
+    for n in (5, 1):
+        calls.clear()
+        res = evaluate(engine, tok, curriculum.generate(n, "test", seed=3), v, k=2,
+                       sampling=SamplingConfig(max_new_tokens=24), seed=7, batch_prompts=2, keep_samples=3)
+        out[n] = {"calls": list(calls), "result": res}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_ranks_each_evaluate_their_share_and_report_the_whole_set(tmp_path):
+    """Issue 39: every FSDP2 rank sampled the whole evaluation set. Now each samples its
+    contiguous share (one seed per problem) and every rank returns the summary one process gives
+    of the whole set. The shares need different numbers of engine calls (2 and 3 problems, 2 a
+    call; 1 problem on 2 ranks): every rank makes as many, the extra ones empty, or FSDP2's
+    weight gathers would wait on each other."""
+    one = _run_script(tmp_path, _EVAL, nproc=0)[0]
+    two = _run_script(tmp_path, _EVAL)
+    assert [r["5"]["calls"] for r in two] == [[2, 0], [2, 1]] and one["5"]["calls"] == [2, 2, 1]
+    assert [r["1"]["calls"] for r in two] == [[0], [1]]
+    for r in two:
+        for n in ("5", "1"):
+            assert r[n]["result"] == one[n]["result"], n
+    assert one["5"]["result"]["n"] == 5 and len(one["5"]["result"]["samples"]) == 3

@@ -215,7 +215,8 @@ def test_the_plans_states_by_hand_for_a_sharded_mixed_precision_run():
     """Every state part of a 7B-shaped run on 8 GPUs (FSDP2, bf16 compute with float32 masters, the
     log-prob credit) from its shape: float32 weights, gradients and two AdamW states sharded 8
     ways, the reference, the credit model; the root gathered in bf16 and its float32 gradient
-    twice (the reduce-scatter's copy); one gathered parameter for a vLLM push."""
+    twice (the reduce-scatter's copy); a vLLM push gathers the root and one layer at a time in bf16
+    (the engine's dtype) and copies out one parameter at a time."""
     from oreal.plan import GiB, plan_run
     from oreal.training.config import TrainConfig
 
@@ -230,7 +231,9 @@ def test_the_plans_states_by_hand_for_a_sharded_mixed_precision_run():
     assert p.parts["FSDP root gathered"] == 1_090_000_000 * 2 and p.parts["FSDP root gradient"] == 2 * 1_090_000_000 * 4
     assert p.parts["engine weights"] == P * 2  # vLLM's own bf16 copy, whole on each rank
     assert p.parts["engine KV cache"] == 0.35 * 80 * GiB - P * 2
-    assert p.phases["weight push"]["one gathered parameter"] == 545_000_000 * 4
+    push = p.phases["weight push"]
+    assert push["one gathered parameter"] == 545_000_000 * 2 and push["push: root gathered"] == 1_090_000_000 * 2
+    assert push["push: a layer gathered"] == (P - 1_090_000_000) / 28 * 2
     assert p.tokens == 4 * (512 + 1024)  # micro_batch rows of the longest prompt + max_new_tokens
     # vLLM sleeps through training on a GPU: neither its weights nor its KV cache in those phases
     assert "engine weights" not in p.phases["policy update"] and "engine KV cache" in p.phases["rollout"]

@@ -349,10 +349,10 @@ class Trainer(Checkpointing):
 
     def push_weights(self) -> None:
         """An engine with its own copy of the weights gets the policy's (after every optimiser step
-        and a resume): gathered and LoRA-merged here, once, whatever the engine."""
+        and a resume): gathered (in the dtype the engine keeps) and LoRA-merged here, once."""
         if self.engine.holds_weights:
             self.engine.resume()
-            with full_weights(self.policy) as named:
+            with full_weights(self.policy, getattr(self.engine, "weights_dtype", None)) as named:
                 self.engine.update_weights(named)
 
     def _policy_backward(self, micro: MicroBatch, weights: torch.Tensor, counts: algo.TokenCounts,
@@ -419,7 +419,7 @@ class Trainer(Checkpointing):
 
     def evaluate(self, problems, k: int = 1, sampling: SamplingConfig | None = None, seed: int = evaluation.EVAL_SEED,
                  **kw) -> dict:
-        """Every FSDP2 rank must call this (the engine gathers the weights); released after, as a rollout."""
+        """Every rank must call this (each samples its share); the engine is released after, as a rollout."""
         self.engine.resume()
         try:
             return evaluation.evaluate(self.engine, self.tok, problems, self.verifier, k=k,

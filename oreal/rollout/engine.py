@@ -70,6 +70,8 @@ class RolloutEngine(Protocol):
     name: str
     holds_weights: bool  # False: samples from the live model the trainer updates (nothing to push)
     max_model_len: int | None  # longest prompt + response it serves (None: no limit); `check_length`
+    # the dtype `update_weights` keeps them in (optional; None: their own): FSDP2 may gather in it
+    weights_dtype: torch.dtype | None
 
     def sample(self, prompts: list[str], k: int, cfg: SamplingConfig,
                seed: int | list[int] | None = None) -> list[list[Rollout]]:
@@ -165,6 +167,7 @@ class HFEngine:
 
     name = "hf"
     holds_weights = False
+    weights_dtype = None
 
     def __init__(self, model, tokenizer, setup: EngineSetup | None = None):
         self.model = model

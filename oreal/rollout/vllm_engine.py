@@ -235,7 +235,8 @@ class VLLMEngine:
                                  top_k=cfg.top_k or -1, max_tokens=cfg.max_new_tokens, stop_token_ids=self.stop,
                                  stop=list(cfg.stop_strings) or None, include_stop_str_in_output=True,
                                  logprobs=0, detokenize=bool(cfg.stop_strings)) for s in seeds]
-        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False)
+        # no prompts: an FSDP2 rank whose share ran out keeps the others' count of calls (and checks)
+        outs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False) if ids else []
         groups = [[self._rollout(i, j, ids[i], c) for j, c in enumerate(sorted(o.outputs, key=lambda c: c.index))]
                   for i, o in enumerate(outs)]
         if self._check_next:
@@ -252,13 +253,17 @@ class VLLMEngine:
                        c.finish_reason == "stop", lp)
 
     # -- the engine's own weights -------------------------------------------------------------
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """What `update_weights` casts to: a push under mixed precision gathers in it (bf16)."""
+        return self.llm.llm_engine.model_config.dtype
+
     def update_weights(self, named_tensors) -> None:
         """Load these weights into the engine one tensor at a time in the engine's dtype, drop the
         prefix cache, and check the next rollout's log-probs against the trainer's model."""
         if "weights" in self.asleep:
             raise RuntimeError("engine=vllm: update_weights() on a released engine; call resume() first")
-        dtype = self.llm.llm_engine.model_config.dtype
-        weights = ((name, t.to(dtype)) for name, t in named_tensors)
+        weights = ((name, t.to(self.weights_dtype)) for name, t in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.collective_rpc(_repack_after_reload)
         self.llm.reset_prefix_cache()

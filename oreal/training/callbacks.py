@@ -48,14 +48,15 @@ class Callback:
 
 class PeriodicEval(Callback):
     """Held-out pass@1 every `every` steps into the metrics (`eval_pass@1`); a new best asks for
-    a checkpoint, which `keep_last` never deletes. Under FSDP2 every rank evaluates (a gather)."""
+    a checkpoint, which `keep_last` never deletes. Every rank evaluates its share of the problems
+    (`evaluation.evaluate`: a gather)."""
 
     def __init__(self, problems: list, every: int, k: int):
         self.problems, self.every, self.k = problems, every, k
 
     def on_step_end(self, trainer, result, control):
         m, new_best = result.metrics, False
-        if self.problems and self.every and m["step"] % self.every == 0 and (trainer.rank == 0 or trainer.fsdp):
+        if self.problems and self.every and m["step"] % self.every == 0:
             m["eval_pass@1"] = trainer.evaluate(self.problems, k=self.k)["pass@1"]
             best = trainer.state.best
             if best is None or m["eval_pass@1"] > best["eval_pass@1"]:
