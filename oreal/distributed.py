@@ -8,6 +8,7 @@ summed across ranks (all-reduce for replicated models, reduce-scatter under FSDP
 """
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import timedelta
 
@@ -196,6 +197,99 @@ def fsdp_wrap(model: torch.nn.Module, layers: list, bf16: bool = False, cpu_offl
             m.set_gradient_divide_factor(1.0)
             m.set_force_sum_reduction_for_comms(True)  # plain SUM: gloo has no PREMUL_SUM
     return model
+
+
+def load_device(fsdp: bool, device):
+    """Where a model is built before the trainer places it: `device` without FSDP2; under FSDP2
+    host memory on rank 0 and, with more than one rank, the meta device on the others (tensors
+    with a shape and no storage), whose shards `shard_from_rank0` fills with rank 0's weights: a
+    node of 8 ranks reads a 7B's 30 GB of float32 weights into host memory once, not 8 times."""
+    if not fsdp:
+        return device
+    return "meta" if active() and dist.get_rank() != 0 else "cpu"
+
+
+def shard_from_rank0(model: torch.nn.Module, shard) -> torch.nn.Module:
+    """`shard()` (FSDP2's `fully_shard` of `model`, as `fsdp_wrap`), every rank's shards holding
+    rank 0's weights where the other ranks built `model` on the meta device (`load_device`), as
+    torchtune and TRL load under FSDP2: rank 0 keeps its full state dict across the sharding, the
+    others give their meta shards storage where rank 0's lie (the device, or host memory under
+    cpu_offload), and `set_model_state_dict` broadcasts it tensor by tensor into every rank's
+    shards. The buffers outside the state dict (rotary `inv_freq`) come from rank 0 too, as do
+    the dtypes (a model's fp32 modules), and so does the global RNG state: a rank that loaded
+    its own copy drew what rank 0 drew (a new head's init), and the meta device draws nothing.
+    A collective. Every rank holding weights (a built model given to each): `shard()` alone."""
+    if not active():
+        return shard() or model
+    rank0 = dist.get_rank() == 0
+    on_meta = any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    if rank0 and on_meta:
+        raise AssertionError("shard_from_rank0: rank 0 holds no weights to send (its model is on the meta device)")
+    if not any_flag(on_meta):
+        return shard() or model
+    full = model.state_dict() if rank0 else {}  # rank 0's tensors, kept alive across the sharding
+    dtypes = from_rank0(lambda: {k: v.dtype for k, v in full.items()})
+    if not rank0:
+        for k, t in _named_tensors(model):
+            if k in dtypes and t.dtype != dtypes[k]:
+                t.data = t.data.to(dtypes[k])  # in place: a tied weight stays tied
+    shard()
+    places = from_rank0(lambda: _places(model))
+    if not rank0:
+        _materialise(model, places)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    del full
+    for name, buf in model.named_buffers():
+        if name in places["outside"]:
+            dist.broadcast(buf, src=0)
+    torch.set_rng_state(from_rank0(torch.get_rng_state))
+    return model
+
+
+def _named_tensors(model):
+    """(state-dict name, tensor) of every parameter and buffer, a shared one under each of its names."""
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for k, t in itertools.chain(mod._parameters.items(), mod._buffers.items()):
+            if t is not None:
+                yield (f"{mod_name}.{k}" if mod_name else k), t
+
+
+def _places(model) -> dict:
+    """Where rank 0's sharded parameters and its buffers lie (device types), with each buffer's
+    shape and dtype, and the buffers outside the state dict (non-persistent ones)."""
+    params = {(p.to_local() if hasattr(p, "to_local") else p).device.type for p in model.parameters()}
+    if len(params) != 1:
+        raise AssertionError(f"shard_from_rank0: parameters on {sorted(params)}; one device expected")
+    buffers, outside = {}, set()
+    for mod_name, mod in model.named_modules():
+        for k, b in mod._buffers.items():
+            if b is not None:
+                name = f"{mod_name}.{k}" if mod_name else k
+                buffers[name] = (tuple(b.shape), b.dtype, b.device.type)
+                if k in mod._non_persistent_buffers_set:
+                    outside.add(name)
+    return {"params": params.pop(), "buffers": buffers, "outside": outside}
+
+
+def _device(kind: str) -> torch.device:
+    """This rank's device of a kind rank 0 named (each rank has its own GPU)."""
+    if kind == "cpu" or kind == "meta":
+        return torch.device(kind)
+    return torch.device(kind, torch.accelerator.current_device_index())
+
+
+def _materialise(model, places: dict) -> None:
+    """Storage (uninitialised) for a meta-built model's shards and buffers where rank 0's lie;
+    `to_empty` lets FSDP2 re-register its sharded parameters."""
+    model.to_empty(device=_device(places["params"]))
+    for mod_name, mod in model.named_modules():
+        for k, b in list(mod._buffers.items()):
+            name = f"{mod_name}.{k}" if mod_name else k
+            if b is not None and name in places["buffers"]:
+                shape, dtype, kind = places["buffers"][name]
+                mod._buffers[k] = torch.empty(shape, dtype=dtype, device=_device(kind))
 
 
 def is_fsdp(model) -> bool:

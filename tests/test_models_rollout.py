@@ -19,6 +19,33 @@ def test_saved_policy_reloads_with_plain_transformers_same_logits(tiny):
     assert t2.decode(t2(probs[0].solution)["input_ids"]) == probs[0].solution
 
 
+def test_a_model_built_on_the_meta_device_is_the_one_from_pretrained_loads(tiny):
+    """Under FSDP2 the ranks other than 0 build each model on the meta device, reading no weight
+    (`oreal.distributed.load_device`), and get their shards from rank 0: the model built must be
+    from_pretrained's but for the values (config, dtype, attention, eval mode, generation config,
+    tied embeddings, every parameter's and buffer's name, shape and dtype), whatever the builder."""
+    from oreal.distributed import load_device
+    from oreal.models import load_credit_model
+
+    def shapes(m):
+        return {k: (t.shape, t.dtype) for k, t in [*m.state_dict().items(), *m.named_buffers()]}
+
+    assert (load_device(False, "cuda:0"), load_device(True, "cuda:0")) == ("cuda:0", "cpu")  # one process
+    for path in ("default", tiny[0]):
+        for dtype in ("float32", "bfloat16"):
+            real, meta = load_policy(path, dtype, "cpu", "eager"), load_policy(path, dtype, "meta", "eager")
+            assert all(t.is_meta for t in [*meta.parameters(), *meta.buffers()])
+            assert meta.config.to_dict() == real.config.to_dict() and not meta.training
+            assert meta.config._attn_implementation == "eager"
+            assert meta.generation_config.to_dict() == real.generation_config.to_dict()
+            assert (meta.get_output_embeddings().weight is meta.get_input_embeddings().weight) == \
+                (real.get_output_embeddings().weight is real.get_input_embeddings().weight)
+            assert shapes(meta) == shapes(real)
+        for kind in ("token_head", "logprob"):
+            real, meta = load_credit_model(kind, path), load_credit_model(kind, path, device="meta")
+            assert all(t.is_meta for t in meta.parameters()) and shapes(meta) == shapes(real)
+
+
 def test_tokenizer_keeps_digits_separate(tiny):
     _, _, tok, _ = tiny
     pieces = [tok.decode([i]) for i in tok("123+45=168")["input_ids"]]

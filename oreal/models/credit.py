@@ -57,8 +57,11 @@ class CreditModel(nn.Module):
         return param_groups(self, weight_decay)
 
     def shard(self, bf16: bool = False, cpu_offload: bool = False) -> None:
-        """FSDP2: each decoder layer of the inner model, then this module."""
-        dist_utils.fsdp_wrap(self, decoder_layers(self.inner, required=True), bf16, cpu_offload)
+        """FSDP2: each decoder layer of the inner model, then this module; every rank's shards hold
+        rank 0's weights (the new head's, the calibration's) where the others built it on the meta
+        device (`oreal.distributed.shard_from_rank0`)."""
+        dist_utils.shard_from_rank0(
+            self, lambda: dist_utils.fsdp_wrap(self, decoder_layers(self.inner, required=True), bf16, cpu_offload))
 
     def gradient_checkpointing_enable(self) -> None:
         self.inner.gradient_checkpointing_enable()

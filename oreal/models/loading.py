@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .. import distributed as dist_utils
 from ..errors import ModelError
 
 DEFAULT_MODEL = "default"
@@ -115,10 +116,27 @@ def set_attention(model, attn: str | None) -> None:
         model.set_attn_implementation(attn)
 
 
+def from_dir(auto_class, path: str, dtype: str, device="cpu", **kw):
+    """`auto_class.from_pretrained(path)` on `device`. On the meta device ("meta": FSDP2's ranks
+    other than 0, `oreal.distributed.load_device`) the same model without reading a weight: built
+    from its config as from_pretrained builds it (dtype, attention, eval mode, the directory's
+    generation config), its shards filled from rank 0's by `shard_from_rank0`."""
+    if str(device) != "meta":
+        return auto_class.from_pretrained(path, dtype=torch_dtype(dtype), **kw).to(device)
+    from transformers import AutoConfig, GenerationConfig
+
+    with torch.device("meta"):
+        model = auto_class.from_config(AutoConfig.from_pretrained(path), dtype=torch_dtype(dtype), **kw)
+    if model.can_generate():
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(path)
+        except OSError:  # none saved: the one from_config made from the model's config, as from_pretrained keeps
+            pass
+    return model.eval()
+
+
 def load_policy(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: str | None = None):
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path),
-                                                 dtype=torch_dtype(dtype), **attention_kwargs(attn))
-    return model.to(device)
+    return from_dir(AutoModelForCausalLM, resolve_model_path(name_or_path), dtype, device, **attention_kwargs(attn))
 
 
 def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"):
@@ -132,10 +150,9 @@ def load_backbone(name_or_path: str, dtype: str = "float32", device: str = "cpu"
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity(logging.ERROR)  # "weights not used: lm_head" is expected here
     try:
-        model = AutoModel.from_pretrained(resolve_model_path(name_or_path), dtype=torch_dtype(dtype))
+        return from_dir(AutoModel, resolve_model_path(name_or_path), dtype, device)
     finally:
         hf_logging.set_verbosity(level)
-    return model.to(device)
 
 
 def decoder_layers(model, required: bool = False) -> list:
@@ -158,6 +175,14 @@ def decoder_layers(model, required: bool = False) -> list:
         raise ModelError(f"fsdp=true: no decoder layers found in {type(model).__name__} (its _no_split_modules "
                          f"name {sorted(names) or 'nothing'}); use fsdp=false, or a model whose layers transformers names")
     return found
+
+
+def shard_lm(model, bf16: bool = False, cpu_offload: bool = False):
+    """FSDP2 on a causal LM: each decoder layer, then the root (`oreal.distributed.fsdp_wrap`),
+    every rank's shards holding rank 0's weights where the others built it on the meta device
+    (`oreal.distributed.shard_from_rank0`)."""
+    return dist_utils.shard_from_rank0(
+        model, lambda: dist_utils.fsdp_wrap(model, decoder_layers(model, required=True), bf16, cpu_offload))
 
 
 def save_model(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> None:

@@ -23,8 +23,8 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list, longest_prompt_tokens
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, decoder_layers, load_credit_model, load_policy, load_tokenizer,
-                      resolve_model_path, torch_dtype, unwrapped)
+from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, load_credit_model, load_policy, load_tokenizer,
+                      resolve_model_path, shard_lm, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..plan import plan_memory
@@ -130,10 +130,10 @@ class Trainer(Checkpointing):
             tokenizer.save_pretrained(self.policy_dir)
             self.policy = policy.to(self.device)
         self.tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-        # FSDP2: each model loads into host memory and is sharded before the next one loads;
-        # fully_shard moves one unit at a time to the device, so no GPU ever holds a whole model
-        # (a 7B policy, reference and credit model in float32 would be about 91 GB on each)
-        load_to = "cpu" if cfg.fsdp else self.device
+        # FSDP2: each model loads into rank 0's host memory (the other ranks build it on the meta device
+        # and get their shards from rank 0) and is sharded before the next one loads; fully_shard moves
+        # one unit at a time to the device, so no GPU (and no other rank's host memory) holds a whole model
+        load_to = dist_utils.load_device(cfg.fsdp, self.device)
         # the sampled tokens' log-probs as the log-prob credit and vLLM's check take them (no entropy)
         self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
         if policy is None:
@@ -165,7 +165,7 @@ class Trainer(Checkpointing):
             if isinstance(model, CreditModel):  # its inner model's layers, then itself
                 model.shard(cfg.mixed_precision, cfg.cpu_offload)
             else:
-                dist_utils.fsdp_wrap(model, decoder_layers(model, required=True), cfg.mixed_precision, cfg.cpu_offload)
+                shard_lm(model, cfg.mixed_precision, cfg.cpu_offload)  # rank 0's weights in every rank's shards
         return model
 
     def _check_prompt_lengths(self) -> None:
