@@ -29,13 +29,19 @@ def run(args) -> int:
     import os
 
     path, overrides = config_and_overrides(args.config, args.overrides)
-    # the config's `auto` settings resolve for the launch planned: torchrun with --gpus ranks
-    os.environ.setdefault("WORLD_SIZE", str(args.gpus))
+    # the config's `auto` settings resolve for the launch planned (torchrun with --gpus ranks),
+    # unless this process is a rank of a launch itself; the environment is left as it was
+    world = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = world or str(args.gpus)
     if path == "demo":
         from ..recipes.demo import demo_config_path
 
         path = demo_config_path()
-    cfg = build_config(path, overrides)
+    try:
+        cfg = build_config(path, overrides)
+    finally:
+        if world is None:
+            del os.environ["WORLD_SIZE"]
     memory = plan_config(cfg, args.gpus, args.gpu_memory, prompt_tokens=args.prompt_tokens)
     where = f"{args.gpus} GPU{'s' if args.gpus > 1 else ''} of {args.gpu_memory:g} GiB" if args.gpu_memory else "no budget"
     print(f"oreal plan: policy {cfg.policy}, {where}, device={cfg.device}, fsdp={cfg.fsdp}, "
