@@ -263,16 +263,20 @@ def test_fewer_questions_than_ranks_is_refused_before_any_collective(tmp_path):
 
 def _run_script(tmp_path, code: str, nproc: int = 2) -> list[dict]:
     """`code` run on `nproc` gloo ranks (or as one plain process when nproc is 0); each process
-    prints one JSON line: those lines, in rank order."""
+    writes one JSON file in $ROWS (not stdout, where two ranks' lines can interleave): those, in
+    rank order."""
     script = tmp_path / f"script_{nproc}.py"
     script.write_text(code)
+    rows_dir = tmp_path / f"rows_{nproc}"
+    rows_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
+    env.update(OMP_NUM_THREADS="1", ROWS=str(rows_dir))
     launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
               "--master_port", str(_free_port())] if nproc else []
     out = subprocess.run([sys.executable, *launch, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    rows = [json.loads(f.read_text()) for f in rows_dir.glob("*.json")]
+    assert len(rows) == max(nproc, 1), out.stdout[-2000:]
     return sorted(rows, key=lambda r: r["rank"])
 
 
@@ -303,7 +307,8 @@ for bf16 in (False, True):
     with full_weights(m, torch.bfloat16) as named:  # a reader that stops early leaves nothing gathered
         next(named)
     out["early_stop_resharded"] = all(isinstance(p, DTensor) for p in m.parameters())
-print(json.dumps(out))
+import os
+open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
 """
 
 
@@ -347,7 +352,8 @@ with Verifier(workers=1) as v:
         res = evaluate(engine, tok, curriculum.generate(n, "test", seed=3), v, k=2,
                        sampling=SamplingConfig(max_new_tokens=24), seed=7, batch_prompts=2, keep_samples=3)
         out[n] = {"calls": list(calls), "result": res}
-print(json.dumps(out))
+import os
+open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
 """
 
 

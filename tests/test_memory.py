@@ -205,7 +205,7 @@ def test_activation_checkpointing_takes_effect_and_changes_no_number(tmp_path, v
 def _shape(**kw):
     from oreal.plan import ModelShape
 
-    base = dict(params=7_000_000_000, root=1_090_000_000, head=545_000_000, largest=545_000_000, layers=28,
+    base = dict(params=7_000_000_000, root=1_090_000_000, head=545_000_000, embed=545_000_000, largest=545_000_000, layers=28,
                 hidden=3584, heads=28, vocab=152064, kv_per_token=2 * 28 * 4 * 128, linear_in_out=28 * 90_000,
                 max_positions=32768, moe=False)
     return ModelShape(**{**base, **kw})

@@ -42,6 +42,7 @@ class ModelShape:
     params: int  # every parameter (a tied output layer counted once)
     root: int  # parameters outside the decoder layers: embeddings, final norm, output layer (FSDP2's root)
     head: int  # the output layer's own parameters (0 when tied to the embeddings)
+    embed: int  # the input embedding's parameters
     largest: int  # the largest single parameter (a weight push copies one at a time)
     layers: int
     hidden: int
@@ -75,6 +76,7 @@ class ModelShape:
         return cls(params=sum(p.numel() for p in params),
                    root=sum(p.numel() for p in params if id(p) not in in_layers),
                    head=0 if tied or head is None else head.weight.numel(),
+                   embed=model.get_input_embeddings().weight.numel(),
                    largest=max(p.numel() for p in params), layers=len(layers), hidden=text.hidden_size, heads=heads,
                    vocab=text.vocab_size, kv_per_token=2 * len(layers) * kv_heads * head_dim,
                    linear_in_out=lin, max_positions=getattr(text, "max_position_embeddings", 0) or 0, moe=bool(moe))
@@ -205,6 +207,11 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     else:  # the full [T x V] logits in float32, their log-softmax and gradient
         head_ws = 3 * 4 * T * shape.vocab
     parts["output layer working set"] = head_ws
+    # an output layer tied to the embedding gets two whole gradients, the output layer's and the
+    # embedding's, summed as the second arrives (under FSDP2 within the root's gradient below)
+    tied = shape.head == 0 and not cfg.fsdp
+    parts["tied embedding gradient"] = shape.embed * w if tied and not lora else 0
+    parts["credit tied embedding gradient"] = shape.embed * w if tied and credit_kind == "logprob" else 0
     if cfg.fsdp:  # (one rank too: FSDP2 gathers into buffers of its own) the root's own parameters gathered, and its float32 gradient before the
         # reduce-scatter; a decoder layer gathered at a time, and the next one prefetched
         parts["FSDP root gathered"] = shape.root * c
@@ -253,11 +260,12 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
         "load": phase(),
         "rollout": phase("engine weights", "engine KV cache"),
         "credit update": phase("credit gradients", "credit activations", "layer working set",
-                               "output layer working set", "FSDP root gathered", "FSDP root gradient", "FSDP layers gathered")
+                               "credit tied embedding gradient", "output layer working set", "FSDP root gathered",
+                               "FSDP root gradient", "FSDP layers gathered")
         if credit_trains else phase(),
         "policy update": phase("policy gradients", "policy activations", "layer working set",
-                               "output layer working set", "FSDP root gathered", "FSDP root gradient",
-                               "FSDP layers gathered"),
+                               "tied embedding gradient", "output layer working set", "FSDP root gathered",
+                               "FSDP root gradient", "FSDP layers gathered"),
         "credit step": phase("credit gradients", "credit step temporary") if credit_trains else phase(),
         "policy step": phase("policy gradients", "policy step temporary"),
         "weight push": {**phase("engine weights"), **push}
