@@ -1,7 +1,8 @@
 """The memory plan (`oreal plan`) against the peak resident memory of real updates on CPU.
 
-    python benchmarks/memory_plan.py [--shapes embedded mid qwen05b] [--tokens 1024 4096 16384]
+    python benchmarks/memory_plan.py [--shapes embedded mid qwen05b_2l qwen05b] [--tokens 1024 4096 16384]
                                      [--out runs/memory_plan.jsonl]
+    python benchmarks/memory_plan.py --replan runs/memory_plan.jsonl   # today's plan, the peaks measured then
 
 Each row is a fresh process: a `Trainer` (policy, reference and, in the `credit` rows, the
 log-prob credit model) on a Qwen2-architecture policy of the row's widths, then one micro-batch of
@@ -37,7 +38,8 @@ SHAPES = {
     "qwen05b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                     num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
 }
-UPDATE_PHASES = ("credit update", "credit step", "policy update", "policy step")
+UPDATE_PHASES = ("credit update", "credit backward's end", "credit step", "policy update", "policy backward's end",
+                 "policy step")
 WEIGHTS = [1.0, 0.6, 1.4, 0.8, 1.2, 0.5, 0.9, 1.6]  # the rows' relative lengths (repeated for more rows)
 PROMPT = 32
 LONGEST_ROW = {"embedded": 240}  # the embedded policy's window is 256 positions: more, shorter rows
@@ -110,8 +112,9 @@ def row_lengths(shape: str, tokens: int) -> list[int]:
     return [max(PROMPT + 4, round(tokens * x / sum(w))) for x in w]
 
 
-def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: bool, data: str,
-        max_gib: float) -> dict:
+def row(shape: str, policy: str, requested: int, packed: bool, ckpt: bool, credit: bool, data: str,
+        max_gib: float, measure: bool = True) -> dict:
+    """One row: the plan, then (`measure`) the measurement in a fresh process."""
     import torch
     from transformers import AutoConfig
 
@@ -119,7 +122,7 @@ def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: 
     from oreal.models import resolve_model_path
     from oreal.training.config import build_config
 
-    lengths = row_lengths(shape, tokens)
+    lengths = row_lengths(shape, requested)
     overrides = [f"policy={policy}", "threads=2", f"batch_questions={len(lengths) // 4}", "samples=4",
                  f"micro_batch={len(lengths)}", f"data={data}",
                  f"sampling.max_new_tokens={max(lengths) - PROMPT}", f"pack={str(packed).lower()}",
@@ -137,8 +140,8 @@ def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: 
     p = plan.plan_run(cfg, plan.ModelShape.from_config(config), config_json, 1, 0, PROMPT, packed, attn,
                       tokens=tokens)
     planned = max(p.peak(ph) for ph in UPDATE_PHASES)
-    base = dict(shape=shape, tokens=tokens, packed=packed, checkpointing=ckpt, credit=credit, torch=torch.__version__)
-    if planned / plan.GiB > max_gib:  # past this machine's memory: the plan's figure only
+    base = dict(shape=shape, requested=requested, tokens=tokens, packed=packed, checkpointing=ckpt, credit=credit, torch=torch.__version__)
+    if planned / plan.GiB > max_gib or not measure:  # past this machine's memory: the plan's figure only
         return dict(base, measured_gib=None, planned_gib=planned / plan.GiB, error=None)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(dict(overrides=overrides, lengths=lengths,
                                                                        prompt=PROMPT))],
@@ -149,7 +152,35 @@ def row(shape: str, policy: str, tokens: int, packed: bool, ckpt: bool, credit: 
     assert (got["tokens"], got["packed"]) == (tokens, packed), (got, tokens, packed)
     planned += got["base"]
     return dict(base, measured_gib=got["peak"] / plan.GiB, planned_gib=planned / plan.GiB,
-                runtime_gib=got["base"] / plan.GiB, error=planned / got["peak"] - 1)
+                runtime_gib=got["base"] / plan.GiB, before_gib=got["before"] / plan.GiB,
+                resident_planned_gib=(p.peak("load") + got["base"]) / plan.GiB, error=planned / got["peak"] - 1)
+
+
+def replan(path: str) -> None:
+    """The table of an earlier run's measured peaks against the plan of the code as it is now."""
+    root = Path(tempfile.mkdtemp(prefix="oreal-plan-models-"))
+    data = root / "questions.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"{i}+1", "gold": str(i + 1)}) + "\n" for i in range(8)))
+    print("| shape | tokens | packed | checkpointing | credit | measured peak GiB | planned GiB | error |")
+    print("|---|---|---|---|---|---|---|---|")
+    worst = 0.0
+    for old in map(json.loads, Path(path).read_text().splitlines()):
+        if old.get("measured_gib") is None:
+            continue
+        shape, policy = old["shape"], make_policy(old["shape"], root)
+        for requested in ([old["requested"]] if "requested" in old else [1024, 4096, 16384]):
+            r = row(shape, policy, requested, old["packed"], old["checkpointing"], old["credit"], str(data), 1e9,
+                    measure=False)
+            if r["tokens"] == old["tokens"]:
+                break
+        else:
+            raise RuntimeError(f"no requested size gives {old['tokens']} tokens for {shape}")
+        planned = r["planned_gib"] + old["runtime_gib"]
+        error = planned / old["measured_gib"] - 1
+        worst = max(worst, abs(error))
+        print(f"| {shape} | {old['tokens']} | {old['packed']} | {old['checkpointing']} | {old['credit']} | "
+              f"{old['measured_gib']:.3f} | {planned:.3f} | {100 * error:+.1f}% |", flush=True)
+    print(f"\nlargest error: {100 * worst:.1f}%")
 
 
 def main() -> None:
@@ -162,7 +193,11 @@ def main() -> None:
                                                                  "memory, less the runtime)")
     ap.add_argument("--packed", nargs="+", default=["false", "true"], choices=["false", "true"])
     ap.add_argument("--checkpointing", nargs="+", default=["false", "true"], choices=["false", "true"])
+    ap.add_argument("--replan", metavar="JSONL", help="no measurement: the plan of the current code against the "
+                                                       "peaks measured in an earlier run's rows")
     args = ap.parse_args()
+    if args.replan:
+        return replan(args.replan)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="oreal-plan-models-"))
     data = root / "questions.jsonl"  # short prompts: the rows' lengths are the benchmark's, not the data's

@@ -207,11 +207,15 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     else:  # the full [T x V] logits in float32, their log-softmax and gradient
         head_ws = 3 * 4 * T * shape.vocab
     parts["output layer working set"] = head_ws
-    # an output layer tied to the embedding gets two whole gradients, the output layer's and the
-    # embedding's, summed as the second arrives (under FSDP2 within the root's gradient below)
+    # an output layer tied to the embedding gets two whole gradients: the output layer's first
+    # (beside every layer's activations: counted in the gradients), held in autograd's input
+    # buffer until the embedding's arrives last (the activations freed by then), then their sum,
+    # out of place: three copies at the end of the backward (measured on CPU: the 0.5B shape's
+    # 1.67 GiB over its resident states, 0.62 of gradients and 2 x 0.51 of embedding; under
+    # FSDP2 within the root's gradient below)
     tied = shape.head == 0 and not cfg.fsdp
-    parts["tied embedding gradient"] = shape.embed * w if tied and not lora else 0
-    parts["credit tied embedding gradient"] = shape.embed * w if tied and credit_kind == "logprob" else 0
+    parts["tied embedding gradient"] = 2 * shape.embed * w if tied and not lora else 0
+    parts["credit tied embedding gradient"] = 2 * shape.embed * w if tied and credit_kind == "logprob" else 0
     if cfg.fsdp:  # (one rank too: FSDP2 gathers into buffers of its own) the root's own parameters gathered, and its float32 gradient before the
         # reduce-scatter; a decoder layer gathered at a time, and the next one prefetched
         parts["FSDP root gathered"] = shape.root * c
@@ -260,13 +264,15 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
         "load": phase(),
         "rollout": phase("engine weights", "engine KV cache"),
         "credit update": phase("credit gradients", "credit activations", "layer working set",
-                               "credit tied embedding gradient", "output layer working set", "FSDP root gathered",
-                               "FSDP root gradient", "FSDP layers gathered")
+                               "output layer working set", "FSDP root gathered", "FSDP root gradient",
+                               "FSDP layers gathered")
         if credit_trains else phase(),
         "policy update": phase("policy gradients", "policy activations", "layer working set",
-                               "tied embedding gradient", "output layer working set", "FSDP root gathered",
+                               "output layer working set", "FSDP root gathered",
                                "FSDP root gradient", "FSDP layers gathered"),
+        "credit backward's end": phase("credit gradients", "credit tied embedding gradient"),
         "credit step": phase("credit gradients", "credit step temporary") if credit_trains else phase(),
+        "policy backward's end": phase("policy gradients", "tied embedding gradient"),
         "policy step": phase("policy gradients", "policy step temporary"),
         "weight push": {**phase("engine weights"), **push}
         if engine == "vllm" else phase(),
@@ -324,10 +330,14 @@ def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, t
     return plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn)
 
 
+AUTO_SHARE = 0.9  # auto fills at most this share of a GPU: CUDA's context and the allocator's fragmentation
+
+
 def fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn) -> MemoryPlan:
-    """The plan at the largest micro-batch (in tokens, a multiple of 256, at least one row) that
-    fits the budget; its `tokens` is the budget `micro_batch_tokens=auto` takes. Without a budget
-    (CPU), the whole `micro_batch`."""
+    """The plan at the largest micro-batch (in tokens, a multiple of 256, at least one row) whose
+    peak is within `AUTO_SHARE` of the budget; its `tokens` is the budget `micro_batch_tokens=auto`
+    takes (one row where only the whole budget holds it). Without a budget (CPU), the whole
+    `micro_batch`."""
     most = micro_batch_tokens(cfg, prompt, packed)
     if not gpu_memory_gb:
         return plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=most)
@@ -336,15 +346,19 @@ def fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt,
     best = plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=lo)
     if not best.fits():
         return best  # not even one row: the refusal names the part
+
+    def roomy(p):
+        return p.worst[1] <= AUTO_SHARE * p.budget
+
     while hi - lo > 256:
         mid = (lo + hi) // 2 // 256 * 256 or lo
         p = plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=max(mid, row))
-        if p.fits():
+        if roomy(p):
             lo, best = max(mid, row), p
         else:
             hi = mid
     top = plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=most)
-    return top if top.fits() else best
+    return top if roomy(top) else best
 
 
 def plan_memory(cfg, world: int, problems=None, tokenizer=None, policy_config=None, log=print) -> tuple[list | None, int]:
