@@ -447,7 +447,7 @@ def test_10_a_config_built_in_python_names_a_wrong_type():
 
     with pytest.raises(ConfigError, match="steps: expected an integer, got 'ten'"):
         OREALConfig(steps="ten")
-    with pytest.raises(ConfigError, match="fsdp: expected true or false"):
+    with pytest.raises(ConfigError, match="fsdp: expected true, false or auto"):
         OREALConfig(fsdp="yes")
     assert OREALConfig(steps=3).steps == 3
 
