@@ -52,7 +52,7 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
     for s in starts + [len(problems)] * (calls - len(starts)):
         chunk = problems[s:s + step]
         t0 = time.perf_counter()
-        groups = engine.sample([render(p.question, tokenizer, prompt) for p in chunk], k, sampling,
+        groups = engine.sample([render(p.prompt, tokenizer, prompt) for p in chunk], k, sampling,
                                seed=seed[s:s + step] if isinstance(seed, list) else seed + s)
         t1 = time.perf_counter()  # the engines return host lists: the device work is done
         by_extract: dict[str, list[int]] = {}
@@ -60,8 +60,13 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
             by_extract.setdefault(p.extract, []).append(i)
         verdicts: list[list] = [[] for _ in chunk]
         for mode, idx in by_extract.items():
+            data = {}
+            if getattr(verifier, "reads_problems", False):  # TRL's or veRL's functions: the data row, the token ids
+                data = {"problems": [chunk[i] for i in idx for _ in groups[i]],
+                        "completion_ids": [r.response_ids for i in idx for r in groups[i]]}
             flat = verifier.verify_batch([(chunk[i].gold, r.text, r.finished) for i in idx for r in groups[i]],
-                                         extract=mode, questions=[chunk[i].question for i in idx for _ in groups[i]])
+                                         extract=mode, questions=[chunk[i].question for i in idx for _ in groups[i]],
+                                         **data)
             for n, i in enumerate(idx):
                 verdicts[i] = flat[n * k:(n + 1) * k]
         timings["sample"] = timings.get("sample", 0.0) + t1 - t0

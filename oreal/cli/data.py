@@ -42,7 +42,7 @@ def show(args) -> int:
 
         tok = load_tokenizer(args.model)
     examples = [{"id": p.id, "question": p.question, "gold": p.gold,
-                 "prompt": render(p.question, tok, PromptConfig()),
+                 "prompt": render(p.prompt, tok, PromptConfig()),
                  "skills": p.skills, "extract": p.extract} for p in res.problems[: args.n]]
     if args.json:
         print(json.dumps({"name": args.source, "count": len(res.problems),

@@ -104,7 +104,7 @@ def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
 
     if given is not None or engine.max_model_len is None:
         return given or DEFAULT_MAX_NEW_TOKENS
-    longest = longest_prompt_tokens([p.question for p in problems], tok, prompt)
+    longest = longest_prompt_tokens([p.prompt for p in problems], tok, prompt)
     room = engine.max_model_len - longest
     if room < DEFAULT_MAX_NEW_TOKENS:
         print(f"max_new_tokens: {max(room, 1)} (the engine's max_model_len {engine.max_model_len} less the longest "

@@ -24,7 +24,8 @@ def run(args) -> int:
     from ..verify import Verifier
 
     cfg = build_config(args.config, args.overrides)
-    with Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
+    custom = cfg.reward.build()  # reward.funcs (TRL-style) or reward.verl; None: the math verifier
+    with custom or Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
         result = train(cfg, v)
         result.trainer.close()
     if result.interrupted:

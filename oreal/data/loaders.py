@@ -2,13 +2,18 @@
 
 A preset says which fields hold the question, the gold answer and the id, and how to turn a
 raw gold value into the verifier's gold string. Bad rows raise `DataError` naming the file,
-the line or row and the field; `skip_bad=True` instead skips them and reports which.
+the line or row and the field; `skip_bad=True` instead skips them and reports which. A field
+name may read a nested mapping (`reward_model.ground_truth`) or the first present of several
+columns (`solution|answer|ground_truth`). With no preset named, TRL's and veRL's formats are
+recognised by their first row (`detect_preset`), with a one-line notice.
 """
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -60,6 +65,21 @@ def _list_gold(v) -> str:
     return ", ".join(x.replace("$", "").strip().rstrip(".").strip() for x in v)
 
 
+def _solution_gold(v) -> str:
+    """TRL's answer columns: a number, an answer, or a worked solution whose last \\boxed{} is the answer."""
+    if isinstance(v, str) and (boxes := boxed_answers(v)):
+        return boxes[-1]
+    return _string_gold(v)
+
+
+def _any_gold(v) -> str:
+    """veRL's `reward_model.ground_truth`: a string or number as it is, anything else (a list, a dict
+    of test cases) as JSON; a veRL `compute_score` gets the value itself, from `Problem.fields`."""
+    if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return _string_gold(v)
+    return json.dumps(v, ensure_ascii=False, sort_keys=True)
+
+
 def _last_boxed_gold(v) -> str:
     if not isinstance(v, str):
         raise TypeError("expected a solution string")
@@ -77,6 +97,7 @@ class Preset:
     gold: Callable = _string_gold
     extract: str = "boxed"  # the verifier mode for this data's *model* responses
     extra: dict = field(default_factory=dict)  # record field -> source field (level, subject, ...)
+    keep_columns: bool = True  # the row's other columns go to `Problem.fields` (reward functions read them)
 
 
 PRESETS: dict[str, Preset] = {
@@ -93,8 +114,61 @@ PRESETS: dict[str, Preset] = {
     "oreal_records": Preset("question", "gold", "id", _string_gold,
                             extra={"pass_rate": "pass_rate", "level": "level", "subject": "subject",
                                    "skills": "skills", "solution": "solution", "source": "source",
-                                   "extract": "extract"}),
+                                   "extract": "extract", "messages": "messages", "fields": "fields"},
+                            keep_columns=False),
+    # TRL's prompt-only format: `prompt` a string or a list of messages, the answer in one of three columns
+    "trl": Preset("prompt", "solution|answer|ground_truth", None, _solution_gold, "auto"),
+    # veRL's RL parquet: `prompt` messages, `reward_model: {ground_truth, ...}`, `data_source`, `extra_info`
+    "verl": Preset("prompt", "reward_model.ground_truth", None, _any_gold, "auto"),
 }
+# What `detect_preset` says it found, in the one-line notice.
+DETECTED = {"verl": "veRL's RL format (data_source, prompt messages, reward_model.ground_truth)",
+            "trl": "TRL's prompt-only format (prompt; solution, answer or ground_truth)"}
+
+
+def _get(row: dict, key: str):
+    """The value of `key` in a row (None where missing): a column, else `a.b` read through nested
+    mappings, and `a|b|c` the first of several that is present."""
+    for alt in key.split("|"):
+        v = row.get(alt)
+        if v is None and "." in alt:
+            v = row
+            for part in alt.split("."):
+                v = v.get(part) if isinstance(v, dict) else None
+        if v is not None:
+            return v
+    return None
+
+
+def _names(key: str) -> str:
+    """A field name for a message: 'solution', 'answer' or 'ground_truth' for `solution|answer|ground_truth`."""
+    alts = [repr(a) for a in key.split("|")]
+    return alts[0] if len(alts) == 1 else f"{', '.join(alts[:-1])} or {alts[-1]}"
+
+
+def detect_preset(row) -> str | None:
+    """`verl` or `trl` when a row is in veRL's or TRL's format (a `prompt`, and veRL's nested
+    `reward_model.ground_truth` or one of TRL's answer columns); None otherwise."""
+    if not isinstance(row, dict) or row.get("prompt") is None:
+        return None
+    if isinstance(row.get("reward_model"), dict) and "ground_truth" in row["reward_model"]:
+        return "verl"
+    return "trl" if _get(row, PRESETS["trl"].answer) is not None else None
+
+
+def _messages(v) -> list[dict]:
+    """A conversational prompt as given: a non-empty list of messages, each with a role and text content."""
+    if not isinstance(v, list) or not v:
+        raise TypeError("expected a string or a non-empty list of messages")
+    for m in v:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise TypeError("expected messages as {'role': ..., 'content': text}")
+    return [dict(m) for m in v]
+
+
+def _last_user(messages: list[dict]) -> str:
+    """The question of a conversation: its last user message (else its last message)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), messages[-1]["content"])
 
 
 def _rows(path: Path) -> Iterator[tuple[str, object]]:
@@ -163,25 +237,20 @@ class LoadResult:
     skipped: list[str]  # "file: line N: field: why" for each skipped row
 
 
-def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
+def load_problems(source: str | Path, preset: str | Preset | None = "oreal_records", *,
                   fields: dict[str, str] | None = None, split: str | None = None,
                   skip_bad: bool = False, source_name: str | None = None,
-                  extract: str | None = None) -> LoadResult:
+                  extract: str | None = None, fallback: str = "oreal_records") -> LoadResult:
     """Load problems from a file, a Hugging Face dataset (saved directory or hub name), or rows
     already in memory (a `datasets.Dataset` or a list of dicts).
 
-    `fields` overrides the preset's field names: keys `question`, `answer`, `id`, or any
-    record field (`level`, `subject`, `pass_rate`, `skills`, `solution`).
+    `preset=None`: TRL's or veRL's format where the first row is in one (`detect_preset`, with a
+    one-line notice on stderr), else `fallback`. `fields` overrides the preset's field names:
+    keys `question`, `answer`, `id`, or any record field (`level`, `subject`, `pass_rate`,
+    `skills`, `solution`).
     """
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise DataError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        preset = PRESETS[preset]
-    fields = dict(fields or {})
-    q_key = fields.pop("question", preset.question)
-    a_key = fields.pop("answer", preset.answer)
-    id_key = fields.pop("id", preset.id)
-    extra = dict(preset.extra, **fields)
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise DataError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     if not isinstance(source, (str, Path)):  # rows in memory: a datasets.Dataset, or a list of dicts
         if not hasattr(source, "__iter__"):
             raise DataError(f"expected a path, a datasets.Dataset or a list of dicts, got {type(source).__name__}")
@@ -194,6 +263,20 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
         rows, where = _hf_rows(str(source), split), str(source)
     else:
         raise DataError(f"{path}: no such file")
+    if preset is None:  # the first row says whether this is TRL's or veRL's format
+        first = next(rows, None)
+        rows = itertools.chain([first] if first is not None else [], rows)
+        found = detect_preset(first[1]) if first is not None else None
+        if found:
+            print(f"data: {where} is in {DETECTED[found]}: preset {found} (data_preset= or --preset "
+                  f"chooses another)", file=sys.stderr)
+        preset = found or fallback
+    preset = PRESETS[preset] if isinstance(preset, str) else preset
+    fields = dict(fields or {})
+    q_key = fields.pop("question", preset.question)
+    a_key = fields.pop("answer", preset.answer)
+    id_key = fields.pop("id", preset.id)
+    extra = dict(preset.extra, **fields)
     name = source_name or path.stem
     problems, skipped, ids = [], [], {}
     for loc, row in rows:
@@ -213,7 +296,8 @@ def load_problems(source: str | Path, preset: str | Preset = "oreal_records", *,
 def _preset_hint(row: dict) -> str:
     """' (its fields fit the oreal preset: ...)' when another preset reads this row, in the words of
     both the config (`data_preset=`) and the commands' flag (`--preset`)."""
-    fits = [name for name, p in PRESETS.items() if p.question in row and p.answer in row]
+    fits = [name for name, p in PRESETS.items()
+            if _get(row, p.question) is not None and _get(row, p.answer) is not None]
     names = " / ".join(fits)
     return f" (its fields fit the {names} preset: data_preset={fits[0]}, or --preset {fits[0]})" if fits else ""
 
@@ -223,32 +307,51 @@ def _to_problem(row, loc, q_key, a_key, id_key, extra, preset, name, ids, extrac
         raise row
     if not isinstance(row, dict):
         raise DataError(f"expected an object, got {type(row).__name__}")
-    q = row.get(q_key)
+    q = _get(row, q_key)
     if q is None:
-        raise DataError(f"field {q_key!r}: missing{_preset_hint(row)}")
+        raise DataError(f"field {_names(q_key)}: missing{_preset_hint(row)}")
+    messages = None
+    if isinstance(q, list):  # a conversational prompt
+        try:
+            messages = _messages(q)
+        except TypeError as e:
+            raise DataError(f"field {_names(q_key)}: {e}") from None
+        q = _last_user(messages)
     if not isinstance(q, str):
-        raise DataError(f"field {q_key!r}: expected a string, got {type(q).__name__}")
+        raise DataError(f"field {_names(q_key)}: expected a string, got {type(q).__name__}")
     if not q.strip():
-        raise DataError(f"field {q_key!r}: empty")
-    if a_key not in row or row[a_key] is None:
-        raise DataError(f"field {a_key!r}: missing{_preset_hint(row)}")
+        raise DataError(f"field {_names(q_key)}: empty")
+    answer = _get(row, a_key)
+    if answer is None:
+        raise DataError(f"field {_names(a_key)}: missing{_preset_hint(row)}")
     try:
-        gold = preset.gold(row[a_key])
+        gold = preset.gold(answer)
     except TypeError as e:
-        raise DataError(f"field {a_key!r}: {e}") from None
+        raise DataError(f"field {_names(a_key)}: {e}") from None
     if not gold.strip():
-        raise DataError(f"field {a_key!r}: empty")
+        raise DataError(f"field {_names(a_key)}: empty")
     pid = row.get(id_key) if id_key else None
     pid = f"{name}-{len(ids)}" if pid is None or pid == "" else str(pid)
     if pid in ids:
         raise DataError(f"field {id_key!r}: duplicate id {pid!r} (first at {ids[pid]})")
     ids[pid] = loc
-    p = Problem(id=pid, question=q, gold=gold, source=name, extract=extract)
+    p = Problem(id=pid, question=q, gold=gold, source=name, extract=extract, messages=messages)
+    if preset.keep_columns:  # every column but the prompt, as TRL passes them to reward functions
+        top = {k.split(".")[0] for k in q_key.split("|")}
+        p.fields = {k: v for k, v in row.items() if k not in top}
     for attr, key in extra.items():
         v = row.get(key)
-        if v is None or v == "":
+        if v is None or v == "" or v == {}:
             continue
-        if attr == "pass_rate":
+        if attr == "fields":
+            if not isinstance(v, dict):
+                raise DataError(f"field {key!r}: expected a mapping of columns")
+        elif attr == "messages":
+            try:
+                v = _messages(v)
+            except TypeError as e:
+                raise DataError(f"field {key!r}: {e}") from None
+        elif attr == "pass_rate":
             try:
                 v = float(v)
             except (TypeError, ValueError):

@@ -56,7 +56,7 @@ def load(name_or_path: str, data_dir_: str | Path | None = None, preset: str | N
             raise DataError(f"{name_or_path}: {path} not found")
         return load_problems(path, preset or b.preset, source_name=name_or_path,
                              extract=kw.pop("extract", None) or b.extract, **kw)
-    return load_problems(name_or_path, preset or "oreal_records", **kw)
+    return load_problems(name_or_path, preset, **kw)  # unset: TRL's or veRL's format if it is one, else oreal_records
 
 
 def load_list(name_or_path: str, **kw) -> list[Problem]:

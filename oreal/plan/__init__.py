@@ -319,7 +319,7 @@ def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, t
         problems = problems if problems is not None else load_list(cfg.data, data_dir_=cfg.data_dir,
                                                                    preset=cfg.data_preset)
         tok = tokenizer or load_tokenizer(cfg.policy)
-        prompt = longest_prompt_tokens([p.question for p in problems], tok, cfg.prompt)
+        prompt = longest_prompt_tokens([p.prompt for p in problems], tok, cfg.prompt)
     else:
         prompt = prompt_tokens
     attn = attention_of(cfg, config)

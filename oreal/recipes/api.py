@@ -33,18 +33,22 @@ class OREALTrainer:
         built `PreTrainedModel` (pass its `tokenizer`; it is trained in place). A model that
         disagrees with `args.policy` is a ConfigError, never silently one of the two.
     train_dataset: a list of `Problem`, a `datasets.Dataset` or a list of dicts (fields of
-        `args.data_preset`, else `question` / `gold_answer`), a path or registry name, or None
-        for `args.data`.
+        `args.data_preset`; unset: TRL's or veRL's format where the rows are in one, else `question` /
+        `gold_answer`), a path or registry name, or None for `args.data`.
     args: an `OREALConfig` (defaults: the reference 7B run's settings); copied, never changed.
-    reward: None (the math verifier, in worker processes), a `Verifier`, or a function
-        `fn(question, response, gold) -> bool`.
+    reward: None (`args.reward`, else the math verifier in worker processes), a `Verifier`, a
+        function `fn(question, response, gold) -> bool`, veRL's `compute_score(data_source,
+        solution_str, ground_truth, extra_info)`, or TRL-style reward functions (as `reward_funcs`).
+    reward_funcs: one or several TRL-style reward functions, called as TRL's GRPOTrainer calls
+        them; `args.reward` says how several combine and which scores are correct (a threshold).
     eval_dataset: held-out questions, in any form `train_dataset` takes, for `evaluate()` and
         `args.eval_every`.
     callbacks: `oreal.training.callbacks.Callback`s (token weights, step end, train end).
     """
 
     def __init__(self, model=None, train_dataset=None, args: OREALConfig | None = None, reward=None,
-                 eval_dataset=None, tokenizer=None, callbacks: list[Callback] | None = None, log=print):
+                 eval_dataset=None, tokenizer=None, callbacks: list[Callback] | None = None, log=print,
+                 reward_funcs=None):
         if args is not None and not isinstance(args, TrainConfig):
             raise ConfigError(f"args: expected an OREALConfig, got {type(args).__name__}")
         # a copy: the caller's config object is never changed behind its back
@@ -55,14 +59,21 @@ class OREALTrainer:
         elif built is not None and args.policy != _DEFAULT_POLICY:
             raise ConfigError(f"model: a built model was given and args.policy is {args.policy!r}; pass one of them")
         self.args = args
+        if reward is not None and reward_funcs is not None:
+            raise ConfigError("reward= and reward_funcs= both give a reward; pass one")
+        reward = reward if reward is not None else reward_funcs
+        configured = args.reward.build()  # args.reward.funcs or .verl, loaded
+        if reward is not None and configured is not None:
+            raise ConfigError("a reward was given and args.reward names one (reward.funcs / reward.verl); pass one")
+        reward = reward if reward is not None else configured
         self._own_verifier = reward is None
         if reward is None:
             reward = Verifier(workers=args.verifier_workers, timeout=args.verifier_timeout)
-        self.reward = as_reward(reward)
+        self.reward = as_reward(reward, **args.reward.settings())
         problems = _problems(train_dataset, args, "train_dataset") if train_dataset is not None else None
         self.eval_problems = _problems(eval_dataset, args, "eval_dataset") if eval_dataset is not None else None
         try:
-            self.trainer = Trainer(args, reward, log, policy=built, tokenizer=tokenizer, problems=problems,
+            self.trainer = Trainer(args, self.reward, log, policy=built, tokenizer=tokenizer, problems=problems,
                                    callbacks=callbacks)
         except BaseException:
             self._close_verifier()
@@ -116,6 +127,6 @@ def _problems(data, args: TrainConfig, what: str) -> list[Problem]:
     if all(isinstance(p, Problem) for p in data):
         return data
     if all(isinstance(p, dict) for p in data):
-        return load_problems(data, args.data_preset or "oreal", source_name=what).problems
+        return load_problems(data, args.data_preset, fallback="oreal", source_name=what).problems
     raise ConfigError(f"{what}: expected Problems, a datasets.Dataset, dicts or a path, got "
                       f"{sorted({type(p).__name__ for p in data})}")

@@ -99,7 +99,7 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
         raise ValueError(f"{cfg.data}: no rows with a worked `solution` to imitate")
     test = load_list(cfg.eval_data)[: cfg.eval_limit] if cfg.eval_data else []
     if cfg.model is None:
-        tok = train_tokenizer([render(p.question, None, cfg.prompt) + p.solution for p in train],
+        tok = train_tokenizer([render(p.prompt, None, cfg.prompt) + p.solution for p in train],
                               vocab_size=cfg.tiny.vocab_size)
         model = build_tiny_policy(tok, cfg.tiny, seed=cfg.seed).to(cfg.device)
     else:
@@ -107,7 +107,7 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
         model = load_policy(cfg.model, device=cfg.device)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"sft: {n_params / 1e6:.2f}M parameters, {len(train)} training problems")
-    encoded = [encode_example(tok, render(p.question, tok, cfg.prompt), p.solution) for p in train]
+    encoded = [encode_example(tok, render(p.prompt, tok, cfg.prompt), p.solution) for p in train]
     opt, sched = make_optimizer(model, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps, cfg.min_lr, betas=cfg.betas)
     engine = HFSampler(model, tok)
     history = []

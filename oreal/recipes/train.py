@@ -67,9 +67,8 @@ class Trainer(Checkpointing):
 
     `policy` / `tokenizer`: a model and tokenizer already built (else loaded from `cfg.policy`);
     the reference and the credit model start from a copy of it. `problems`: the training questions
-    (else loaded from `cfg.data`). `verifier`: anything with `verify_batch` (a `Verifier`, or
-    `oreal.verify.RewardFunction` over your own function). `callbacks`: see
-    `oreal.training.callbacks`."""
+    (else loaded from `cfg.data`). `verifier`: anything with `verify_batch` (a `Verifier`), or a reward
+    function in any convention `oreal.verify.as_reward` takes. `callbacks`: `oreal.training.callbacks`."""
 
     def __init__(self, cfg: TrainConfig, verifier, log=print, *, policy=None, tokenizer=None,
                  problems: list[Problem] | None = None, callbacks: list[Callback] | None = None):
@@ -79,7 +78,7 @@ class Trainer(Checkpointing):
             raise ConfigError(f"batch_questions={cfg.batch_questions} on {self.world} ranks: each rank samples its share "
                               f"of a step's questions, and a rank without one would miss the collectives of sampling; "
                               f"set batch_questions to at least {self.world}")
-        self.fsdp, self.cfg, self.verifier = cfg.fsdp, cfg, as_reward(verifier)
+        self.fsdp, self.cfg, self.verifier = cfg.fsdp, cfg, as_reward(verifier, **cfg.reward.settings())
         self.callbacks = list(callbacks or [])
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         if cfg.device == "cpu":  # fixed for the run: a different count can change the last bits
@@ -171,7 +170,7 @@ class Trainer(Checkpointing):
     def _check_prompt_lengths(self) -> None:
         """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
         refused here, before the first step, rather than at the step that draws that prompt."""
-        longest = longest_prompt_tokens([p.question for p in self.problems], self.tok, self.cfg.prompt)
+        longest = longest_prompt_tokens([p.prompt for p in self.problems], self.tok, self.cfg.prompt)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
     def _check_forwards(self) -> None:
@@ -204,10 +203,8 @@ class Trainer(Checkpointing):
             self.problems = balance(self.problems)
             self.log(f"difficulty balancing: {n} questions -> {len(self.problems)} entries")
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
-        self.booster = None
-        if cfg.skills.enabled:
-            pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.pool else None
-            self.booster = SkillBooster(cfg.skills, self.problems, cfg.seed, pool, self.log)
+        pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.enabled and cfg.skills.pool else None
+        self.booster = SkillBooster(cfg.skills, self.problems, cfg.seed, pool, self.log) if cfg.skills.enabled else None
 
     def close(self) -> None:
         """Free the engine and any temporary copy of a given model."""
@@ -268,6 +265,8 @@ class Trainer(Checkpointing):
         seeds = [(cfg.seed * 1_000_003 + self.state.step * 10_007 + b) % 2**62 for b in range(len(questions))]
         local_rewards = torch.zeros(hi - lo, cfg.samples)
         groups, verdicts, timings = [], [], {}
+        if (st := getattr(self.verifier, "trainer_state", None)) is not None:  # TRL-style rewards read the step
+            st.global_step, st.max_steps = self.state.step - 1, cfg.steps  # TRL's: optimiser steps done
         self.engine.resume()
         for b, (_, g, vs) in enumerate(evaluation.sample_and_grade(
                 self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,

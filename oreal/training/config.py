@@ -18,6 +18,7 @@ from ..data import PromptConfig
 from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, resolve_engine
 from ..rollout.vllm_engine import VLLMConfig
 from ..tracking import TRACKERS
+from ..verify.adapters import COMBINE, from_settings
 from .skills import SkillConfig
 
 
@@ -50,8 +51,47 @@ class LoraSettings:
                                         factory=lambda: ["all-linear"])
 
 
+@dataclass
+class RewardConfig:
+    """What grades a response: the math verifier (the default), TRL-style reward functions, or
+    veRL's compute_score (`oreal.verify.adapters`). OREAL learns from binary outcomes."""
+    funcs: list[str] = setting(help="TRL-style reward functions, each path/to/file.py:name or module:name, called "
+                                    "as TRL's GRPOTrainer calls them: batched, with prompts, completions, "
+                                    "completion_ids, trainer_state and every data column as keyword arguments; "
+                                    "a number or None (abstains) a sample (unset, and no verl: the math verifier)",
+                               factory=list)
+    verl: str | None = setting(None, "veRL's compute_score(data_source, solution_str, ground_truth, extra_info) "
+                                     "as path/to/file.py:name: a number, or a dict with a 'score'")
+    combine: str = setting("all", "how several funcs make one outcome: all (correct when every function that did "
+                                  "not abstain says correct) | any | mean (their weighted mean, then threshold) | "
+                                  "sum (TRL's weighted sum, None as 0, then threshold)")
+    weights: list[float] = setting(help="one weight per function of funcs for combine=mean|sum, as TRL's "
+                                        "reward_weights (unset: 1 each)", factory=list)
+    threshold: float | None = setting(None, "a score at or above it is correct: needed where a reward returns other "
+                                            "than 0 or 1 (unset: anything but 0/1/True/False stops the run)")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        if self.combine not in COMBINE:
+            raise ConfigError(f"reward.combine: expected one of {', '.join(COMBINE)}, got {self.combine!r}")
+        if self.funcs and self.verl:
+            raise ConfigError("reward.funcs and reward.verl both name a reward; set one")
+        if self.weights and len(self.weights) != len(self.funcs):
+            raise ConfigError(f"reward.weights: {len(self.weights)} weights for {len(self.funcs)} reward.funcs")
+
+    def settings(self) -> dict:
+        """What `oreal.verify.as_reward` takes of it for a reward given in Python."""
+        return {"threshold": self.threshold, "combine": self.combine, "weights": self.weights or None}
+
+    def build(self):
+        """The reward `funcs` or `verl` name, loaded (None: the math verifier)."""
+        return from_settings(self.funcs, self.verl, **self.settings())
+
+
 _SECTIONS = {"algo": AlgoConfig, "optim": OptimConfig, "sampling": SamplingConfig, "prompt": PromptConfig,
-             "skills": SkillConfig, "lora": LoraSettings, "vllm": VLLMConfig}
+             "skills": SkillConfig, "lora": LoraSettings, "vllm": VLLMConfig, "reward": RewardConfig}
 
 
 @dataclass
@@ -66,7 +106,8 @@ class TrainConfig:
     device: str = setting("cpu", "cpu | cuda")
     data: str = setting("curriculum_train", "training questions: registry name or path (JSONL, JSON, CSV, "
                                             "Parquet, saved HF dataset)")
-    data_preset: str | None = setting(None, "field preset of the data (unset: from the name)")
+    data_preset: str | None = setting(None, "field preset of the data (unset: from the name; a file in TRL's or "
+                                            "veRL's RL format is recognised by its first row: trl, verl)")
     data_dir: str | None = setting(None, "where registry benchmarks live (or $OREAL_DATA_DIR)")
     data_balance: bool = setting(False, "repeat questions by pass-rate band as the reference run does "
                                         "(needs pass_rate)")
@@ -128,6 +169,7 @@ class TrainConfig:
     sampling: SamplingConfig = setting(help="rollout sampling", factory=lambda: SamplingConfig(
         temperature=1.0, top_p=0.9, max_new_tokens=1024))
     prompt: PromptConfig = setting(help="prompt rendering", factory=PromptConfig)
+    reward: RewardConfig = setting(help="what grades a response (default: the math verifier)", factory=RewardConfig)
     skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
     lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
     vllm: VLLMConfig = setting(help="the vLLM engine (engine=vllm)", factory=VLLMConfig)
