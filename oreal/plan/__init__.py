@@ -214,6 +214,9 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     # 1.67 GiB over its resident states, 0.62 of gradients and 2 x 0.51 of embedding; under
     # FSDP2 within the root's gradient below)
     tied = shape.head == 0 and not cfg.fsdp
+    # at the activations' peak (the backward's start) the only whole gradient is the output
+    # layer's, from the chunked head's backward; the layers' come as their activations go
+    parts["output layer gradient"] = (shape.head or shape.embed) * w if not cfg.fsdp and not lora else 0
     parts["tied embedding gradient"] = 2 * shape.embed * w if tied and not lora else 0
     parts["credit tied embedding gradient"] = 2 * shape.embed * w if tied and credit_kind == "logprob" else 0
     if cfg.fsdp:  # (one rank too: FSDP2 gathers into buffers of its own) the root's own parameters gathered, and its float32 gradient before the
@@ -267,7 +270,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
                                "output layer working set", "FSDP root gathered", "FSDP root gradient",
                                "FSDP layers gathered")
         if credit_trains else phase(),
-        "policy update": phase("policy gradients", "policy activations", "layer working set",
+        "policy update": phase("output layer gradient", "policy activations", "layer working set",
                                "output layer working set", "FSDP root gathered",
                                "FSDP root gradient", "FSDP layers gathered"),
         "credit backward's end": phase("credit gradients", "credit tied embedding gradient"),
