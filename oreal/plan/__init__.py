@@ -217,6 +217,8 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     # at the activations' peak (the backward's start) the only whole gradient is the output
     # layer's, from the chunked head's backward; the layers' come as their activations go
     parts["output layer gradient"] = (shape.head or shape.embed) * w if not cfg.fsdp and not lora else 0
+    credit_out = {"logprob": shape.head or shape.embed, "token_head": shape.hidden}.get(credit_kind, 0)
+    parts["credit output layer gradient"] = credit_out * w if not cfg.fsdp else 0
     parts["tied embedding gradient"] = 2 * shape.embed * w if tied and not lora else 0
     parts["credit tied embedding gradient"] = 2 * shape.embed * w if tied and credit_kind == "logprob" else 0
     if cfg.fsdp:  # (one rank too: FSDP2 gathers into buffers of its own) the root's own parameters gathered, and its float32 gradient before the
@@ -266,7 +268,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     phases = {
         "load": phase(),
         "rollout": phase("engine weights", "engine KV cache"),
-        "credit update": phase("credit gradients", "credit activations", "layer working set",
+        "credit update": phase("credit output layer gradient", "credit activations", "layer working set",
                                "output layer working set", "FSDP root gathered", "FSDP root gradient",
                                "FSDP layers gathered")
         if credit_trains else phase(),
