@@ -10,6 +10,7 @@ from . import distributed as dist_utils
 from .data.prompts import PromptConfig, render
 from .data.records import Problem
 from .rollout import SamplingConfig
+from .rollout.lengths import fit_max_new_tokens, is_auto, token_lengths
 from .verify import count_statuses
 
 
@@ -74,11 +75,28 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
         yield from zip(chunk, groups, verdicts)
 
 
+def fit_sampling(sampling: SamplingConfig, engine, tokenizer, problems: list[Problem],
+                 prompt: PromptConfig | None = None,
+                 key: str = "sampling.max_new_tokens") -> tuple[SamplingConfig, str | None]:
+    """`sampling` with max_new_tokens=auto resolved for these problems on this engine: what its
+    max_model_len leaves after the longest prompt, at most 1024 (`rollout.lengths.fit_max_new_tokens`),
+    and the line that says so (None: a number given, kept)."""
+    if not is_auto(sampling.max_new_tokens):
+        return sampling, None
+    from dataclasses import replace
+
+    lengths = token_lengths(tokenizer, [render(p.prompt, tokenizer, prompt) for p in problems])
+    n, said = fit_max_new_tokens(sampling.max_new_tokens, lengths, engine.max_model_len, key=key)
+    return replace(sampling, max_new_tokens=n), said
+
+
 def measure_pass_rates(problems: list[Problem], engine, tokenizer, verifier, k: int, sampling: SamplingConfig,
                        prompt: PromptConfig | None = None, batch: int = 64, seed: int = 0,
                        progress: bool = False) -> list[Problem]:
     """Fill in each problem's `pass_rate` (correct out of K samples), for difficulty balancing."""
     from tqdm import tqdm
+
+    sampling = fit_sampling(sampling, engine, tokenizer, problems, prompt)[0]
 
     with tqdm(total=len(problems), desc="passrate", unit="q", file=sys.stderr, disable=not progress) as bar:
         for p, _, verdicts in sample_and_grade(engine, tokenizer, problems, verifier, k, sampling, prompt,
@@ -95,7 +113,7 @@ def evaluate(engine, tokenizer, problems: list[Problem], verifier, k: int = 1,
     """pass@1 / pass@k / maj@k of K samples per problem, and by subject, level and skill. Under
     torch.distributed every rank must call it with the same problems: each samples and grades its
     contiguous share and every rank returns the summary of the whole set, as one process would."""
-    sampling = sampling or SamplingConfig()
+    sampling = fit_sampling(sampling or SamplingConfig(), engine, tokenizer, problems, prompt)[0]  # auto: fitted
     rows = dist_utils.all_gather_list(_graded_share(engine, tokenizer, problems, verifier, k, sampling, prompt,
                                                     seed, batch_prompts, progress, keep_samples))
     per_problem, verdicts_all = [], []

@@ -52,11 +52,17 @@ def test_an_architecture_samples_scores_and_shards(arch, arch_dirs, prompts, tmp
     assert len(decoder_layers(model, required=True)) == layers
     rm = load_token_head(path)
     assert len(decoder_layers(rm.backbone, required=True)) == layers and rm.score.bias is None
-    # the token RM: backbone + scalar head, saved where plain transformers reads the backbone back
+    # the token RM: backbone + scalar head, saved where plain transformers reads the backbone back;
+    # a trained head (a new one is zero: a head lost on the way would still compare equal)
+    torch.nn.init.normal_(rm.score.weight)
     rm.save(tmp_path / "rm", tok)
     again = load_token_head(str(tmp_path / "rm"))
+    into = load_token_head(path)  # a new model loading the saved one, as a resume does
+    into.load(tmp_path / "rm")
     w = rm.eval().scores(ids, attn, ids[:, 1:])
-    assert w.shape == ids[:, 1:].shape and torch.equal(w, again.eval().scores(ids, attn, ids[:, 1:]))
+    assert w.shape == ids[:, 1:].shape and not torch.equal(w, torch.zeros_like(w))
+    assert torch.equal(w, again.eval().scores(ids, attn, ids[:, 1:]))
+    assert torch.equal(w, into.eval().scores(ids, attn, ids[:, 1:]))
     plain = AutoModel.from_pretrained(tmp_path / "rm").eval()
     head = load_file(str(tmp_path / "rm" / "token_head.safetensors"))["score.weight"]
     by_hand = (plain(input_ids=ids, attention_mask=attn).last_hidden_state @ head.T)[:, :-1, 0]

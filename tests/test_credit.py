@@ -132,12 +132,16 @@ def test_credit_models_by_name_behind_one_interface(tiny, tmp_path):
     for kind in ("token_head", "logprob", "surprise"):
         torch.manual_seed(0)
         credit = load_credit_model(kind, path, init=(3.0, 0.25))
+        if kind == "token_head":  # a trained head, not the zero-initialised one a new model also has
+            torch.nn.init.normal_(credit.score.weight)
         with torch.no_grad():
             w = credit.scores(ids, attn, targets)
         assert w.shape == targets.shape
         credit.save(tmp_path / kind, tok)
-        torch.manual_seed(1)  # a different new head: the load must replace it
+        torch.manual_seed(1)  # a new model (a zero head, a, b at 1, 0): the load must replace it
         back = load_credit_model(kind, path)
+        with torch.no_grad():
+            assert not torch.equal(back.scores(ids, attn, targets), w), kind  # so an unchanged one fails below
         back.load(tmp_path / kind)
         with torch.no_grad():
             assert torch.equal(back.scores(ids, attn, targets), w), kind
@@ -164,12 +168,27 @@ def test_a_new_credit_model_is_a_builder_and_one_registry_line(monkeypatch, tmp_
     cfg = build_config(None, [f"out={tmp_path / 'run'}", "algo.credit=frozen_at_init", "steps=1", "batch_questions=4",
                               "samples=4", "threads=1", "sampling.max_new_tokens=24", "algo.actor_freeze_steps=0",
                               "prompt.use_chat_template=false", "prompt.system=null"])
-    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    tr = Trainer(cfg, _AlternateSamples(), log=lambda *a: None)
     try:
         assert tr.credit.model is built[0]
+        before = [p.detach().clone() for p in built[0].calibration()]
         m = tr.step().metrics
-        assert m["skipped"] or m["credit_loss"] is not None
+        # a real step (every question half right: none filtered) that changed the model's weights
+        assert not m["skipped"] and m["credit_loss"] is not None and m["kept_questions"] == 4
+        after = built[0].calibration()
+        assert all(p.requires_grad for p in after) and not any(torch.equal(a, b) for a, b in zip(before, after))
+        assert not any(p.requires_grad for p in built[0].lm.parameters())  # the LM stays frozen
         tr.save(tmp_path / "final")
         assert (tmp_path / "final" / "credit" / "credit_head.json").exists()
     finally:
         tr.close()
+
+
+class _AlternateSamples:
+    """A verifier that grades every other response of a question right: no question is all right
+    or all wrong, so a step never skips its update."""
+
+    def verify_batch(self, items, extract="boxed", questions=None):
+        from oreal.verify.verifier import Verdict
+
+        return [Verdict(i % 2 == 0, "ok") for i, _ in enumerate(items)]

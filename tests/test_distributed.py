@@ -254,11 +254,45 @@ def test_bf16_compute_with_the_logprob_credit_on_two_ranks(tmp_path):
 @pytest.mark.slow
 def test_fewer_questions_than_ranks_is_refused_before_any_collective(tmp_path):
     """Issue 32: batch_questions=1 on 2 FSDP2 ranks aborted in gloo (a rank without questions
-    never entered the sampler's all-gather; on NCCL it hangs). Now a one-line error on every rank."""
+    never entered the sampler's all-gather; on NCCL it hangs). Now a one-line error, raised on
+    every rank and printed once (issue 40: once per rank), by rank 0."""
     env, cli = _write_cfg(tmp_path)
     out = _torchrun(env, cli, f"out={tmp_path / 'run'}", "fsdp=true", "batch_questions=1")
     assert out.returncode != 0
-    assert "batch_questions=1 on 2 ranks" in out.stderr and "oreal/" not in out.stderr  # no traceback of ours
+    said = [x for x in out.stderr.splitlines() if "batch_questions=1 on 2 ranks" in x]
+    assert len(said) == 1 and said[0].startswith("oreal train: batch_questions=1"), out.stderr[-3000:]
+    assert "oreal/" not in out.stderr  # no traceback of ours
+
+
+def test_a_refusal_is_said_by_rank_0_and_by_another_rank_only_where_it_differs(monkeypatch, capsys):
+    """Under torchrun rank 0 prints a refusal and leaves it in the launch's store; another rank
+    prints its own (marked with its rank) only where rank 0's differs or never came (an error of
+    that rank alone must not go unsaid)."""
+    import oreal.cli as cli
+
+    class Store(dict):
+        def set(self, k, v):
+            self[k] = v.encode()
+
+        def wait(self, keys, timeout):
+            if not all(k in self for k in keys):
+                raise TimeoutError
+
+        def get(self, k):
+            return self[k]
+
+    store = Store()
+    monkeypatch.setattr(cli, "_launch_store", lambda: store)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    said = []
+    for rank, message in (("0", "oreal train: same"), ("1", "oreal train: same"), ("1", "oreal train: mine")):
+        monkeypatch.setenv("RANK", rank)
+        cli._says(message)
+        said.append(capsys.readouterr().err)
+    assert said == ["oreal train: same\n", "", "[rank 1] oreal train: mine\n"]
+    store.clear()  # rank 0 said nothing (it waits in a collective): rank 1 says its own
+    cli._says("oreal train: mine")
+    assert capsys.readouterr().err == "[rank 1] oreal train: mine\n"
 
 
 def _run_script(tmp_path, code: str, nproc: int = 2) -> list[dict]:

@@ -72,10 +72,15 @@ def test_token_rm_saves_and_loads_and_plain_transformers_reads_it(tiny, tmp_path
 
     path, _, tok, _ = tiny
     rm = load_token_head(path)
+    torch.nn.init.normal_(rm.score.weight)  # a trained head: a new one is zero, and a lost head would pass
     rm.save(tmp_path / "rm", tok)
     again = load_token_head(str(tmp_path / "rm"))
+    into = load_token_head(path)  # a new model loading the saved one (a checkpoint's resume)
+    into.load(tmp_path / "rm")
     ids, attn = torch.tensor([[1, 5, 7, 9]]), torch.ones(1, 4, dtype=torch.long)
-    assert torch.equal(rm.scores(ids, attn, ids[:, 1:]), again.scores(ids, attn, ids[:, 1:]))
+    w = rm.scores(ids, attn, ids[:, 1:])
+    assert not torch.equal(w, load_token_head(path).scores(ids, attn, ids[:, 1:]))  # a new head scores otherwise
+    assert torch.equal(w, again.scores(ids, attn, ids[:, 1:])) and torch.equal(w, into.scores(ids, attn, ids[:, 1:]))
     plain = AutoModel.from_pretrained(tmp_path / "rm")  # the backbone, with transformers alone
     head = load_file(str(tmp_path / "rm" / "token_head.safetensors"))["score.weight"]
     by_hand = (plain(ids).last_hidden_state @ head.T)[:, :-1, 0]

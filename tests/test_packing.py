@@ -122,3 +122,64 @@ def test_pack_auto_packs_only_where_the_attention_is_varlen(tiny):
     assert model.config._attn_implementation == "sdpa" and not packs("auto", model)
     flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
     assert packs("auto", flash) and packs(True, model) and not packs(False, flash)
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
+def test_the_filler_micro_batch_adds_exactly_zero_to_every_sum_and_gradient(tmp_path, verifier, monkeypatch, pack):
+    """Under FSDP2 a rank with fewer micro-batches than the busiest runs all-padding ones
+    (`Trainer.micro_batches`: rows None, `SelectedBatch.padding`) so that every rank makes the same
+    collectives. Each must add exactly 0.0 to every loss sum (policy, KL, entropy, the engine ratio's
+    and truncated IS's, the credit model's BCE and accuracy) and to every gradient of the policy and
+    of the credit model: the update with one is the update without it, to the bit."""
+    import oreal.recipes.train as train_mod
+    import oreal.training.credit as credit_mod
+    from oreal import distributed as dist_utils
+    from oreal.recipes.train import Trainer
+    from oreal.training.config import build_config
+
+    cfg = build_config(None, [f"out={tmp_path}", "threads=1", "micro_batch=2", "algo.credit=logprob", "algo.tis_cap=2.0",
+                              "algo.actor_freeze_steps=0", "sampling.max_new_tokens=16", f"pack={str(pack).lower()}",
+                              "prompt.use_chat_template=false", "prompt.system=null"])
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    grads = {}
+
+    def no_step(model, opt, sched, clip, loss_sum):  # the gradients as the step would see them; no step
+        grads[model is tr.policy] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return True
+
+    monkeypatch.setattr(train_mod, "guarded_step", no_step)
+    monkeypatch.setattr(credit_mod, "guarded_step", no_step)
+    vocab = min(len(tr.tok), tr.policy.get_input_embeddings().num_embeddings)
+    g = torch.Generator().manual_seed(0)
+    seqs = [(torch.randint(3, vocab, (p,), generator=g).tolist(), torch.randint(3, vocab, (r,), generator=g).tolist())
+            for p, r in LENGTHS]
+    ids, attn, targets, mask = batch_tensors(seqs, tr.tok.pad_token_id)
+    batch = SelectedBatch([(0, 0), (0, 1), (1, 0), (1, 1)], ids, attn, targets, mask, torch.tensor([1.0, 0.0, 1.0, 0.0]),
+                          torch.tensor([0.5, -0.5, 0.25, -0.25]), [p + r for p, r in LENGTHS], -0.5 * mask)
+
+    def update(fillers: int):
+        monkeypatch.setattr(dist_utils, "max_int", lambda n: n + fillers)  # the busiest rank's count
+        tr.fsdp = True  # only under FSDP2 does a rank pad to that count
+        try:
+            micro = tr.micro_batches(batch)
+        finally:
+            tr.fsdp = False
+        counts = tr._token_counts(batch, len(batch.rows))[0]
+        torch.manual_seed(0)
+        credit = tr.credit.update(batch, micro, counts)
+        policy = tr.policy_update(micro, torch.ones_like(batch.mask), counts)  # both sides' terms non-zero
+        return [mb.real for mb in micro], credit, policy, dict(grads)
+
+    real, credit, policy, g0 = update(0)
+    real1, credit1, policy1, g1 = update(1)
+    tr.close()
+    assert real == [True, True] and real1 == [True, True, False]  # one filler, last
+    assert policy1.sums == policy.sums and policy.sums["tis_tokens"] > 0
+    assert policy.sums["loss_pos"] != 0 and policy.sums["loss_neg"] != 0 and policy.sums["entropy"] != 0
+    assert policy1.ratio_max == policy.ratio_max
+    assert (credit1.loss, credit1.acc, credit1.pair_rank) == (credit.loss, credit.acc, credit.pair_rank)
+    assert torch.equal(credit1.scores, credit.scores)
+    for model in (True, False):  # the policy's gradients, the credit model's
+        assert g0[model].keys() == g1[model].keys() and g0[model]
+        for n, grad in g0[model].items():  # bit for bit (a filler's +0.0 would even flip a -0.0)
+            assert torch.equal(grad.view(torch.int32), g1[model][n].view(torch.int32)), n

@@ -166,10 +166,12 @@ def test_difficulty_balancing_is_wired_into_training(tmp_path, verifier):
     tr = Trainer(cfg, verifier, log=lambda *a: None)
     assert len(tr.problems) == 6 + 4 + 4 + 2 + 0 + 6
     tr.close()
-    # the reference's 1,024 response tokens do not fit the embedded model's 256 positions: every
-    # engine refuses before the first step (hf_sampler sampled past its positions without a word)
+    # 1,024 response tokens given explicitly do not fit the embedded model's 256 positions: every
+    # engine refuses before the first step (hf_sampler sampled past its positions without a word);
+    # the default (auto) fits them (tests/test_lengths.py)
     too_long = build_config(None, [f"out={tmp_path / 'run3'}", f"data={tmp_path / 'rated.jsonl'}",
-                                   "data_preset=oreal_records", "eval_data=null", "prompt.use_chat_template=false"])
+                                   "data_preset=oreal_records", "eval_data=null", "prompt.use_chat_template=false",
+                                   "sampling.max_new_tokens=1024"])
     for engine in ("hf_sampler", "hf_device", "hf_generate"):
         too_long.engine = engine
         with pytest.raises(ConfigError, match=f"engine={engine}: a prompt of 12 tokens \\+ max_new_tokens 1024 "

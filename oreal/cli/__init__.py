@@ -100,6 +100,45 @@ def exit_code(e: BaseException) -> int | None:
     return next((code for cls, code in EXIT_CODES.items() if isinstance(e, cls)), None)
 
 
+def _says(message: str) -> None:
+    """A refusal or an interruption on stderr, once per launch. Under torchrun every rank meets the
+    same config and data and raises the same error: rank 0 prints it and leaves it in the launch's
+    store; another rank prints its own (marked with its rank) only where rank 0's differs or has not
+    come within a few seconds (an error of that rank alone: its device, its node's files)."""
+    import os
+
+    rank, world = os.environ.get("RANK") or "0", int(os.environ.get("WORLD_SIZE") or 1)
+    store = _launch_store() if world > 1 else None
+    key = f"oreal/said/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    said = None
+    try:
+        if rank == "0" and store is not None:
+            store.set(key, message)
+        elif store is not None:
+            from datetime import timedelta
+
+            store.wait([key], timedelta(seconds=10))
+            said = store.get(key).decode()
+    except Exception:  # no store, or rank 0 said nothing in time: this rank says it
+        pass
+    if rank == "0" or said != message:
+        print(message if rank == "0" else f"[rank {rank}] {message}", file=sys.stderr)
+
+
+def _launch_store():
+    """A client of the key-value store of the torchrun launch (MASTER_ADDR:MASTER_PORT), or None."""
+    import os
+    from datetime import timedelta
+
+    try:
+        from torch.distributed import TCPStore
+
+        return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                        timeout=timedelta(seconds=10))
+    except Exception:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_openmp_spin()  # before torch loads OpenMP
     # a log line reaches a pipe (`| tee`, a supervisor, a test) when it is printed, not when 8 KB
@@ -125,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # a Ctrl-C outside training's own handler, or a second one inside it
-        print(f"\noreal {name}: interrupted; nothing more was saved", file=sys.stderr)
+        _says(f"\noreal {name}: interrupted; nothing more was saved")
         return INTERRUPTED
     except Exception as e:
         code = exit_code(e)
         if code is None:
             raise
-        print(f"oreal {name}: {e}", file=sys.stderr)
+        _says(f"oreal {name}: {e}")
         return code

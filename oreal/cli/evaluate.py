@@ -13,6 +13,7 @@ from ..rollout.registry import ENGINE_NAMES
 from . import HelpFormatter, non_negative_float, positive_int, unit_float
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # when neither --max-new-tokens nor the run sets it: at most what the engine fits
+# (oreal.rollout.lengths.AUTO_CAP; a literal here: building the parser imports no torch)
 
 
 def add_parser(sub) -> None:
@@ -57,7 +58,8 @@ def _plan(args) -> dict:
 
     plan = dict(model=args.model, data=args.data, data_dir=args.data_dir, preset=args.preset, limit=args.limit,
                 k=1, temperature=1.0, top_p=1.0, max_new_tokens=None, seed=EVAL_SEED, engine="auto",
-                dtype="float32", device="cpu", prompt=PromptConfig())
+                dtype="float32", device="cpu", prompt=PromptConfig(), options=None)
+    cfg = None
     if args.run:
         from pathlib import Path
 
@@ -73,8 +75,8 @@ def _plan(args) -> dict:
                               f"with --model {run}/checkpoints/step_N/policy --data ...")
         plan.update(model=str(policy), data=cfg.eval_data, data_dir=cfg.data_dir, limit=cfg.eval_limit,
                     k=cfg.eval_k, temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                    max_new_tokens=cfg.sampling.max_new_tokens, engine=cfg.engine, dtype=cfg.dtype,
-                    device=cfg.device, prompt=cfg.prompt)
+                    max_new_tokens=None if cfg.sampling.max_new_tokens == "auto" else cfg.sampling.max_new_tokens,
+                    engine=cfg.engine, dtype=cfg.dtype, device=cfg.device, prompt=cfg.prompt)
     for key in ("model", "data", "data_dir", "preset", "limit", "k", "temperature", "top_p", "max_new_tokens",
                 "seed", "engine", "dtype", "device"):
         if getattr(args, key) is not None:
@@ -91,25 +93,13 @@ def _plan(args) -> dict:
         raise ConfigError("give --run RUN_DIR, or --model and --data")
     if "{question}" not in plan["prompt"].plain_template:
         raise ConfigError("--prompt-template must contain {question}")
-    from ..rollout import check_installed
+    from ..rollout import check_installed, options_class, resolve_engine
 
     check_installed(plan["engine"])
+    name = resolve_engine(plan["engine"], plan["device"])
+    if cfg is not None and options_class(name):  # the engine's own settings as the run had them (its vllm.*)
+        plan["options"] = getattr(cfg, name)
     return plan
-
-
-def _max_new_tokens(given: int | None, engine, tok, problems, prompt) -> int:
-    """A value given (by the flag or the run) is kept, and refused by the engine if it does not fit;
-    the default is capped at what the engine's max_model_len leaves, and says so, on every engine."""
-    from ..data import longest_prompt_tokens
-
-    if given is not None or engine.max_model_len is None:
-        return given or DEFAULT_MAX_NEW_TOKENS
-    longest = longest_prompt_tokens([p.prompt for p in problems], tok, prompt)
-    room = engine.max_model_len - longest
-    if room < DEFAULT_MAX_NEW_TOKENS:
-        print(f"max_new_tokens: {max(room, 1)} (the engine's max_model_len {engine.max_model_len} less the longest "
-              f"prompt's {longest} tokens; --max-new-tokens sets it)", file=sys.stderr)
-    return max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
 
 
 def run(args) -> int:
@@ -119,14 +109,18 @@ def run(args) -> int:
     check_device(plan["device"])
     if args.out:
         writable_file(args.out, f"--out {args.out}")
-    from ..data import load_list
+    from transformers import AutoConfig
+
+    from ..data import load_list, render
     from ..evaluation import evaluate
     from ..preflight import write_text
     from ..models import load_policy, load_tokenizer, resolve_model_path
     from ..rollout import EngineSetup, SamplingConfig, engine_class, make_engine
+    from ..rollout.lengths import check_prompts_fit, fit_max_new_tokens, token_lengths, window_of
     from ..verify import Verifier
 
-    engine_class(plan["engine"], plan["device"]).preflight(resolve_model_path(plan["model"]))  # before loading
+    model_dir = resolve_model_path(plan["model"])
+    engine_class(plan["engine"], plan["device"]).preflight(model_dir)  # before loading
     problems = load_list(plan["data"], data_dir_=plan["data_dir"], preset=plan["preset"])
     if plan["limit"]:
         problems = problems[: plan["limit"]]
@@ -134,12 +128,20 @@ def run(args) -> int:
         for p in problems:
             p.extract = args.extract
     tok = load_tokenizer(plan["model"])
+    lengths = token_lengths(tok, [render(p.prompt, tok, plan["prompt"]) for p in problems])
+    # prompts that cannot fit the model at all: refused from its config.json, before the weights load
+    check_prompts_fit(lengths, window_of(AutoConfig.from_pretrained(model_dir), plan["options"]))
     model = load_policy(plan["model"], plan["dtype"], plan["device"])
     with Verifier(workers=2) as v:
-        engine = make_engine(plan["engine"], model, tok, EngineSetup(resolve_model_path(plan["model"]),
-                                                                     dtype=plan["dtype"]))
+        engine = make_engine(plan["engine"], model, tok, EngineSetup(model_dir, plan["options"], dtype=plan["dtype"]))
         try:
-            plan["max_new_tokens"] = _max_new_tokens(plan["max_new_tokens"], engine, tok, problems, plan["prompt"])
+            # a value given (by the flag or the run) is kept, and refused by the engine if it does not fit;
+            # auto (none given) is what the engine's max_model_len leaves after the longest prompt, at most
+            # 1024, said in one line
+            plan["max_new_tokens"], said = fit_max_new_tokens(plan["max_new_tokens"], lengths, engine.max_model_len,
+                                                              key="max_new_tokens", how="--max-new-tokens sets it")
+            if said:
+                print(said, file=sys.stderr)
             sampling = SamplingConfig(temperature=plan["temperature"], top_p=plan["top_p"],
                                       max_new_tokens=plan["max_new_tokens"])
             res = evaluate(engine, tok, problems, v, k=plan["k"], sampling=sampling, prompt=plan["prompt"],

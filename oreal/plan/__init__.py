@@ -139,6 +139,14 @@ _REMEDY = {
 }
 
 
+def _fitted(cfg, shape: ModelShape, prompt_tokens: int):
+    """`cfg` with sampling.max_new_tokens=auto resolved for the prompt on the shape's positions (a
+    plan made through `plan_config` has it resolved already, from the policy's config)."""
+    from ..training.lengths import fitted_to
+
+    return fitted_to(cfg, shape.max_positions or None, prompt_tokens)[0]
+
+
 def _row_tokens(cfg, prompt_tokens: int) -> int:
     return prompt_tokens + cfg.sampling.max_new_tokens
 
@@ -161,6 +169,7 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
     `gpu_memory_gb` each (0: no budget to check). `tokens`: the micro-batch's tokens to plan the
     activations for (None: the largest the config allows); `activations`: `activation_model`'s
     coefficients (None: probed)."""
+    cfg = _fitted(cfg, shape, prompt_tokens)
     world = max(1, gpus)
     shard = world if cfg.fsdp else 1
     w = dtype_bytes(cfg.dtype)  # weights as stored (float32 masters under mixed precision)
@@ -313,6 +322,7 @@ def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, t
 
     from ..data import load_list, longest_prompt_tokens
     from ..models import load_tokenizer, resolve_model_path
+    from ..training.lengths import engine_window, fitted_to
 
     if config is None:  # a built model passes its own
         path = resolve_model_path(cfg.policy)
@@ -327,12 +337,16 @@ def plan_config(cfg, gpus: int = 1, gpu_memory_gb: float = 0.0, problems=None, t
         prompt = longest_prompt_tokens([p.prompt for p in problems], tok, cfg.prompt)
     else:
         prompt = prompt_tokens
+    cfg, said = fitted_to(cfg, engine_window(cfg, config), prompt)  # max_new_tokens=auto, as the trainer fits it
     attn = attention_of(cfg, config)
     packed = cfg.pack is True or (cfg.pack == "auto" and attn.startswith("flash"))
     shape = ModelShape.from_config(config)
     if cfg.micro_batch_tokens == "auto":
-        return fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn)
-    return plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn)
+        memory = fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn)
+    else:
+        memory = plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn)
+    memory.notes += [f"note: {said}"] if said else []
+    return memory
 
 
 AUTO_SHARE = 0.9  # auto fills at most this share of a GPU: CUDA's context and the allocator's fragmentation
@@ -343,6 +357,7 @@ def fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt,
     peak is within `AUTO_SHARE` of the budget; its `tokens` is the budget `micro_batch_tokens=auto`
     takes (one row where only the whole budget holds it). Without a budget (CPU), the whole
     `micro_batch`."""
+    cfg = _fitted(cfg, shape, prompt)
     most = micro_batch_tokens(cfg, prompt, packed)
     if not gpu_memory_gb:
         return plan_run(cfg, shape, config_json, gpus, gpu_memory_gb, prompt, packed, attn, tokens=most)
@@ -366,12 +381,14 @@ def fit_micro_batch_tokens(cfg, shape, config_json, gpus, gpu_memory_gb, prompt,
     return top if roomy(top) else best
 
 
-def plan_memory(cfg, world: int, problems=None, tokenizer=None, policy_config=None, log=print) -> tuple[list | None, int]:
+def plan_memory(cfg, world: int, problems=None, tokenizer=None, policy_config=None, log=print,
+                prompt_tokens: int | None = None) -> tuple[list | None, int]:
     """The trainer's start-up check, before any weights load: on a GPU a config whose plan does not
     fit the device is refused (`ConfigError`, one line naming the phase, the part and the setting
     to change). Returns the problems it read (so the data loads once) and the micro-batch token
     budget (`micro_batch_tokens=auto`: the largest that fits on a GPU; off on CPU, where a budget
-    from the free memory would change the batching, and so the last bits, from run to run)."""
+    from the free memory would change the batching, and so the last bits, from run to run).
+    `prompt_tokens`: the longest prompt, where the caller has measured it (else measured here)."""
     from ..config import ConfigError
     from ..data import load_list
     from ..distributed import local_device
@@ -381,10 +398,10 @@ def plan_memory(cfg, world: int, problems=None, tokenizer=None, policy_config=No
     if not cfg.device.startswith("cuda"):
         return problems, 0 if auto else cfg.micro_batch_tokens
     gpu_gb = torch.cuda.get_device_properties(torch.device(local_device(cfg.device))).total_memory / GiB
-    if problems is None:
+    if problems is None and prompt_tokens is None:
         problems = load_list(cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
-    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-    memory = plan_config(cfg, world, gpu_gb, problems, tok, policy_config)
+    tok = tokenizer if tokenizer is not None or prompt_tokens is not None else load_tokenizer(cfg.policy)
+    memory = plan_config(cfg, world, gpu_gb, problems, tok, policy_config, prompt_tokens)
     refusal = memory.refusal()
     if refusal:
         raise ConfigError(refusal)

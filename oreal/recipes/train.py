@@ -21,7 +21,7 @@ from .. import algo, evaluation, faults
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..config import to_dict
-from ..data import Problem, balance, load_list, longest_prompt_tokens
+from ..data import Problem, balance, load_list
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, load_credit_model, load_policy, load_tokenizer,
                       resolve_model_path, shard_lm, torch_dtype, unwrapped)
@@ -37,6 +37,7 @@ from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatc
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig, check_environment
+from ..training.lengths import as_fitted, fit_lengths
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -87,8 +88,11 @@ class Trainer(Checkpointing):
             if not cfg.threads:
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
         torch.manual_seed(cfg.seed)
-        problems, self.micro_batch_tokens = plan_memory(  # before any weights load; on a GPU, refused if it won't fit
-            cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log)
+        # the prompts against the model's window (max_new_tokens=auto fitted, said once), then the
+        # memory plan (on a GPU, refused if it won't fit): both before any weights load
+        self.cfg, problems, tokenizer, longest = fit_lengths(cfg, problems, tokenizer, policy, self.log)
+        problems, self.micro_batch_tokens = plan_memory(
+            self.cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log, longest)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
         self._setup_optimizers()
@@ -97,7 +101,7 @@ class Trainer(Checkpointing):
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
             cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, self._token_logprobs))
         self._exit.callback(self.engine.close)
-        self._check_prompt_lengths()
+        check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)  # the engine's own window, any engine
         self.pack = packs(cfg.pack, self.policy)
         self._check_forwards()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -120,8 +124,6 @@ class Trainer(Checkpointing):
             if next(policy.parameters()).dtype != torch_dtype(cfg.dtype):
                 raise ConfigError(f"dtype: the model given is {next(policy.parameters()).dtype}, the config says "
                                   f"{cfg.dtype}; set dtype to match")
-            if tokenizer is None:
-                raise ConfigError("a built model needs its tokenizer: pass tokenizer=")
             import tempfile
 
             self.policy_dir = self._exit.enter_context(tempfile.TemporaryDirectory(prefix="oreal-policy-"))
@@ -166,12 +168,6 @@ class Trainer(Checkpointing):
             else:
                 shard_lm(model, cfg.mixed_precision, cfg.cpu_offload)  # rank 0's weights in every rank's shards
         return model
-
-    def _check_prompt_lengths(self) -> None:
-        """The longest training prompt + max_new_tokens must fit the engine, whichever it is:
-        refused here, before the first step, rather than at the step that draws that prompt."""
-        longest = longest_prompt_tokens([p.prompt for p in self.problems], self.tok, self.cfg.prompt)
-        check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)
 
     def _check_forwards(self) -> None:
         """Each model's forwards checked before the first rollout (`check_forwards`)."""
@@ -448,6 +444,7 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None,
         trainer = Trainer(cfg, verifier, log, callbacks=callbacks)
     else:
         trainer.add_callbacks(callbacks or [])
+    cfg = as_fitted(cfg, trainer.cfg)  # config.yaml records the max_new_tokens auto took
     main = trainer.rank == 0  # under torchrun only rank 0 writes
     log = trainer.log
     if eval_set is None:

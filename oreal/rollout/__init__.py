@@ -7,8 +7,9 @@ from importlib import import_module
 from .registry import AUTO, ENGINE_NAMES, ENGINES, check_installed, engine_class, options_class, resolve_engine
 
 _LAZY = {name: "engine" for name in ("CacheMismatchError", "EngineSetup", "HFEngine", "HFGenerateEngine", "HFSampler",
-                                      "Rollout", "RolloutEngine", "SamplingConfig", "check_length", "eval_mode")}
-_LAZY.update(OnDeviceSampler="on_device", filter_logits="sampling", make_engine="factory")
+                                      "Rollout", "RolloutEngine", "SamplingConfig", "eval_mode")}
+_LAZY.update(OnDeviceSampler="on_device", filter_logits="sampling", make_engine="factory", check_length="lengths",
+             fit_max_new_tokens="lengths", window_of="lengths")
 
 
 def __getattr__(name):
@@ -19,5 +20,5 @@ def __getattr__(name):
 
 __all__ = ["AUTO", "CacheMismatchError", "ENGINES", "ENGINE_NAMES", "EngineSetup", "HFEngine", "HFGenerateEngine",
            "HFSampler", "OnDeviceSampler", "Rollout", "RolloutEngine", "SamplingConfig", "check_installed",
-           "check_length", "engine_class", "eval_mode", "filter_logits", "make_engine", "options_class",
-           "resolve_engine"]
+           "check_length", "engine_class", "eval_mode", "filter_logits", "fit_max_new_tokens", "make_engine",
+           "options_class", "resolve_engine", "window_of"]

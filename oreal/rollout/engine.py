@@ -19,6 +19,8 @@ from .. import distributed as dist_utils
 from ..config import setting
 from .kv_cache import base_model as _base_model
 from .kv_cache import preallocated_cache, sampling_attention
+# check_length: re-exported (vllm_engine and older imports take it from here)
+from .lengths import AUTO_CAP, check_length, check_max_new_tokens, check_number  # noqa: F401
 from .sampling import counter_uniform, row_keys, sample_from_logits
 
 
@@ -27,9 +29,14 @@ class SamplingConfig:
     temperature: float = setting(1.0, "sampling temperature (0: greedy)")
     top_p: float = setting(1.0, "nucleus sampling: keep the smallest set of tokens with this much mass")
     top_k: int = setting(0, "keep the k most likely tokens (0: off)")
-    max_new_tokens: int = setting(64, "response tokens at most; a response cut here is unfinished")
+    max_new_tokens: int | str | None = setting("auto", f"response tokens at most; a response cut here is unfinished "
+                                                       f"(auto: what the model's window leaves after the longest "
+                                                       f"prompt, at most {AUTO_CAP})")
     stop_strings: list[str] = setting(help="strings that end a response besides the stop token", factory=list)
     return_logprobs: bool = setting(True, "keep each sampled token's log-prob")
+
+    def __post_init__(self):
+        check_max_new_tokens(self.max_new_tokens)
 
 
 @dataclass
@@ -104,18 +111,6 @@ def model_max_len(model) -> int | None:
     return getattr(config, "max_position_embeddings", None)
 
 
-def check_length(engine, longest_prompt: int, max_new_tokens: int) -> None:
-    """Every engine refuses the same way: a prompt plus max_new_tokens past `max_model_len` is a
-    ConfigError, before any sampling (positions past the model's would sample garbage)."""
-    from ..errors import ConfigError
-
-    limit = engine.max_model_len
-    if limit is not None and longest_prompt + max_new_tokens > limit:
-        raise ConfigError(f"engine={engine.name}: a prompt of {longest_prompt} tokens + max_new_tokens "
-                          f"{max_new_tokens} exceeds the engine's max_model_len {limit}; lower "
-                          f"sampling.max_new_tokens (or shorten the prompts)")
-
-
 @contextmanager
 def eval_mode(model):
     """The model in eval mode for the block, then every submodule back in the mode it had,
@@ -176,6 +171,7 @@ class HFEngine:
         self.max_model_len = model_max_len(model)
 
     def sample(self, prompts, k, cfg, seed=None):
+        check_number(self, cfg.max_new_tokens)  # auto is resolved before an engine samples
         # inference_mode, not no_grad: no version counters or view tracking per op (6% of a demo
         # rollout); entered after FSDP2's gather, whose buffers must stay normal tensors
         with torch.no_grad(), dist_utils.gathered(self.model), eval_mode(self.model), torch.inference_mode():

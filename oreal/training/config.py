@@ -166,8 +166,9 @@ class TrainConfig:
     dump_max_mb: float = setting(20.0, "stop dumping trajectories past this size")
     algo: AlgoConfig = setting(help="the algorithm", factory=AlgoConfig)
     optim: OptimConfig = setting(help="optimisers and schedules", factory=OptimConfig)
-    sampling: SamplingConfig = setting(help="rollout sampling", factory=lambda: SamplingConfig(
-        temperature=1.0, top_p=0.9, max_new_tokens=1024))
+    sampling: SamplingConfig = setting(help="rollout sampling (max_new_tokens=auto: what the model's window leaves "
+                                            "after the longest training prompt, at most 1024)",
+                                       factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9))
     prompt: PromptConfig = setting(help="prompt rendering", factory=PromptConfig)
     reward: RewardConfig = setting(help="what grades a response (default: the math verifier)", factory=RewardConfig)
     skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
