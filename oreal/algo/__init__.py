@@ -10,10 +10,10 @@ from .losses import (KL_ESTIMATORS, engine_ratio, kl_penalty, truncated_is_weigh
                      normalise, pg_loss, pg_terms, positive_bc_loss, positive_bc_terms, token_entropy, token_logprobs)
 from .objective import LOSS_AGGREGATIONS, PolicyLoss, TokenCounts, policy_loss
 from .selection import SELECTIONS, Selection, pass_rate_filter, select, select_pairs
-from .credit import (TOKEN_WEIGHTS, masked_mean, pair_ranking, credit_correct, credit_correct_count, running_correctness,
+from .credit import (AUTO_INIT, TOKEN_WEIGHTS, auto_calibration, calibration_sums, masked_mean, pair_ranking, credit_correct, credit_correct_count, running_correctness,
                        token_importance_weights, credit_sequence_loss)
 
-__all__ = ["ADVANTAGE_ESTIMATORS", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "LOSS_NORMS", "OPTIONS", "OBJECTIVES",
+__all__ = ["ADVANTAGE_ESTIMATORS", "AUTO_INIT", "auto_calibration", "calibration_sums", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "LOSS_NORMS", "OPTIONS", "OBJECTIVES",
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
            "adv_none", "adv_rloo", "engine_ratio", "truncated_is_weights", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss", "negative_pg_terms",
            "normalise", "pair_ranking", "pass_rate_filter", "pg_loss", "pg_terms", "policy_loss", "positive_bc_loss", "positive_bc_terms", "resolve_algo",

@@ -80,8 +80,10 @@ class AlgoConfig:
     credit: str = setting("token_head", "the credit model behind the token weights: token_head (the paper's "
                                         "token RM) | logprob | surprise")
     credit_calib_lr: float = setting(0.05, "logprob / surprise: learning rate of the calibration a, b")
-    credit_init: list[float] = setting(help="logprob / surprise: a, b of w_t = a log pi(y_t) + b at the start",
-                                       factory=lambda: [1.0, 0.0])
+    credit_init: list[float] | str = setting("auto", "logprob / surprise: a, b of w_t = a log pi(y_t) + b at "
+                                             "the start, or auto: a = 1 and b from the first batch's log-probs, "
+                                             "so that the scores straddle tau (at 1, 0 a large vocabulary's "
+                                             "log-probs put every c_t near 0)")
     tau: float = setting(0.5, "threshold of the token weights on the running correctness c_t")
     token_weights_on: str = setting("both", "both (the paper) | negatives: positives are cloned with weight 1")
     weights_after_credit_step: bool = setting(False, "token weights from the token RM after its step on this batch "
@@ -125,6 +127,9 @@ class AlgoConfig:
                 raise ConfigError(f"algo.{key}: {getattr(self, key)!r} is not one of {sorted(allowed)}")
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
+        if isinstance(self.credit_init, str) and self.credit_init != "auto" or (
+                not isinstance(self.credit_init, str) and len(self.credit_init) != 2):
+            raise ConfigError(f"algo.credit_init: {self.credit_init!r}: auto, or a, b (e.g. [10, 1])")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:

@@ -128,3 +128,37 @@ def pair_ranking(scores: torch.Tensor, positive: torch.Tensor, groups: list) -> 
                 wins += 1.0 if p > q else 0.5 if p == q else 0.0
                 n += 1
     return wins, n
+
+
+# `algo.credit_init: auto`: the log-prob credit's calibration from the first batch's log-probs
+AUTO_INIT = "auto"
+CALIBRATION_SUMS = 6  # what `calibration_sums` gives and `auto_calibration` reads (summed over ranks)
+
+
+def calibration_sums(logp: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> list[float]:
+    """[sum of positives' mean log-probs, positives, the same for negatives, sum of all token
+    log-probs, tokens] of one rank's rows (empty rows left out): sums, so that every rank reaches
+    the same calibration from their totals (`oreal.distributed.sum_floats`)."""
+    m = mask.float()
+    real = m.sum(-1) > 0
+    seq = masked_mean(logp.float(), m).double()
+    pos = positive.bool() & real
+    neg = ~positive.bool() & real
+    return [seq[pos].sum().item(), float(pos.sum()), seq[neg].sum().item(), float(neg.sum()),
+            (logp.double() * m).sum().item(), m.sum().item()]
+
+
+def auto_calibration(sums: list[float], tau: float, scale: float = 1.0) -> tuple[float, float]:
+    """a, b of w_t = a log pi(y_t) + b such that the scores straddle the threshold tau: the midpoint
+    of the positives' and negatives' mean sequence log-probs (the mean token log-prob when a side is
+    missing) maps to logit(tau), so c_t = sigmoid(mean w) sits at tau there; a stays `scale`
+    (log-probs in nats). At a, b = 1, 0 a model with a large vocabulary starts with log-probs
+    near -log(vocab) and c_t near 0: no positive token passes tau = 0.5."""
+    pos_sum, n_pos, neg_sum, n_neg, tok_sum, n_tok = sums
+    if n_tok <= 0:
+        raise ValueError("algo.credit_init=auto: the first batch has no response tokens to calibrate on")
+    if n_pos > 0 and n_neg > 0:
+        mid = 0.5 * (pos_sum / n_pos + neg_sum / n_neg)
+    else:
+        mid = tok_sum / n_tok
+    return scale, math.log(tau / (1.0 - tau)) - scale * mid

@@ -204,6 +204,12 @@ class LogProbCredit(CreditModel):
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
 
+    def set_calibration(self, scale: float, offset: float) -> None:
+        """Set a and b in place (under FSDP2 each rank's shard: rank 0 holds them, the others none)."""
+        with torch.no_grad():
+            for p, v in zip(self.calibration(), (math.log(scale), float(offset))):
+                (p.to_local() if hasattr(p, "to_local") else p).fill_(v)
+
     def calibration(self) -> list[nn.Parameter]:
         return [getattr(self, k) for k in CALIBRATION]
 
@@ -273,9 +279,10 @@ CREDIT_MODELS = {
 
 
 def load_credit_model(kind: str, src: str, dtype: str = "float32", device="cpu",
-                      init: tuple[float, float] = (1.0, 0.0)) -> CreditModel:
+                      init: tuple[float, float] | str = (1.0, 0.0)) -> CreditModel:
     """The credit model `algo.credit` names, from a policy directory (a new head or a copy of the
-    policy) or from a directory an earlier run saved. `init`: a, b of a log-prob credit."""
+    policy) or from a directory an earlier run saved. `init`: a, b of a log-prob credit, or "auto"
+    (`algo.credit_init`): built at 1, 0, then calibrated on the first batch (`oreal.training.credit`)."""
     if kind not in CREDIT_MODELS:
         raise ValueError(f"unknown credit model {kind!r}; choose from {sorted(CREDIT_MODELS)}")
-    return CREDIT_MODELS[kind](src, dtype, device, init)
+    return CREDIT_MODELS[kind](src, dtype, device, (1.0, 0.0) if isinstance(init, str) else tuple(init))

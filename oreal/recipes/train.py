@@ -150,7 +150,7 @@ class Trainer(Checkpointing):
         self._credit_model = None
         if cfg.algo.uses_credit:
             self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
-                                                   load_to, tuple(cfg.algo.credit_init))
+                                                   load_to, cfg.algo.credit_init)
             set_attention(self._credit_model.inner, attn)  # whatever its builder loaded
             if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
                 self._credit_model.use_token_logprobs(self._token_logprobs)
@@ -182,7 +182,7 @@ class Trainer(Checkpointing):
                                               max(1, cfg.steps - cfg.algo.actor_freeze_steps), o.min_lr, o.eps,
                                               betas=o.betas)
         # token credit, one stage with its own optimiser (None: every token weighs 1)
-        self.credit = CreditStage(self._credit_model, cfg, self._clock) if self._credit_model is not None else None
+        self.credit = CreditStage(self._credit_model, cfg, self._clock, self.log) if self._credit_model is not None else None
 
     def _setup_data(self, problems: list[Problem] | None = None) -> None:
         cfg = self.cfg

@@ -113,6 +113,7 @@ class Checkpointing:
                 self.credit.model.after_optimizer_load(self.credit.opt)
         if self.credit is not None:
             self.credit.sched.load_state_dict(st["credit_sched"])
+            self.credit.calibrate = False  # the checkpoint's calibration, not a new one from the next batch
         self.sched.load_state_dict(st["sched"])
         self.sampler.load_state_dict(st["sampler"])
         self.select_gen.set_state(st["select_gen"])

@@ -25,9 +25,12 @@ _SUMS = ("loss", "correct")
 
 
 class CreditStage:
-    def __init__(self, model: CreditModel, cfg, clock=time.perf_counter):
+    def __init__(self, model: CreditModel, cfg, clock=time.perf_counter, log=print):
         o = cfg.optim
         self.model, self.algo, self.grad_clip, self.fsdp, self.clock = model, cfg.algo, o.grad_clip, cfg.fsdp, clock
+        self.log = log
+        # `algo.credit_init: auto`: a log-prob credit calibrated on its first batch (a resume loads its own)
+        self.calibrate = cfg.algo.credit_init == algo.AUTO_INIT and hasattr(model, "set_calibration")
         self.opt, self.sched = make_optimizer(model.param_groups(o.weight_decay, cfg.algo.credit_calib_lr),
                                               o.credit_lr, o.weight_decay, o.warmup, cfg.steps, o.credit_min_lr,
                                               o.eps, betas=o.betas)
@@ -53,6 +56,8 @@ class CreditStage:
         """The credit model's BCE on the outcomes (backward over all micro-batches, summed over
         ranks) and its optimiser step; `scores` in the stats are those before the step."""
         t0 = self.clock()
+        if self.calibrate:
+            self.auto_calibrate(batch, micro)
         sums = DeviceSums(_SUMS, batch.mask.device)
         scores = torch.zeros_like(batch.mask)
         self.opt.zero_grad(set_to_none=True)
@@ -79,6 +84,21 @@ class CreditStage:
             stats.pair_rank = wins / pairs if pairs else None
         stats.seconds = self.clock() - t0
         return stats
+
+
+    def auto_calibrate(self, batch: SelectedBatch, micro: list[MicroBatch]) -> tuple[float, float]:
+        """`algo.credit_init: auto`: a, b from this batch's log-probs under the model as built (a, b =
+        1, 0: its scores are the log-probs), from sums over every rank, so every rank sets the same
+        (`algo.auto_calibration`)."""
+        self.calibrate = False
+        self.model.set_calibration(1.0, 0.0)
+        logp = self.scores(batch, micro)
+        sums = dist_utils.sum_floats(algo.calibration_sums(logp, batch.mask, batch.positive))
+        a, b = algo.auto_calibration(sums, self.algo.tau)
+        self.model.set_calibration(a, b)
+        self.log(f"credit calibration (algo.credit_init=auto): a={a:.4g}, b={b:.4g} from the first batch's "
+                 f"log-probs (mean {sums[4] / max(sums[5], 1):.3f} over {int(sums[5])} tokens)")
+        return a, b
 
 
 def _pair_ranking(batch: SelectedBatch, scores: torch.Tensor) -> tuple[float, int]:
