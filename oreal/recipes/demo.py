@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data import load_list
 from ..verify import Verifier
 from ..training.config import build_config
+from ..training.model_card import write_model_card
 from ..training.rundir import check_run_dir
 from .train import Trainer, train
 
@@ -61,6 +62,7 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
     }
     out_dir = Path(cfg.out)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_model_card(out_dir / "final" / "policy", cfg, history, summary)  # the card with this before/after table
     from ..plots import learning_curve
 
     learning_curve(history, out_dir / "learning_curve.png", before["pass@1"], after["pass@1"])

@@ -29,6 +29,7 @@ from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..optim import guarded_step, make_optimizer
 from ..plan import plan_memory
 from ..training.credit import CreditStage
+from ..training.model_card import write_model_card
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
@@ -484,6 +485,8 @@ def train(cfg: TrainConfig, verifier, log=print, trainer: Trainer | None = None,
             for cb in step_end:
                 cb.on_train_end(trainer, history)
         trainer.save(out / "final")
+        if main:  # final/policy as the Hub takes it (`huggingface-cli upload`): a model card beside the weights
+            write_model_card(out / "final" / "policy", cfg, history)
     except OSError as e:  # metrics, dumps or final weights: a full disk is a message, not a traceback
         raise TrainingError(f"cannot write to run directory {out}: {e}") from None
     finally:
