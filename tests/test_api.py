@@ -208,22 +208,17 @@ def test_a_tensor_parallel_vllm_engine_is_refused_with_the_reason():
         build_config(None, ["vllm.tensor_parallel_size=2"])
 
 
-def test_keys_renamed_for_credit_still_load_with_a_one_line_notice(capsys, tmp_path):
+def test_a_key_from_before_the_credit_rename_is_an_unknown_key():
+    """0.1.0 has one name per thing: an old key (optim.rm_lr, token_rm, algo.positive_loss) is
+    refused as any unknown key is, naming it, and the old value credit=rm is not a credit model."""
     from oreal import OREALConfig
-    from oreal import config as config_module
     from oreal.config import ConfigError
-    from oreal.plots import read_metrics
     from oreal.training.config import build_config
 
-    config_module._NOTICED.clear()
-    cfg = build_config(None, ["optim.rm_lr=1e-3", "optim.rm_min_lr=1e-4", "algo.positive_loss=pg", "algo.name=grpo",
-                              "token_rm=/some/dir", "algo.weights_after_rm_step=true"])
-    assert (cfg.optim.credit_lr, cfg.optim.credit_min_lr, cfg.algo.objective, cfg.credit_from,
-            cfg.algo.weights_after_credit_step) == (1e-3, 1e-4, "pg", "/some/dir", True)
-    notices = capsys.readouterr().err.strip().splitlines()
-    assert len(notices) == 5 and all(x.startswith("oreal: config key '") and "is deprecated, use '" in x
-                                     for x in notices)
-    with pytest.raises(ConfigError, match="the same key"):
-        OREALConfig(optim={"rm_lr": 1.0, "credit_lr": 2.0})  # one section naming a key twice
-    (tmp_path / "m.jsonl").write_text('{"step": 1, "rm_loss": 0.5, "rm_acc": 0.75}\n')
-    assert read_metrics(tmp_path / "m.jsonl") == [{"step": 1, "credit_loss": 0.5, "credit_acc": 0.75}]
+    for old in ("optim.rm_lr=1e-3", "token_rm=/some/dir", "algo.positive_loss=pg"):
+        with pytest.raises(ConfigError, match=f"unknown config key '{old.split('=')[0]}'"):
+            build_config(None, [old])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.rm_lr'"):
+        OREALConfig(optim={"rm_lr": 1.0})
+    with pytest.raises(ConfigError, match="algo.credit"):
+        build_config(None, ["algo.credit=rm"])

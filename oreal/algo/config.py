@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from collections.abc import Mapping
-from typing import ClassVar
 
-from ..config import ConfigError, deprecated, setting
+from ..config import ConfigError, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .objective import LOSS_AGGREGATIONS, OBJECTIVES
@@ -38,7 +37,6 @@ class _CreditModels(Mapping):
         return len(self._names())
 
 
-RENAMED_VALUES = {("credit", "rm"): "token_head"}  # (key, old value) -> new value
 NO_TOKEN_WEIGHTS = "none"  # every token weighs 1; no credit model is loaded
 
 OPTIONS = {
@@ -101,13 +99,7 @@ class AlgoConfig:
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
                                   "pi_engine, cap) (0: off)")
 
-    RENAMED: ClassVar[dict] = {"positive_loss": "objective", "weights_after_rm_step": "weights_after_credit_step"}
-
     def __post_init__(self):
-        for (key, old), new in RENAMED_VALUES.items():
-            if getattr(self, key) == old:
-                deprecated(f"algo.{key}={old}", f"algo.{key}={new}")
-                setattr(self, key, new)
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
         for key, value in {**PRESET_DEFAULTS, **ALGORITHMS[self.name]}.items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -24,7 +23,6 @@ from .skills import SkillConfig
 
 @dataclass
 class OptimConfig:
-    RENAMED: ClassVar[dict] = {"rm_lr": "credit_lr", "rm_min_lr": "credit_min_lr"}
     lr: float = setting(5e-7, "policy learning rate at the peak")
     min_lr: float = setting(1e-7, "policy learning rate at the end of the cosine")
     credit_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
@@ -174,8 +172,6 @@ class TrainConfig:
     skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
     lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
     vllm: VLLMConfig = setting(help="the vLLM engine (engine=vllm)", factory=VLLMConfig)
-
-    RENAMED: ClassVar[dict] = {"token_rm": "credit_from"}
 
     def __post_init__(self):
         if isinstance(self.algo, str):  # a preset's name: TrainConfig(algo="grpo")
