@@ -222,3 +222,21 @@ def test_a_key_from_before_the_credit_rename_is_an_unknown_key():
         OREALConfig(optim={"rm_lr": 1.0})
     with pytest.raises(ConfigError, match="algo.credit"):
         build_config(None, ["algo.credit=rm"])
+
+
+def test_engine_sections_come_from_the_engine_registry():
+    """Each engine that declares its settings (`options` in ENGINES) has its config section under
+    its own name, validated as any section: no engine is wired into TrainConfig by hand."""
+    import dataclasses
+
+    from oreal.config import ConfigError
+    from oreal.rollout.registry import ENGINES, options_class
+    from oreal.training.config import TrainConfig, build_config
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    with_options = [n for n, spec in ENGINES.items() if spec.options]
+    assert with_options and all(isinstance(fields[n].default_factory(), options_class(n)) for n in with_options)
+    cfg = build_config(None, ["vllm.kv_cache_mb=7"])
+    assert cfg.vllm.kv_cache_mb == 7 and cfg.engine_options("vllm") is cfg.vllm and cfg.engine_options() is None
+    with pytest.raises(ConfigError, match="unknown config key 'vllm.nope'"):
+        build_config(None, ["vllm.nope=1"])
