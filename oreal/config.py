@@ -1,7 +1,7 @@
 """Typed configs: dataclasses filled from YAML plus `key=value` overrides, validated.
 
 An unknown key or a value of the wrong type is an error that names the key. Nested
-dataclasses are addressed with dots (`rollout.temperature=0.7`).
+dataclasses are addressed with dots (`sampling.temperature=0.7`).
 """
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     ax.set_title("reward and pass@1")
     ax.legend(fontsize=7)
     ax = axes[1]
-    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("credit_loss", "token-RM BCE")):
+    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("credit_loss", "credit model BCE")):
         pts = series(metrics, key)
         if pts:
             ax.plot(*zip(*pts), label=label)

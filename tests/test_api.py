@@ -86,7 +86,7 @@ def test_every_config_key_has_help_that_config_show_and_train_help_print(capsys)
 
 
 def test_a_directly_built_grpo_config_trains_grpo(tmp_path):
-    """OREALConfig(algo="grpo") from Python: no token RM, PG on every selected response, the
+    """OREALConfig(algo="grpo") from Python: no credit model, PG on every selected response, the
     actor updated from step 1; the same run as `oreal train ... algo.name=grpo`."""
     from oreal import OREALConfig, OREALTrainer
     from oreal.data import curriculum
@@ -99,7 +99,7 @@ def test_a_directly_built_grpo_config_trains_grpo(tmp_path):
     for name, args in [("python", OREALConfig(out=str(tmp_path / "py"), algo="grpo", **common)),
                        ("cli", _from_cli(tmp_path / "cli", common))]:
         with OREALTrainer("default", problems, args, reward=_last_number_reward, log=lambda *a: None) as t:
-            assert t.trainer.credit is None  # GRPO loads no token RM
+            assert t.trainer.credit is None  # GRPO loads no credit model
             runs[name] = t.train().history
     assert [h["actor_updated"] or h["skipped"] for h in runs["python"]] == [True, True]
     assert all(h["credit_loss"] is None for h in runs["python"])

@@ -74,7 +74,7 @@ class AlgoConfig:
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
     token_weights: str | None = setting(None, "token importance weights: threshold | topk | topk_minmax (the "
                                               "reference's topk_rescale) | none (none loads no "
-                                              "token RM)" + _FROM_PRESET)
+                                              "credit model)" + _FROM_PRESET)
     credit: str = setting("token_head", "the credit model behind the token weights: token_head (the paper's "
                                         "token RM) | logprob | surprise")
     credit_calib_lr: float = setting(0.05, "logprob / surprise: learning rate of the calibration a, b")
@@ -82,7 +82,7 @@ class AlgoConfig:
                                        factory=lambda: [1.0, 0.0])
     tau: float = setting(0.5, "threshold of the token weights on the running correctness c_t")
     token_weights_on: str = setting("both", "both (the paper) | negatives: positives are cloned with weight 1")
-    weights_after_credit_step: bool = setting(False, "token weights from the token RM after its step on this batch "
+    weights_after_credit_step: bool = setting(False, "token weights from the credit model after its step on this batch "
                                                  "(hindsight) instead of before it, as the reference does")
     topk_ratio: float = setting(0.2, "topk / topk_minmax: share of tokens kept (the reference's default: 0.5)")
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
@@ -94,7 +94,7 @@ class AlgoConfig:
                                           "side_token_mean (OREAL's reference: each side over its own tokens) | "
                                           "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum | "
                                           "seq_mean_token_sum_norm (Dr. GRPO: over max_new_tokens)" + _FROM_PRESET)
-    actor_freeze_steps: int | None = setting(None, "steps at the start where only the token RM learns"
+    actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
                                   "pi_engine, cap) (0: off)")

@@ -24,8 +24,8 @@ from .skills import SkillConfig
 class OptimConfig:
     lr: float = setting(5e-7, "policy learning rate at the peak")
     min_lr: float = setting(1e-7, "policy learning rate at the end of the cosine")
-    credit_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
-    credit_min_lr: float = setting(4e-7, "token RM learning rate at the end of the cosine")
+    credit_lr: float = setting(2e-6, "credit model learning rate at the peak")
+    credit_min_lr: float = setting(4e-7, "credit model learning rate at the end of the cosine")
     warmup: int = setting(10, "linear warm-up steps of both schedules")
     weight_decay: float = setting(0.01, "AdamW weight decay (none on biases and norms)")
     grad_clip: float = setting(1.0, "clip each model's gradient norm at this")
