@@ -1,6 +1,6 @@
 """Checkpoints that survive a kill at any instant, and resume to the bit.
 
-A checkpoint is a directory `checkpoints/step_0000012/` holding the policy and token RM as plain
+A checkpoint is a directory `checkpoints/step_0000012/` holding the policy and credit model as plain
 HF directories (usable elsewhere as they are), `trainer_state.pt` (optimisers, schedulers, RNG
 states, sampler position, counters) and `manifest.json` (the SHA-256 of every file), written last.
 It is assembled in a temporary directory, flushed to disk and renamed into place, so a crash

@@ -1,7 +1,7 @@
 """Typed configs: dataclasses filled from YAML plus `key=value` overrides, validated.
 
 An unknown key or a value of the wrong type is an error that names the key. Nested
-dataclasses are addressed with dots (`rollout.temperature=0.7`).
+dataclasses are addressed with dots (`sampling.temperature=0.7`).
 """
 from __future__ import annotations
 
@@ -140,48 +140,9 @@ def _coerce(key: str, value: Any, tp) -> Any:
     return value
 
 
-def deprecated(old: str, new: str) -> None:
-    """The one-line notice for a renamed key or value, once per process."""
-    import sys
-
-    if (old, new) not in _NOTICED:
-        _NOTICED.add((old, new))
-        print(f"oreal: {old} is deprecated, use {new} (the old name still works)", file=sys.stderr)
-
-
-_NOTICED: set = set()
-
-
-def _renamed(cls, values: dict, prefix: str) -> dict:
-    """`values` with the keys a config class renamed (its `RENAMED`: old -> new) under their new
-    names, each with a one-line deprecation notice; both names at once is an error."""
-    renames = getattr(cls, "RENAMED", {})
-    if not any(k in renames for k in values):
-        return values
-    out = dict(values)
-    for old, new in renames.items():
-        if old in out:
-            if new in out:
-                raise ConfigError(f"{prefix}{old} and {prefix}{new} are the same key (the first is its old name); "
-                                  f"give {prefix}{new} only")
-            deprecated(f"config key '{prefix}{old}'", f"'{prefix}{new}'")
-            out[new] = out.pop(old)
-    return out
-
-
-def _renamed_tree(cls, values: dict, prefix: str = "") -> dict:
-    """`_renamed` through every nested section of `cls`: one source's keys under their new names
-    (so that a later source's old name overrides an earlier source's new one)."""
-    values = _renamed(cls, values, prefix)
-    hints = typing.get_type_hints(cls)
-    return {k: _renamed_tree(hints[k], v, f"{prefix}{k}.") if k in hints and dataclasses.is_dataclass(hints[k])
-            and isinstance(v, dict) else v for k, v in values.items()}
-
-
 def _build(cls, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    values = _renamed(cls, values, prefix)
     kwargs = {}
     for k, v in values.items():
         if k not in names:
@@ -224,8 +185,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def read_values(path: str | Path | None = None, overrides: list[str] | dict | None = None, cls=None) -> dict:
-    """The raw mapping of a YAML file with dotted overrides merged in (errors name the file);
-    with `cls`, each source's renamed keys are read under their new names before the merge."""
+    """The raw mapping of a YAML file with dotted overrides merged in (errors name the file).
+    `cls` is accepted for callers that pass it; every key is checked against it by `from_values`."""
     values: dict = {}
     if path is not None:
         try:
@@ -236,10 +197,9 @@ def read_values(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        values = _renamed_tree(cls, values) if cls is not None else values
     if overrides:
         ov = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        values = _merge(values, _renamed_tree(cls, ov) if cls is not None else ov)
+        values = _merge(values, ov)
     return values
 
 

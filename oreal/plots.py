@@ -5,13 +5,8 @@ import json
 from pathlib import Path
 
 
-# metric names before the credit rename, read under the new ones (a run resumed across it has both)
-RENAMED_METRICS = {f"rm_{k}": f"credit_{k}" for k in ("loss", "acc", "pair_rank", "lr", "seconds")}
-
-
 def read_metrics(path: str | Path) -> list[dict]:
-    rows = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
-    return [{RENAMED_METRICS.get(k, k): v for k, v in row.items()} for row in rows]
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
 
 
 def series(metrics: list[dict], key: str) -> list[tuple[int, float]]:
@@ -53,7 +48,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     ax.set_title("reward and pass@1")
     ax.legend(fontsize=7)
     ax = axes[1]
-    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("credit_loss", "token-RM BCE")):
+    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("credit_loss", "credit model BCE")):
         pts = series(metrics, key)
         if pts:
             ax.plot(*zip(*pts), label=label)

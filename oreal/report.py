@@ -1,5 +1,5 @@
 """`oreal report RUN_DIR`: PNG curves of a run and an HTML page of sampled responses, each token
-coloured by the token-RM importance weight the policy loss gave it (green: credited in a correct
+coloured by the credit model's token weight the policy loss gave it (green: credited in a correct
 response, red: blamed in a wrong one; the stronger the colour, the larger the weight)."""
 from __future__ import annotations
 
@@ -98,11 +98,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_respons
         b, a = summary["before"]["pass@1"], summary["after"]["pass@1"]
         parts.append(f"<p>held-out pass@1: before {b:.3f}, after {a:.3f} ({a - b:+.3f})</p>")
     parts.append('<div class="grid">' + "".join(f'<img src="{i}">' for i in images) + "</div>")
-    parts.append("<h2>Sampled responses, coloured by token-RM importance weight</h2>"
+    parts.append("<h2>Sampled responses, coloured by the credit model's token weight</h2>"
                  '<p><span style="background:rgba(40,167,69,.6)">green</span>: tokens of a correct response, '
                  "weighted up in its behaviour-cloning term; "
                  '<span style="background:rgba(220,53,69,.6)">red</span>: tokens of a wrong response, '
-                 "weighted up in its policy-gradient term. Uncoloured: weight 0 (or no token RM). "
+                 "weighted up in its policy-gradient term. Uncoloured: weight 0 (or no credit model). "
                  "Hover a token for its weight.</p>")
     parts += [render_response(r) for r in shown] or ["<p>No trajectory dumps in this run (dump_per_step=0).</p>"]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>oreal report</title><style>

@@ -86,7 +86,7 @@ def test_every_config_key_has_help_that_config_show_and_train_help_print(capsys)
 
 
 def test_a_directly_built_grpo_config_trains_grpo(tmp_path):
-    """OREALConfig(algo="grpo") from Python: no token RM, PG on every selected response, the
+    """OREALConfig(algo="grpo") from Python: no credit model, PG on every selected response, the
     actor updated from step 1; the same run as `oreal train ... algo.name=grpo`."""
     from oreal import OREALConfig, OREALTrainer
     from oreal.data import curriculum
@@ -99,7 +99,7 @@ def test_a_directly_built_grpo_config_trains_grpo(tmp_path):
     for name, args in [("python", OREALConfig(out=str(tmp_path / "py"), algo="grpo", **common)),
                        ("cli", _from_cli(tmp_path / "cli", common))]:
         with OREALTrainer("default", problems, args, reward=_last_number_reward, log=lambda *a: None) as t:
-            assert t.trainer.credit is None  # GRPO loads no token RM
+            assert t.trainer.credit is None  # GRPO loads no credit model
             runs[name] = t.train().history
     assert [h["actor_updated"] or h["skipped"] for h in runs["python"]] == [True, True]
     assert all(h["credit_loss"] is None for h in runs["python"])
@@ -208,22 +208,35 @@ def test_a_tensor_parallel_vllm_engine_is_refused_with_the_reason():
         build_config(None, ["vllm.tensor_parallel_size=2"])
 
 
-def test_keys_renamed_for_credit_still_load_with_a_one_line_notice(capsys, tmp_path):
+def test_a_key_from_before_the_credit_rename_is_an_unknown_key():
+    """0.1.0 has one name per thing: an old key (optim.rm_lr, token_rm, algo.positive_loss) is
+    refused as any unknown key is, naming it, and the old value credit=rm is not a credit model."""
     from oreal import OREALConfig
-    from oreal import config as config_module
     from oreal.config import ConfigError
-    from oreal.plots import read_metrics
     from oreal.training.config import build_config
 
-    config_module._NOTICED.clear()
-    cfg = build_config(None, ["optim.rm_lr=1e-3", "optim.rm_min_lr=1e-4", "algo.positive_loss=pg", "algo.name=grpo",
-                              "token_rm=/some/dir", "algo.weights_after_rm_step=true"])
-    assert (cfg.optim.credit_lr, cfg.optim.credit_min_lr, cfg.algo.objective, cfg.credit_from,
-            cfg.algo.weights_after_credit_step) == (1e-3, 1e-4, "pg", "/some/dir", True)
-    notices = capsys.readouterr().err.strip().splitlines()
-    assert len(notices) == 5 and all(x.startswith("oreal: config key '") and "is deprecated, use '" in x
-                                     for x in notices)
-    with pytest.raises(ConfigError, match="the same key"):
-        OREALConfig(optim={"rm_lr": 1.0, "credit_lr": 2.0})  # one section naming a key twice
-    (tmp_path / "m.jsonl").write_text('{"step": 1, "rm_loss": 0.5, "rm_acc": 0.75}\n')
-    assert read_metrics(tmp_path / "m.jsonl") == [{"step": 1, "credit_loss": 0.5, "credit_acc": 0.75}]
+    for old in ("optim.rm_lr=1e-3", "token_rm=/some/dir", "algo.positive_loss=pg"):
+        with pytest.raises(ConfigError, match=f"unknown config key '{old.split('=')[0]}'"):
+            build_config(None, [old])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.rm_lr'"):
+        OREALConfig(optim={"rm_lr": 1.0})
+    with pytest.raises(ConfigError, match="algo.credit"):
+        build_config(None, ["algo.credit=rm"])
+
+
+def test_engine_sections_come_from_the_engine_registry():
+    """Each engine that declares its settings (`options` in ENGINES) has its config section under
+    its own name, validated as any section: no engine is wired into TrainConfig by hand."""
+    import dataclasses
+
+    from oreal.config import ConfigError
+    from oreal.rollout.registry import ENGINES, options_class
+    from oreal.training.config import TrainConfig, build_config
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    with_options = [n for n, spec in ENGINES.items() if spec.options]
+    assert with_options and all(isinstance(fields[n].default_factory(), options_class(n)) for n in with_options)
+    cfg = build_config(None, ["vllm.kv_cache_mb=7"])
+    assert cfg.vllm.kv_cache_mb == 7 and cfg.engine_options("vllm") is cfg.vllm and cfg.engine_options() is None
+    with pytest.raises(ConfigError, match="unknown config key 'vllm.nope'"):
+        build_config(None, ["vllm.nope=1"])

@@ -339,40 +339,6 @@ def test_a_resume_keeps_the_runs_thread_count(data, verifier, tmp_path):
     assert torch.get_num_threads() == 1 and any("as the run had" in s for s in said)
 
 
-def test_a_checkpoint_and_config_from_before_the_credit_rename_still_resume_to_the_same_bits(
-        data, verifier, tmp_path, capsys):
-    """Checkpoints wrote the credit model under token_rm/ with rm_opt / rm_sched, and configs said
-    optim.rm_lr and algo.credit=rm: both still load, each with a one-line deprecation notice."""
-    import shutil
-
-    from oreal import config as config_module
-
-    ref = train(_cfg(data, tmp_path / "ref", "steps=3", "save_every=1", "keep_last=3"), verifier,
-                log=lambda *a: None).trainer
-    old = tmp_path / "old" / "checkpoints" / "step_0000002"
-    shutil.copytree(tmp_path / "ref" / "checkpoints" / "step_0000002", old)
-    (old / "credit").rename(old / "token_rm")  # the layout the old code wrote
-    st = torch.load(old / "trainer_state.pt", weights_only=False)
-    st["rm_opt"], st["rm_sched"] = st.pop("credit_opt"), st.pop("credit_sched")
-    st["models"] = ["policy", "token_rm"]
-    torch.save(st, old / "trainer_state.pt")
-    manifest = json.loads((old / ckpt.MANIFEST).read_text())
-    manifest["files"] = {str(p.relative_to(old)): ckpt._sha256(p) for p in ckpt._files(old)}
-    (old / ckpt.MANIFEST).write_text(json.dumps(manifest))
-    assert ckpt.validate(old) is None
-    config_module._NOTICED.clear()
-    capsys.readouterr()
-    cfg = _cfg(data, tmp_path / "old", "steps=3", "optim.rm_lr=1e-3", "algo.credit=rm", f"resume={old}")
-    run = train(cfg, verifier, log=lambda *a: None).trainer
-    notices = [x for x in capsys.readouterr().err.splitlines() if "deprecated" in x]
-    assert len(notices) == 3 and any("'optim.rm_lr'" in x for x in notices) and any("credit=rm" in x for x in notices)
-    assert any("token_rm" in x for x in notices)
-    assert (cfg.optim.credit_lr, cfg.algo.credit) == (1e-3, "token_head")
-    for a, b in ((ref.policy, run.policy), (ref.credit.model, run.credit.model)):
-        a, b = a.state_dict(), b.state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_an_ignored_sigint_stays_ignored_in_training_and_sigterm_is_still_handled():
     """A command started with SIGINT ignored (a shell's background job) ignores it before training,
     as Python does: training's handler must not take it back for part of the run only."""

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from collections.abc import Mapping
-from typing import ClassVar
 
-from ..config import ConfigError, deprecated, setting
+from ..config import ConfigError, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .objective import LOSS_AGGREGATIONS, OBJECTIVES
@@ -38,7 +37,6 @@ class _CreditModels(Mapping):
         return len(self._names())
 
 
-RENAMED_VALUES = {("credit", "rm"): "token_head"}  # (key, old value) -> new value
 NO_TOKEN_WEIGHTS = "none"  # every token weighs 1; no credit model is loaded
 
 OPTIONS = {
@@ -76,7 +74,7 @@ class AlgoConfig:
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
     token_weights: str | None = setting(None, "token importance weights: threshold | topk | topk_minmax (the "
                                               "reference's topk_rescale) | none (none loads no "
-                                              "token RM)" + _FROM_PRESET)
+                                              "credit model)" + _FROM_PRESET)
     credit: str = setting("token_head", "the credit model behind the token weights: token_head (the paper's "
                                         "token RM) | logprob | surprise")
     credit_calib_lr: float = setting(0.05, "logprob / surprise: learning rate of the calibration a, b")
@@ -86,7 +84,7 @@ class AlgoConfig:
                                              "log-probs put every c_t near 0)")
     tau: float = setting(0.5, "threshold of the token weights on the running correctness c_t")
     token_weights_on: str = setting("both", "both (the paper) | negatives: positives are cloned with weight 1")
-    weights_after_credit_step: bool = setting(False, "token weights from the token RM after its step on this batch "
+    weights_after_credit_step: bool = setting(False, "token weights from the credit model after its step on this batch "
                                                  "(hindsight) instead of before it, as the reference does")
     topk_ratio: float = setting(0.2, "topk / topk_minmax: share of tokens kept (the reference's default: 0.5)")
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
@@ -98,18 +96,12 @@ class AlgoConfig:
                                           "side_token_mean (OREAL's reference: each side over its own tokens) | "
                                           "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum | "
                                           "seq_mean_token_sum_norm (Dr. GRPO: over max_new_tokens)" + _FROM_PRESET)
-    actor_freeze_steps: int | None = setting(None, "steps at the start where only the token RM learns"
+    actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
                                   "pi_engine, cap) (0: off)")
 
-    RENAMED: ClassVar[dict] = {"positive_loss": "objective", "weights_after_rm_step": "weights_after_credit_step"}
-
     def __post_init__(self):
-        for (key, old), new in RENAMED_VALUES.items():
-            if getattr(self, key) == old:
-                deprecated(f"algo.{key}={old}", f"algo.{key}={new}")
-                setattr(self, key, new)
         if self.name not in ALGORITHMS:
             raise ConfigError(f"algo.name: {self.name!r} is not one of {sorted(ALGORITHMS)}")
         for key, value in {**PRESET_DEFAULTS, **ALGORITHMS[self.name]}.items():

@@ -26,7 +26,7 @@ def credit_sequence_loss(token_logits: torch.Tensor, mask: torch.Tensor,
 
 
 def credit_correct(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
-    """How many non-empty sequences the RM classifies right (sequence logit > 0 <=> correct), as
+    """How many non-empty sequences the credit model classifies right (sequence logit > 0 <=> correct), as
     a 0-d tensor on the logits' device (no host sync)."""
     seq_score = masked_mean(token_logits.detach(), mask)
     return (((seq_score > 0) == positive) & (mask.sum(-1) > 0)).sum()
@@ -80,7 +80,7 @@ def _topk_minmax(score: torch.Tensor, mask: torch.Tensor, tau: float, topk_ratio
 
 # `none` is not here: without a credit model every weight is 1 (the caller passes ones)
 TOKEN_WEIGHTS = {"threshold": _threshold, "topk": _topk, "topk_minmax": _topk_minmax}
-# Whose tokens take the RM's weights; the other side's tokens weigh 1.
+# Whose tokens take the credit model's weights; the other side's tokens weigh 1.
 WEIGHTED_SIDES = {
     "both": "positives and negatives, as the paper and the reference do",
     "negatives": "negatives only: a wrong answer's right prefix is spared, a correct response is cloned whole",
@@ -90,7 +90,7 @@ WEIGHTED_SIDES = {
 def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor,
                              tau: float = 0.5, mode: str = "threshold",
                              topk_ratio: float = 0.2, sides: str = "both") -> torch.Tensor:
-    """Detached per-token weights from the token RM.
+    """Detached per-token weights from the credit model's scores.
 
     threshold: positives clamp((c_t - tau)/(1 - tau), 0, 1), negatives
     clamp(((1 - c_t) - tau)/(1 - tau), 0, 1). topk: the score (c_t for positives, 1 - c_t for
@@ -115,7 +115,7 @@ def token_importance_weights(token_logits: torch.Tensor, mask: torch.Tensor, pos
 def pair_ranking(scores: torch.Tensor, positive: torch.Tensor, groups: list) -> tuple[float, int]:
     """Over every (correct, incorrect) pair of responses to the same question (`groups` names
     each response's question): how many rank the correct one higher (ties count half), and how
-    many pairs there are. wins / pairs is the RM's pair ranking (0.5 is chance)."""
+    many pairs there are. wins / pairs is the credit model's pair ranking (0.5 is chance)."""
     wins, n = 0.0, 0
     by_group: dict = {}
     for i, g in enumerate(groups):

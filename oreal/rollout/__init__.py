@@ -4,7 +4,8 @@
 name below other than the registry's is first read, so the command line starts fast)."""
 from importlib import import_module
 
-from .registry import AUTO, ENGINE_NAMES, ENGINES, check_installed, engine_class, options_class, resolve_engine
+from .registry import (AUTO, ENGINE_NAMES, ENGINES, check_installed, engine_class, option_sections, options_class,
+                       resolve_engine)
 
 _LAZY = {name: "engine" for name in ("CacheMismatchError", "EngineSetup", "HFEngine", "HFGenerateEngine", "HFSampler",
                                       "Rollout", "RolloutEngine", "SamplingConfig", "eval_mode")}
@@ -21,4 +22,4 @@ def __getattr__(name):
 __all__ = ["AUTO", "CacheMismatchError", "ENGINES", "ENGINE_NAMES", "EngineSetup", "HFEngine", "HFGenerateEngine",
            "HFSampler", "OnDeviceSampler", "Rollout", "RolloutEngine", "SamplingConfig", "check_installed",
            "check_length", "engine_class", "eval_mode", "filter_logits", "fit_max_new_tokens", "make_engine",
-           "options_class", "resolve_engine", "window_of"]
+           "option_sections", "options_class", "resolve_engine", "window_of"]

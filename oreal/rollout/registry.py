@@ -71,3 +71,9 @@ def options_class(name: str):
     """The dataclass of the engine's settings, or None for an engine without any."""
     spec = ENGINES[resolve_engine(name, "cpu")]
     return _load(spec.options) if spec.options else None
+
+
+def option_sections() -> dict:
+    """{engine name: its settings' dataclass} of every engine that declares `options`: the run
+    config's engine sections (`vllm.*`), so that a new engine's settings need no config line."""
+    return {name: _load(spec.options) for name, spec in ENGINES.items() if spec.options}

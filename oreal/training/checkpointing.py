@@ -11,25 +11,9 @@ import torch
 from .. import checkpoint as ckpt
 from .. import distributed as dist_utils
 from ..models import load_lora_adapter, load_weights, read_weights, save_model
-from ..config import deprecated
 from .state import RunState
 
 CREDIT = "credit"  # the credit model's folder in checkpoints and final/, and its name in the trainer state
-_OLD_CREDIT = "token_rm"  # its name in checkpoints written before the rename
-
-
-def _credit_name(st: dict, path: Path) -> str:
-    """The credit model's name in this checkpoint (its folder, its DCP shards): `CREDIT`, or the
-    old name in a checkpoint from before the rename, whose state keys are then read under the new
-    ones (with a one-line notice)."""
-    if _OLD_CREDIT not in st.get("models", []) and "rm_sched" not in st:
-        return CREDIT
-    deprecated(f"checkpoint {path} (its credit model under the old name {_OLD_CREDIT!r})",
-               f"checkpoints written now ({CREDIT!r})")
-    for key in ("sched", "opt"):
-        if f"rm_{key}" in st:
-            st[f"credit_{key}"] = st.pop(f"rm_{key}")
-    return _OLD_CREDIT
 
 
 class Checkpointing:
@@ -37,8 +21,8 @@ class Checkpointing:
     from the trainer's parts (policy, credit model, their optimisers and schedules, the question
     sampler, the selection generator, the skill booster) and its `RunState`, and written back."""
 
-    def _models(self, credit: str = CREDIT) -> dict:
-        return {"policy": self.policy, **({credit: self.credit.model} if self.credit is not None else {})}
+    def _models(self) -> dict:
+        return {"policy": self.policy, **({CREDIT: self.credit.model} if self.credit is not None else {})}
 
     def state_dict(self) -> dict:
         """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
@@ -60,8 +44,8 @@ class Checkpointing:
         """The optimisers that hold state (a frozen actor's has none yet), by model name."""
         return {name: opt for name, opt in self._optimizers().items() if opt.state}
 
-    def _optimizers(self, credit: str = CREDIT) -> dict:
-        return {"policy": self.opt, **({credit: self.credit.opt} if self.credit is not None else {})}
+    def _optimizers(self) -> dict:
+        return {"policy": self.opt, **({CREDIT: self.credit.opt} if self.credit is not None else {})}
 
     def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
         """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
@@ -89,12 +73,11 @@ class Checkpointing:
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
-        credit = _credit_name(st, path)
-        if self.credit is not None and credit not in st.get("models", [credit]):
+        if self.credit is not None and CREDIT not in st.get("models", [CREDIT]):
             raise ckpt.CheckpointError(f"{path} has no credit model but this config uses one (algo.token_weights)")
         if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size
-            opts = self._optimizers(credit)
-            dist_utils.load_sharded(path / "sharded", self._models(credit),
+            opts = self._optimizers()
+            dist_utils.load_sharded(path / "sharded", self._models(),
                                     {n: opts[n] for n in st["sharded_optim"] if n in opts})
         else:
             if self.cfg.lora.enabled:
@@ -105,7 +88,7 @@ class Checkpointing:
                 load_weights(self.policy, path / "policy")
             dist_utils.load_optimizer_state(self.policy, self.opt, st["opt"])
             if self.credit is not None:
-                folder = path / credit
+                folder = path / CREDIT
                 if not folder.is_dir():
                     raise ckpt.CheckpointError(f"{path} has no credit model but this config uses one")
                 self.credit.model.load(folder)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import os
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
 from ..algo import AlgoConfig
 from ..config import ConfigError, as_config, coerce_fields, from_values, read_values, setting
 from ..data import PromptConfig
-from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, resolve_engine
-from ..rollout.vllm_engine import VLLMConfig
+from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, option_sections, resolve_engine
 from ..tracking import TRACKERS
 from ..verify.adapters import COMBINE, from_settings
 from .skills import SkillConfig
@@ -24,11 +22,10 @@ from .skills import SkillConfig
 
 @dataclass
 class OptimConfig:
-    RENAMED: ClassVar[dict] = {"rm_lr": "credit_lr", "rm_min_lr": "credit_min_lr"}
     lr: float = setting(5e-7, "policy learning rate at the peak")
     min_lr: float = setting(1e-7, "policy learning rate at the end of the cosine")
-    credit_lr: float = setting(2e-6, "token RM (credit model) learning rate at the peak")
-    credit_min_lr: float = setting(4e-7, "token RM learning rate at the end of the cosine")
+    credit_lr: float = setting(2e-6, "credit model learning rate at the peak")
+    credit_min_lr: float = setting(4e-7, "credit model learning rate at the end of the cosine")
     warmup: int = setting(10, "linear warm-up steps of both schedules")
     weight_decay: float = setting(0.01, "AdamW weight decay (none on biases and norms)")
     grad_clip: float = setting(1.0, "clip each model's gradient norm at this")
@@ -90,11 +87,23 @@ class RewardConfig:
         return from_settings(self.funcs, self.verl, **self.settings())
 
 
+ENGINE_SECTIONS = option_sections()  # {engine: its settings' dataclass}, from the engine registry
 _SECTIONS = {"algo": AlgoConfig, "optim": OptimConfig, "sampling": SamplingConfig, "prompt": PromptConfig,
-             "skills": SkillConfig, "lora": LoraSettings, "vllm": VLLMConfig, "reward": RewardConfig}
+             "skills": SkillConfig, "lora": LoraSettings, "reward": RewardConfig, **ENGINE_SECTIONS}
+
+
+def _with_engine_sections(cls):
+    """One section per engine with settings of its own (`vllm.*`), read from the engine registry
+    (`oreal.rollout.registry.ENGINES`, `options`): a new engine's settings touch no line here.
+    Added before `@dataclass` makes the fields, so they are fields like any other section's."""
+    for name, options in ENGINE_SECTIONS.items():
+        cls.__annotations__[name] = options
+        setattr(cls, name, setting(help=f"the {name} engine's own settings (engine={name})", factory=options))
+    return cls
 
 
 @dataclass
+@_with_engine_sections
 class TrainConfig:
     """Everything a run needs, validated on construction (from YAML, overrides or Python alike).
     In Python a section may be a mapping and `algo` a preset's name: `TrainConfig(algo="grpo")`."""
@@ -148,7 +157,8 @@ class TrainConfig:
                                       "layer this many tokens at a time, recomputed in backward: no [tokens x vocab] "
                                       "tensor (0: from the full logits)")
     engine: str = setting("auto", "rollout engine: " + " | ".join(ENGINE_NAMES) + " (auto: hf_sampler on CPU, "
-                                  "hf_device on GPU; an engine's own settings: its section, vllm.*)")
+                                  "hf_device on GPU; an engine's own settings: the section of its name, "
+                                  + ", ".join(f"{n}.*" for n in ENGINE_SECTIONS) + ")")
     seed: int = setting(0, "seed of the run")
     threads: int = setting(0, "torch threads on CPU (0: the cores free at the start)")
     max_seconds: float = setting(0.0, "stop after this long, with a checkpoint (0: no limit)")
@@ -173,9 +183,12 @@ class TrainConfig:
     reward: RewardConfig = setting(help="what grades a response (default: the math verifier)", factory=RewardConfig)
     skills: SkillConfig = setting(help="skill-based enhancement (off by default)", factory=SkillConfig)
     lora: LoraSettings = setting(help="LoRA", factory=LoraSettings)
-    vllm: VLLMConfig = setting(help="the vLLM engine (engine=vllm)", factory=VLLMConfig)
 
-    RENAMED: ClassVar[dict] = {"token_rm": "credit_from"}
+    def engine_options(self, name: str | None = None):
+        """The settings of engine `name` (default: this run's engine), or None for an engine
+        without any."""
+        name = resolve_engine(name or self.engine, self.device)
+        return getattr(self, name) if name in ENGINE_SECTIONS else None
 
     def __post_init__(self):
         if isinstance(self.algo, str):  # a preset's name: TrainConfig(algo="grpo")
