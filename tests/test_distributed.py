@@ -343,6 +343,9 @@ for bf16 in (False, True):
     out["early_stop_resharded"] = all(isinstance(p, DTensor) for p in m.parameters())
 import os
 open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
+if torch.distributed.is_initialized():  # torn down here, not by the interpreter's exit (gloo aborted there)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 
 
@@ -388,6 +391,9 @@ with Verifier(workers=1) as v:
         out[n] = {"calls": list(calls), "result": res}
 import os
 open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
+if torch.distributed.is_initialized():  # torn down here, not by the interpreter's exit (gloo aborted there)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 """
 
 

@@ -164,8 +164,12 @@ def test_bad_setups_are_clear_errors_before_training(tmp_path, verifier):
     (bad / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
     with pytest.raises(ConfigError, match="does not implement the architecture"):
         Trainer(_cfg(tmp_path, "a", f"policy={bad}"), verifier, log=lambda *a: None)
-    with pytest.raises(ConfigError, match="exceeds the engine.s max_model_len 48"):
-        Trainer(_cfg(tmp_path, "b", "vllm.max_model_len=48", "sampling.max_new_tokens=40"), verifier,
+    with pytest.raises(ConfigError, match="exceeds the engine.s max_model_len 80"):  # 52-token prompts + 40
+        Trainer(_cfg(tmp_path, "b", "vllm.max_model_len=80", "sampling.max_new_tokens=40"), verifier,
+                log=lambda *a: None)
+    # prompts that do not fit at all (issue 40): how many, the longest, the window, in one line
+    with pytest.raises(ConfigError, match="19 of 64 training prompts do not fit the model: the longest is 52 tokens"):
+        Trainer(_cfg(tmp_path, "b2", "vllm.max_model_len=48", "sampling.max_new_tokens=40"), verifier,
                 log=lambda *a: None)
     with pytest.raises(ConfigError, match="cannot be merged"):
         Trainer(_cfg(tmp_path, "c", "lora.enabled=true", "lora.target_modules=[embed_tokens,q_proj]"), verifier,
