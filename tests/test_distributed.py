@@ -295,12 +295,23 @@ def test_a_refusal_is_said_by_rank_0_and_by_another_rank_only_where_it_differs(m
     assert capsys.readouterr().err == "[rank 1] oreal train: mine\n"
 
 
+# the end of every _run_script script: its `out` written to $ROWS, the process group torn down
+# here, not by the interpreter's exit (gloo aborted there)
+_REPORT = r"""
+import os
+open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
+if torch.distributed.is_initialized():
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+"""
+
+
 def _run_script(tmp_path, code: str, nproc: int = 2) -> list[dict]:
-    """`code` run on `nproc` gloo ranks (or as one plain process when nproc is 0); each process
-    writes one JSON file in $ROWS (not stdout, where two ranks' lines can interleave): those, in
+    """`code` (which leaves its result in `out`) run on `nproc` gloo ranks (or as one plain process
+    when nproc is 0); each process writes one JSON file in $ROWS (not stdout, where two ranks' lines can interleave): those, in
     rank order."""
     script = tmp_path / f"script_{nproc}.py"
-    script.write_text(code)
+    script.write_text(code + _REPORT)
     rows_dir = tmp_path / f"rows_{nproc}"
     rows_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
@@ -341,11 +352,6 @@ for bf16 in (False, True):
     with full_weights(m, torch.bfloat16) as named:  # a reader that stops early leaves nothing gathered
         next(named)
     out["early_stop_resharded"] = all(isinstance(p, DTensor) for p in m.parameters())
-import os
-open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
-if torch.distributed.is_initialized():  # torn down here, not by the interpreter's exit (gloo aborted there)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
 """
 
 
@@ -389,11 +395,6 @@ with Verifier(workers=1) as v:
         res = evaluate(engine, tok, curriculum.generate(n, "test", seed=3), v, k=2,
                        sampling=SamplingConfig(max_new_tokens=24), seed=7, batch_prompts=2, keep_samples=3)
         out[n] = {"calls": list(calls), "result": res}
-import os
-open(os.path.join(os.environ["ROWS"], f"{out['rank']}.json"), "w").write(json.dumps(out))
-if torch.distributed.is_initialized():  # torn down here, not by the interpreter's exit (gloo aborted there)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
 """
 
 
