@@ -130,16 +130,6 @@ class Activations(NamedTuple):
 PROBES = {False: ((4, 256), (4, 512), (8, 256)), True: ((4, 256), (4, 512), (8, 512))}
 
 
-def _solve3(points: list[tuple[float, float, float]], values: list[float]) -> tuple[float, float, float]:
-    """(x, y, z) with x * p0 + y * p1 + z * p2 = v for three points p (Cramer's rule)."""
-    def det(m):
-        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
-    d = det(points)
-    return tuple(det([[values[r] if c == k else points[r][c] for c in range(3)] for r in range(3)]) / d
-                 for k in range(3))
-
-
 def fit_activations(one: list[int], two: list[int], packed: bool) -> Activations:
     """The coefficients from the peaks of the probes (`PROBES[packed]`, in order) on the cuts of
     one (`one`) and two (`two`) decoder layers: per layer what two hold over one, the rest fixed.
@@ -149,9 +139,10 @@ def fit_activations(one: list[int], two: list[int], packed: bool) -> Activations
         tokens = rows * length
         span = tokens if packed else length
         points.append((1.0, float(tokens), float(tokens * span)))
-    layer = _solve3(points, [b - a for a, b in zip(one, two)])
-    fixed = _solve3(points, [2 * a - b for a, b in zip(one, two)])
-    return Activations(*(max(0.0, v) for v in (*fixed, *layer)))
+    A = torch.tensor(points, dtype=torch.float64)
+    layer = torch.linalg.solve(A, torch.tensor([b - a for a, b in zip(one, two)], dtype=torch.float64))
+    fixed = torch.linalg.solve(A, torch.tensor([2 * a - b for a, b in zip(one, two)], dtype=torch.float64))
+    return Activations(*(max(0.0, v) for v in (*fixed.tolist(), *layer.tolist())))
 
 
 @lru_cache(maxsize=64)
