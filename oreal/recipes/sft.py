@@ -5,6 +5,7 @@ directory; evaluates pass@1 by sampling during training; saves a standard HF dir
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -85,6 +86,26 @@ def check_sft_out(cfg: SFTConfig) -> None:
                           f"replace it, or another out=")
 
 
+def weights_digest(model) -> str:
+    """sha256 over the state dict's names, dtypes, shapes and bytes, in name order: equal digests
+    are equal weights, bit for bit (how the embedded policy's rebuild is checked)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def environment() -> dict:
+    """What decides a CPU run's last bits besides the code: the same recipe gives other weights
+    under another torch build, kernel set (AVX2 against AVX-512) or thread count."""
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
 def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
     check_sft_out(cfg)
     if cfg.threads:
@@ -146,7 +167,8 @@ def run_sft(cfg: SFTConfig, verifier=None, log=print) -> dict:
     model.eval()
     save_model(model, tok, out / "model")
     summary = {"steps": step, "seconds": time.time() - t0, "final_loss": history[-1]["loss"],
-               "eval_pass@1": final, "parameters": n_params}
+               "eval_pass@1": final, "parameters": n_params, "weights_sha256": weights_digest(model),
+               "environment": environment()}
     with open(out / "sft_metrics.jsonl", "w") as f:
         for rec in history:
             f.write(json.dumps(rec) + "\n")
