@@ -16,10 +16,18 @@ def _readme_example() -> str:
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
-    """The example as printed: the embedded model, 3 steps, a custom reward function."""
+    """The example as printed: the embedded model, 3 steps, a custom reward function; run twice,
+    as a user reruns a script (the second run replaces the first: issue 41)."""
+    from oreal.errors import RunDirError
+
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), scope)
+    example = _readme_example()
+    for _ in range(2):
+        scope: dict = {}
+        exec(compile(example, "README.md", "exec"), scope)
+    with pytest.raises(RunDirError, match=r"out=runs/api holds an earlier run .*overwrite=true") as e:
+        exec(compile(example.replace("overwrite=True, ", ""), "README.md", "exec"), {})
+    assert "\n" not in str(e.value)  # what a user's script shows under its traceback: one line
     result = scope["result"]
     assert len(result.history) == 3 and (tmp_path / "runs" / "api" / "final" / "policy").is_dir()
     assert any(h["actor_updated"] for h in result.history)
