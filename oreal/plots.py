@@ -67,7 +67,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
                        ("credit_loss", f"{credit_label(credit)} BCE")):
         pts = series(metrics, key)
         if pts:
-            ax.plot(*zip(*pts), label=label)
+            ax.plot(*zip(*pts), "o-" if len(pts) < 15 else "-", ms=3, label=label)  # a point shows one step
     ax.set_xlabel("step")
     ax.set_title("losses")
     legend(ax, fontsize=7)
@@ -75,7 +75,7 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     for key, label in (("kl", "KL to reference (k3)"), ("entropy", "entropy")):
         pts = series(metrics, key)
         if pts:
-            ax.plot(*zip(*pts), label=label)
+            ax.plot(*zip(*pts), "o-" if len(pts) < 15 else "-", ms=3, label=label)  # a point shows one step
     ax.set_xlabel("step")
     ax.set_title("KL and entropy")
     legend(ax, fontsize=7)
