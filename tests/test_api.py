@@ -216,6 +216,22 @@ def test_a_tensor_parallel_vllm_engine_is_refused_with_the_reason():
         build_config(None, ["vllm.tensor_parallel_size=2"])
 
 
+def test_an_unknown_key_in_python_is_the_config_error_the_command_line_gives():
+    """`OREALConfig(stepz=3)` raised Python's TypeError; the README says keys are checked as in
+    the command line (issue 41)."""
+    from oreal import OREALConfig
+    from oreal.errors import ConfigError
+    from oreal.training.config import build_config
+
+    with pytest.raises(ConfigError) as python:
+        OREALConfig(stepz=3)
+    with pytest.raises(ConfigError) as cli:
+        build_config(None, ["stepz=3"])
+    assert str(python.value) == str(cli.value) and str(python.value).startswith("unknown config key 'stepz'; known")
+    with pytest.raises(ConfigError, match="unknown config key 'algo.nme'"):
+        OREALConfig(algo={"nme": "grpo"})
+
+
 def test_a_key_from_before_the_credit_rename_is_an_unknown_key():
     """0.1.0 has one name per thing: an old key (optim.rm_lr, token_rm, algo.positive_loss) is
     refused as any unknown key is, naming it, and the old value credit=rm is not a credit model."""

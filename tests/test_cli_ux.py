@@ -458,22 +458,6 @@ def test_10_a_config_built_in_python_names_a_wrong_type():
     assert OREALConfig(steps=3).steps == 3
 
 
-def test_10_an_unknown_key_in_python_is_the_config_error_the_command_line_gives():
-    """`OREALConfig(stepz=3)` raised Python's TypeError; the README says keys are checked as in
-    the command line (issue 41)."""
-    from oreal import OREALConfig
-    from oreal.errors import ConfigError
-    from oreal.training.config import build_config
-
-    with pytest.raises(ConfigError) as python:
-        OREALConfig(stepz=3)
-    with pytest.raises(ConfigError) as cli:
-        build_config(None, ["stepz=3"])
-    assert str(python.value) == str(cli.value) and str(python.value).startswith("unknown config key 'stepz'; known")
-    with pytest.raises(ConfigError, match="unknown config key 'algo.nme'"):
-        OREALConfig(algo={"nme": "grpo"})
-
-
 def test_11_verify_grades_nothing_is_exit_1_and_a_timeout_must_be_positive(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('not json\n{"gold": "1"}\n')
