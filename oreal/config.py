@@ -6,6 +6,7 @@ dataclasses are addressed with dots (`sampling.temperature=0.7`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -140,13 +141,35 @@ def _coerce(key: str, value: Any, tp) -> Any:
     return value
 
 
+def unknown_key(key: str, names, prefix: str = "") -> ConfigError:
+    """The error of a key that is not one of `names`, listing them (no guess at the nearest: the
+    nearest to an earlier key, `optim.rm_lr`, is `optim.min_lr`, which is not what it was)."""
+    return ConfigError(f"unknown config key '{prefix}{key}'; known keys: {', '.join(sorted(names))}")
+
+
+def checks_keys(cls: type[T]) -> type[T]:
+    """A config dataclass whose constructor refuses an unknown keyword as the YAML reader does
+    (ConfigError naming the key), not with Python's TypeError: `OREALConfig(stepz=3)`."""
+    init, names = cls.__init__, {f.name for f in dataclasses.fields(cls)}
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        for k in kwargs:
+            if k not in names:
+                raise unknown_key(k, names)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
 def _build(cls, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in values.items():
         if k not in names:
-            raise ConfigError(f"unknown config key '{prefix}{k}'; known keys: {', '.join(sorted(names))}")
+            raise unknown_key(k, names, prefix)
         kwargs[k] = _coerce(prefix + k, v, hints[k])
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):

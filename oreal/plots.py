@@ -23,8 +23,23 @@ def _smooth(xs, k=5):
     return out
 
 
+def credit_label(credit: str | None) -> str:
+    """The credit model as a plot or a page names it: the run's `algo.credit` (token_head is the
+    paper's token RM, logprob and surprise score by log-probabilities), never a fixed name."""
+    return f"credit model ({credit})" if credit else "credit model"
+
+
+def legend(ax, **kw) -> None:
+    """A legend only where something plotted has a label (matplotlib warns on an empty one: a
+    2-step run has no policy loss or KL while the actor is frozen)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def learning_curve(metrics: list[dict], path: str | Path, before: float | None = None,
-                   after: float | None = None, title: str = "OREAL on the built-in curriculum") -> None:
+                   after: float | None = None, title: str = "OREAL on the built-in curriculum",
+                   credit: str | None = None) -> None:
+    """reward and pass@1, the loss terms, KL and entropy; `credit`: the run's `algo.credit`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,23 +61,24 @@ def learning_curve(metrics: list[dict], path: str | Path, before: float | None =
     ax.set_xlabel("step")
     ax.set_ylim(0, 1)
     ax.set_title("reward and pass@1")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     ax = axes[1]
-    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"), ("credit_loss", "credit model BCE")):
+    for key, label in (("loss_pos", "positive (BC)"), ("loss_neg", "negative (PG)"),
+                       ("credit_loss", f"{credit_label(credit)} BCE")):
         pts = series(metrics, key)
         if pts:
-            ax.plot(*zip(*pts), label=label)
+            ax.plot(*zip(*pts), "o-" if len(pts) < 15 else "-", ms=3, label=label)  # a point shows one step
     ax.set_xlabel("step")
     ax.set_title("losses")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     ax = axes[2]
     for key, label in (("kl", "KL to reference (k3)"), ("entropy", "entropy")):
         pts = series(metrics, key)
         if pts:
-            ax.plot(*zip(*pts), label=label)
+            ax.plot(*zip(*pts), "o-" if len(pts) < 15 else "-", ms=3, label=label)  # a point shows one step
     ax.set_xlabel("step")
     ax.set_title("KL and entropy")
-    ax.legend(fontsize=7)
+    legend(ax, fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

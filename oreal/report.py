@@ -7,7 +7,7 @@ import html
 import json
 from pathlib import Path
 
-from .plots import read_metrics, series
+from .plots import credit_label, legend, read_metrics, series
 from .preflight import writable_dir
 
 PANELS = [  # (file, title, [(metric, label)])
@@ -22,7 +22,8 @@ PANELS = [  # (file, title, [(metric, label)])
 ]
 
 
-def plot_curves(metrics: list[dict], out: Path) -> list[str]:
+def plot_curves(metrics: list[dict], out: Path, credit: str | None = None) -> list[str]:
+    """One PNG per panel that has data; `credit`: the run's `algo.credit`, named in its panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,14 +39,26 @@ def plot_curves(metrics: list[dict], out: Path) -> list[str]:
             if xy:
                 ax.plot(*zip(*xy), "o-" if len(xy) < 15 else "-", ms=3, label=label)
         ax.set_xlabel("step")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(credit_label(credit) if name == "credit.png" else title, fontsize=10)
         if len(keys) > 1:
-            ax.legend(fontsize=7)
+            legend(ax, fontsize=7)
         fig.tight_layout()
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
         written.append(name)
     return written
+
+
+def run_credit(run: Path) -> str | None:
+    """The run's credit model as its config.yaml names it (`algo.credit`); None without a config
+    or where no credit model ran (`algo.token_weights: none`, the baselines)."""
+    import yaml
+
+    try:
+        algo = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("algo") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return None if algo.get("token_weights") in (None, "none") else algo.get("credit")
 
 
 def _colour(weight: float | None, positive: bool) -> str:
@@ -81,7 +94,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_respons
     writable_dir(out, f"--out {out}")  # exit 2 before reading the run, as every command
     out.mkdir(parents=True, exist_ok=True)
     metrics = read_metrics(run / "metrics.jsonl")
-    images = plot_curves(metrics, out)
+    credit = run_credit(run)
+    images = plot_curves(metrics, out, credit)
     traj = []
     if (run / "trajectories.jsonl").exists():
         traj = [json.loads(x) for x in (run / "trajectories.jsonl").read_text().splitlines() if x.strip()]
@@ -98,7 +112,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, max_respons
         b, a = summary["before"]["pass@1"], summary["after"]["pass@1"]
         parts.append(f"<p>held-out pass@1: before {b:.3f}, after {a:.3f} ({a - b:+.3f})</p>")
     parts.append('<div class="grid">' + "".join(f'<img src="{i}">' for i in images) + "</div>")
-    parts.append("<h2>Sampled responses, coloured by the credit model's token weight</h2>"
+    parts.append(f"<h2>Sampled responses, coloured by the token weights of the {html.escape(credit_label(credit))}</h2>"
                  '<p><span style="background:rgba(40,167,69,.6)">green</span>: tokens of a correct response, '
                  "weighted up in its behaviour-cloning term; "
                  '<span style="background:rgba(220,53,69,.6)">red</span>: tokens of a wrong response, '

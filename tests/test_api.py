@@ -16,10 +16,18 @@ def _readme_example() -> str:
 
 
 def test_the_readme_python_example_runs(tmp_path, monkeypatch):
-    """The example as printed: the embedded model, 3 steps, a custom reward function."""
+    """The example as printed: the embedded model, 3 steps, a custom reward function; run twice,
+    as a user reruns a script (the second run replaces the first: issue 41)."""
+    from oreal.errors import RunDirError
+
     monkeypatch.chdir(tmp_path)
-    scope: dict = {}
-    exec(compile(_readme_example(), "README.md", "exec"), scope)
+    example = _readme_example()
+    for _ in range(2):
+        scope: dict = {}
+        exec(compile(example, "README.md", "exec"), scope)
+    with pytest.raises(RunDirError, match=r"out=runs/api holds an earlier run .*overwrite=true") as e:
+        exec(compile(example.replace("overwrite=True, ", ""), "README.md", "exec"), {})
+    assert "\n" not in str(e.value)  # what a user's script shows under its traceback: one line
     result = scope["result"]
     assert len(result.history) == 3 and (tmp_path / "runs" / "api" / "final" / "policy").is_dir()
     assert any(h["actor_updated"] for h in result.history)
@@ -206,6 +214,22 @@ def test_a_tensor_parallel_vllm_engine_is_refused_with_the_reason():
 
     with pytest.raises(ConfigError, match="tensor_parallel_size > 1 is not supported: each torchrun rank"):
         build_config(None, ["vllm.tensor_parallel_size=2"])
+
+
+def test_an_unknown_key_in_python_is_the_config_error_the_command_line_gives():
+    """`OREALConfig(stepz=3)` raised Python's TypeError; the README says keys are checked as in
+    the command line (issue 41)."""
+    from oreal import OREALConfig
+    from oreal.errors import ConfigError
+    from oreal.training.config import build_config
+
+    with pytest.raises(ConfigError) as python:
+        OREALConfig(stepz=3)
+    with pytest.raises(ConfigError) as cli:
+        build_config(None, ["stepz=3"])
+    assert str(python.value) == str(cli.value) and str(python.value).startswith("unknown config key 'stepz'; known")
+    with pytest.raises(ConfigError, match="unknown config key 'algo.nme'"):
+        OREALConfig(algo={"nme": "grpo"})
 
 
 def test_a_key_from_before_the_credit_rename_is_an_unknown_key():

@@ -76,10 +76,16 @@ def test_verify_one_answer_imports_no_torch(tmp_path):
     (["eval", "--model", "default"], "give --run RUN_DIR, or --model and --data"),
     (["demo", "--steps", "0"], "--steps: must be at least 1"),
     (["data", "passrate", "x", "--model", "default", "--out", "y", "--k", "0"], "--k: must be at least 1"),
+    (["verify", "--gold", "4", "--response", "4", "--timeout", "0"], "--timeout: must be > 0"),
+    (["demo", "--bogus"], "unrecognized arguments: --bogus"),
+    (["nosuch"], "invalid choice: 'nosuch'"),
+    ([], "the following arguments are required: COMMAND"),
 ])
 def test_bad_arguments_are_refused_before_any_work(args, needle):
+    """One line on stderr, as every other mistake: argparse's usage block is not printed (issue 41)."""
     r = _oreal(*args)
-    assert r.returncode == 2 and needle in r.stderr, r.stderr
+    assert r.returncode == 2 and needle in _one_line(r), r.stderr
+    assert _one_line(r).startswith("oreal") and "usage:" not in r.stderr
 
 
 def test_eval_errors_are_one_line(tmp_path):
@@ -482,3 +488,11 @@ def test_12_a_demo_that_never_updated_the_policy_says_why(monkeypatch, tmp_path)
     said.clear()
     demo.say_why_nothing_changed({**summary, "policy_updates": 3}, steps=9, freeze=5, log=said.append)
     assert not said
+
+
+def test_13_activation_checkpointing_and_lora_print_no_deprecation_warning(tmp_path):
+    """transformers 5.2x renamed gradient checkpointing; the old names printed a FutureWarning
+    (two with LoRA, one from PEFT) before anything else the run said (issue 41)."""
+    cfg = _tiny_train_config(tmp_path)
+    r = _oreal("train", cfg, f"out={tmp_path / 'r'}", "threads=1", "activation_checkpointing=true", "lora.enabled=true")
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr

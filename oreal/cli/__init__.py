@@ -25,6 +25,15 @@ class KeysHelpFormatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's lines as written (the list of config keys)."""
 
 
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line on stderr and exit 2, as every other mistake: argparse's own
+    prints the usage block first. Subcommands' parsers are of this class too (argparse makes them
+    with the parent's class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def with_config_keys(parser: argparse.ArgumentParser, epilog: str) -> None:
     """`--help` ends with every training config key and its help, built only when help is printed
     (the config imports torch; building the parser must not)."""
@@ -45,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Building the parser imports no torch/transformers: `oreal --help` and `oreal verify` stay fast.
     from . import config, data, demo, evaluate, plan, report, sft, train, verify
 
-    parser = argparse.ArgumentParser(prog="oreal", description="OREAL: RL from outcome rewards for math",
-                                     formatter_class=HelpFormatter)
+    parser = Parser(prog="oreal", description="OREAL: RL from outcome rewards for math",
+                    formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"oreal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in (demo, train, plan, sft, evaluate, report, verify, data, config):

@@ -28,12 +28,12 @@ from torch import nn
 from .. import distributed as dist_utils
 from ..optim import param_groups
 from ..errors import ModelError
-from .loading import (decoder_layers, forward_kwargs, load_backbone, load_policy, load_weights, read_safetensors, read_weights,
-                      resolve_model_path, save_model)
+from .loading import (decoder_layers, enable_checkpointing, forward_kwargs, load_backbone, load_policy, load_weights,
+                      read_safetensors, read_weights, resolve_model_path, save_model)
 
 HEAD_FILE = "credit_head.json"
 CALIBRATION = ("log_scale", "offset")  # the parameters beside the LM, kept in HEAD_FILE
-HEAD_WEIGHTS = "token_head.safetensors"  # the token RM's scalar head, beside its backbone
+HEAD_WEIGHTS = "token_head.safetensors"  # the token RM's scalar head, in its backbone's directory
 
 
 class CreditModel(nn.Module):
@@ -64,7 +64,7 @@ class CreditModel(nn.Module):
             self, lambda: dist_utils.fsdp_wrap(self, decoder_layers(self.inner, required=True), bf16, cpu_offload))
 
     def gradient_checkpointing_enable(self) -> None:
-        self.inner.gradient_checkpointing_enable()
+        enable_checkpointing(self.inner)
 
     def save(self, path: str | Path, tokenizer, state_dict: dict | None = None) -> None:
         """An HF directory of the inner model. `state_dict`: this module's full state (FSDP2
@@ -105,7 +105,7 @@ class TokenHeadCredit(CreditModel):
     few have a token-classification class.
 
     Saved as the backbone's HF directory (`AutoModel.from_pretrained` reads it back) with the head
-    beside it in `token_head.safetensors`. Directories of the token-classification model earlier
+    in that directory too, in `token_head.safetensors`. Directories of the token-classification model earlier
     versions saved (`score` with a bias) still load.
 
     Read as the reference reads it (`rm_logits[-n-1:-1]` in `train_oreal.py`): the head at

@@ -81,8 +81,15 @@ def checkpoint_activations(model) -> None:
     eval mode, where `gradient_checkpointing_enable()` alone changes nothing. The model goes to
     train mode with every dropout at 0, so its forward computes what it computed in eval mode
     (dropout with p = 0 returns its input and draws no random numbers)."""
-    model.gradient_checkpointing_enable()
+    enable_checkpointing(model)
     train_without_dropout(model)
+
+
+def enable_checkpointing(model) -> None:
+    """transformers' switch under the name this version has: `activation_checkpointing_enable`
+    since 5.2x, where `gradient_checkpointing_enable` prints a FutureWarning; 5.17 has only the old one."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def train_without_dropout(model) -> None:

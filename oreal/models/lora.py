@@ -2,6 +2,7 @@
 policy is the same base with the adapter switched off (no second copy in memory)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,8 +21,10 @@ def add_lora(model, r: int, alpha: int, dropout: float, target_modules: list[str
 
     targets = ALL_LINEAR if list(target_modules) == [ALL_LINEAR] else list(target_modules)
     try:
-        return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
+        with warnings.catch_warnings():  # PEFT asks transformers 5.2x under its deprecated name
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                                                    target_modules=targets, task_type="CAUSAL_LM"))
     except ValueError as e:
         if "not found in the base model" not in str(e):
             raise

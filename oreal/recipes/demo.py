@@ -65,7 +65,8 @@ def run_demo(out: str, steps: int | None = None, seed: int = 0, overrides: list[
     write_model_card(out_dir / "final" / "policy", cfg, history, summary)  # the card with this before/after table
     from ..plots import learning_curve
 
-    learning_curve(history, out_dir / "learning_curve.png", before["pass@1"], after["pass@1"])
+    learning_curve(history, out_dir / "learning_curve.png", before["pass@1"], after["pass@1"],
+                   f"{cfg.algo.name} on the built-in curriculum", cfg.algo.credit if cfg.algo.uses_credit else None)
     from ..report import write_report
 
     report = write_report(out_dir)

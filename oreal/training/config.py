@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from ..algo import AlgoConfig
-from ..config import ConfigError, as_config, coerce_fields, from_values, read_values, setting
+from ..config import ConfigError, as_config, checks_keys, coerce_fields, from_values, read_values, setting
 from ..data import PromptConfig
 from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, option_sections, resolve_engine
 from ..tracking import TRACKERS
@@ -102,6 +102,7 @@ def _with_engine_sections(cls):
     return cls
 
 
+@checks_keys
 @dataclass
 @_with_engine_sections
 class TrainConfig:
