@@ -56,19 +56,35 @@ PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, toke
                        select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10)
 _FROM_PRESET = " (unset: the preset's)"
 
+_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
+# Presets: the paper's ablation ladder and the usual baselines, all in one loop; docs/algorithms.md
+# has each one's paper, and tests/test_algo.py computes each one's loss from that paper's formula.
+ALGORITHMS: dict[str, dict] = {
+    "oreal": {},
+    # OREAL's Table 2, a rung at a time on the reference's code: its filter, token-mean policy terms
+    "reinforce": dict(_PG_ALL, advantage="none", filter=False, loss_norm="token_mean"),
+    "ladder_shaping": dict(_PG_ALL, advantage="rloo", loss_norm="token_mean"),
+    "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
+                      actor_freeze_steps=0),
+    "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
+    # the baselines as their papers define them: every group kept (zero advantage still counts in
+    # the normaliser and the KL), each paper's aggregation
+    "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
+    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
+    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
+}
+
 
 @dataclass
 class AlgoConfig:
     """OREAL's settings. `name` picks a preset (ALGORITHMS) that fills every field left unset
     (None); a field you set wins over the preset. Validated on construction, however built."""
-    name: str = setting("oreal", "preset: " + " | ".join(["oreal", "reinforce", "rloo", "grpo", "drgrpo",
-                                                           "ladder_shaping", "ladder_bc", "ladder_token"]))
-    advantage: str | None = setting(None, "group advantage: rloo | grpo | drgrpo | none" + _FROM_PRESET)
+    name: str = setting("oreal", "preset: " + " | ".join(ALGORITHMS))
+    advantage: str | None = setting(None, "group advantage: " + ADVANTAGE_ESTIMATORS.describe() + _FROM_PRESET)
     adv_eps: float = setting(1e-4, "grpo: floor added to the group's standard deviation (TRL's 1e-4; the reference "
                                    "takes 1e-8)")
-    objective: str | None = setting(None, "the policy objective: bc (OREAL: behaviour cloning on positives, "
-                                          "shaped policy gradient on negatives) | pg (the baselines' policy "
-                                          "gradient on every response)" + _FROM_PRESET)
+    objective: str | None = setting(None, "the policy objective (r = pi / pi_old): " + OBJECTIVES.describe()
+                                    + _FROM_PRESET)
     pos_mult_adv: bool | None = setting(None, "multiply the positives' BC term by the advantage" + _FROM_PRESET)
     lambda_pos: float = setting(1.0, "weight of the positives' term (lambda+)")
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
@@ -93,9 +109,7 @@ class AlgoConfig:
     kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
     loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
-                                          "side_token_mean (OREAL's reference: each side over its own tokens) | "
-                                          "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum | "
-                                          "seq_mean_token_sum_norm (Dr. GRPO: over max_new_tokens)" + _FROM_PRESET)
+                                    + LOSS_AGGREGATIONS.describe() + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
@@ -127,24 +141,6 @@ class AlgoConfig:
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 
-
-_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
-# Presets: the paper's ablation ladder and the usual baselines, all in one loop; docs/algorithms.md
-# has each one's paper, and tests/test_algo.py computes each one's loss from that paper's formula.
-ALGORITHMS: dict[str, dict] = {
-    "oreal": {},
-    # OREAL's Table 2, a rung at a time on the reference's code: its filter, token-mean policy terms
-    "reinforce": dict(_PG_ALL, advantage="none", filter=False, loss_norm="token_mean"),
-    "ladder_shaping": dict(_PG_ALL, advantage="rloo", loss_norm="token_mean"),
-    "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
-                      actor_freeze_steps=0),
-    "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
-    # the baselines as their papers define them: every group kept (zero advantage still counts in
-    # the normaliser and the KL), each paper's aggregation
-    "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
-    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
-    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
-}
 
 
 def resolve_algo(cfg: AlgoConfig, explicit: set[str]) -> AlgoConfig:

@@ -60,8 +60,7 @@ METRIC_FIELDS = [
     "tis_mean", "tis_capped",
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
 ]
-_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens",
-                "tis_sum", "tis_capped", "tis_tokens")
+_POLICY_SUMS = ("entropy", *algo.LOSS_SUMS)
 
 
 class Trainer(Checkpointing):
@@ -356,8 +355,7 @@ class Trainer(Checkpointing):
         """One micro-batch's policy gradients, its loss sums added to `sums` (on the device);
         returns the largest pi_trainer / pi_engine of its sampled tokens (0 without the engine's
         log-probs). The models see the micro-batch's inputs (packed or padded); the loss sees its
-        rows."""
-        a = self.cfg.algo
+        rows, as one `algo.LossInputs` (one update per batch: pi_old is the policy itself)."""
         mb, x = micro.batch, micro.inputs
         logp, entropy = self._logprobs(self.policy, x)
         with torch.no_grad():
@@ -367,30 +365,12 @@ class Trainer(Checkpointing):
                 with self.policy.disable_adapter():
                     ref_logp = self._logprobs(self.policy, x, entropy=False)[0]
         sums.add("entropy", (entropy * mb.mask).sum())
-        ratio_max = torch.zeros((), device=logp.device)
-        if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
-            ratio = algo.engine_ratio(logp, mb.engine_logp)
-            on = mb.mask.bool()
-            sums.add("ratio_sum", (ratio * mb.mask).sum())
-            sums.add("ratio_outside", (((ratio < 0.8) | (ratio > 1.25)) & on).sum())
-            sums.add("ratio_tokens", mb.mask.sum())
-            ratio_max = ratio.masked_fill(~on, 0.0).max()
-            if a.tis_cap:  # a named factor on the token weights, logged as tis_mean / tis_capped
-                tis = algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
-                weights = weights * tis
-                sums.add("tis_sum", tis.sum())
-                sums.add("tis_capped", (ratio.gt(a.tis_cap) & on).sum())
-                sums.add("tis_tokens", mb.mask.sum())
-        elif a.tis_cap:
-            raise TrainingError("algo.tis_cap needs the engine's log-probs of the sampled tokens "
-                                "(sampling.return_logprobs=true)")
-        out = algo.policy_loss(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, a)
+        inputs = algo.LossInputs.on_policy(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, mb.engine_logp)
+        out = algo.policy_loss(inputs, self.cfg.algo)  # the engine's ratio and algo.tis_cap too
         out.loss.backward()
-        sums.add("loss_pos", out.pos)
-        sums.add("loss_neg", out.neg)
-        sums.add("loss_kl", a.kl_coef * out.kl)
-        sums.add("kl", out.kl_sum)
-        return ratio_max
+        for key, value in out.sums.items():
+            sums.add(key, value)
+        return out.ratio_max
 
     def _logprobs(self, model, x: ModelInputs, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[m, T] log-probs of the rows' sampled tokens (and the entropy) under `model`."""
