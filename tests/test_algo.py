@@ -176,7 +176,9 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
                 term = cfg.lambda_pos * wt * (adv[i] if cfg.pos_mult_adv else 1.0) * (-lp)
             elif cfg.objective == "bc":
                 term = -cfg.lambda_neg * wt * adv[i] * ratio
-            else:
+            elif cfg.objective == "cispo":  # sg(clip(ratio)) = 1 on-policy, times log pi
+                term = -wt * adv[i] * lp
+            else:  # pg, ppo_clip and gspo: on-policy every (sequence) ratio is 1 and no clip binds
                 term = -wt * adv[i] * ratio
             d = rp - lp
             terms[i].append(term)

@@ -7,7 +7,7 @@ Shapes: B questions, K samples each; N selected responses, T response tokens (ri
 from .advantages import ADVANTAGE_ESTIMATORS, adv_drgrpo, adv_grpo, adv_none, adv_rloo, group_advantages, register_advantage
 from .config import ALGORITHMS, LOSS_NORMS, OPTIONS, OBJECTIVES, AlgoConfig, resolve_algo
 from .losses import (KL_ESTIMATORS, engine_ratio, kl_penalty, truncated_is_weights, negative_pg_loss, negative_pg_terms,
-                     normalise, pg_loss, pg_terms, positive_bc_loss, positive_bc_terms,
+                     normalise, pg_loss, pg_terms, positive_bc_loss, positive_bc_terms, ppo_clip_ratio, ppo_clipped,
                      token_entropy, token_logprobs)
 from .aggregation import register_aggregation
 from .inputs import LossInputs, TokenCounts
@@ -18,7 +18,7 @@ from .credit import (AUTO_INIT, TOKEN_WEIGHTS, auto_calibration, calibration_sum
                        token_importance_weights, credit_sequence_loss)
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "AUTO_INIT", "auto_calibration", "calibration_sums", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "LOSS_NORMS", "OPTIONS", "OBJECTIVES",
-           "LOSS_SUMS", "LossInputs", "Registry", "TokenLoss",
+           "LOSS_SUMS", "LossInputs", "Registry", "TokenLoss", "ppo_clip_ratio", "ppo_clipped",
            "register_advantage", "register_aggregation", "register_objective",
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
            "adv_none", "adv_rloo", "engine_ratio", "truncated_is_weights", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss", "negative_pg_terms",

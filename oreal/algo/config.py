@@ -53,7 +53,8 @@ OPTIONS = {
 
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
 PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
-                       select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10)
+                       select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10,
+                       kl_coef=0.01, clip_low=0.2, clip_high=0.2)
 _FROM_PRESET = " (unset: the preset's)"
 
 _PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
@@ -72,6 +73,15 @@ ALGORITHMS: dict[str, dict] = {
     "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
     "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
     "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
+    # ratio objectives (their clips bind from the second update on a batch), no KL term in their papers
+    "dapo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=True, loss_norm="token_mean", kl_coef=0.0,
+                 clip_low=0.2, clip_high=0.28),  # Yu et al. 2025, arXiv 2503.14476
+    "gspo": dict(_PG_ALL, objective="gspo", advantage="grpo", filter=False, loss_norm="seq_mean_token_mean",
+                 kl_coef=0.0, clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, arXiv 2507.18071
+    # MiniMax-M1 (arXiv 2506.13585): no lower bound (clip_low 1: the weight's floor is 0); its eps_high is
+    # not published, clip_high 4 is ScaleRL's cap of 5 (docs/algorithms.md)
+    "cispo": dict(_PG_ALL, objective="cispo", advantage="grpo", filter=False, loss_norm="token_mean", kl_coef=0.0,
+                  clip_low=1.0, clip_high=4.0),
 }
 
 
@@ -85,6 +95,10 @@ class AlgoConfig:
                                    "takes 1e-8)")
     objective: str | None = setting(None, "the policy objective (r = pi / pi_old): " + OBJECTIVES.describe()
                                     + _FROM_PRESET)
+    clip_low: float | None = setting(None, "ratio objectives: the ratio's lower clip is 1 - clip_low (0 to 1)"
+                                     + _FROM_PRESET)
+    clip_high: float | None = setting(None, "ratio objectives: the ratio's upper clip is 1 + clip_high (DAPO's "
+                                      "clip-higher: 0.28)" + _FROM_PRESET)
     pos_mult_adv: bool | None = setting(None, "multiply the positives' BC term by the advantage" + _FROM_PRESET)
     lambda_pos: float = setting(1.0, "weight of the positives' term (lambda+)")
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
@@ -106,7 +120,8 @@ class AlgoConfig:
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
                                  + _FROM_PRESET)
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
-    kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
+    kl_coef: float | None = setting(None, "beta of the KL term to the reference policy (0.01; dapo, gspo, cispo: "
+                                          "0)" + _FROM_PRESET)
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
     loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
                                     + LOSS_AGGREGATIONS.describe() + _FROM_PRESET)
@@ -136,6 +151,9 @@ class AlgoConfig:
         if isinstance(self.credit_init, str) and self.credit_init != "auto" or (
                 not isinstance(self.credit_init, str) and len(self.credit_init) != 2):
             raise ConfigError(f"algo.credit_init: {self.credit_init!r}: auto, or a, b (e.g. [10, 1])")
+        if not 0 <= self.clip_low <= 1 or self.clip_high < 0:
+            raise ConfigError(f"algo.clip_low, algo.clip_high: {self.clip_low}, {self.clip_high}: the ratio is "
+                              f"clipped to [1 - clip_low, 1 + clip_high], so 0 <= clip_low <= 1 and clip_high >= 0")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:

@@ -23,7 +23,8 @@ import torch
 from ..errors import TrainingError
 from .aggregation import LOSS_AGGREGATIONS
 from .inputs import LossInputs, TokenCounts
-from .losses import engine_ratio, kl_penalty, negative_pg_terms, pg_terms, positive_bc_terms, truncated_is_weights
+from .losses import (engine_ratio, kl_penalty, negative_pg_terms, pg_terms, positive_bc_terms, ppo_clip_ratio,
+                     ppo_clipped, truncated_is_weights)
 from .registry import Registry
 
 if TYPE_CHECKING:
@@ -40,19 +41,66 @@ class TokenLoss:
     clipped: torch.Tensor | None = None  # [N, T] bool: tokens whose ratio the objective clipped (clip_frac)
 
 
-@register_objective("bc", help="OREAL: behaviour cloning on positives, shaped policy gradient on negatives")
-def oreal_objective(x: LossInputs, cfg: "AlgoConfig") -> torch.Tensor:
-    """OREAL: lambda+ * w * -log pi (* A) on the positives' tokens, -lambda- * w * A * ratio on the
-    negatives'."""
+@register_objective("bc", help="OREAL: behaviour cloning on positives, shaped policy gradient with PPO's "
+                               "clipped r on negatives")
+def oreal_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
+    """OREAL: lambda+ * w * -log pi (* A) on the positives' tokens, -lambda- * w * A * r on the
+    negatives', r = pi / pi_old clipped as PPO's with (clip_low, clip_high) (`ppo_clip_ratio`).
+
+    Several updates per batch: the paper (one update) leaves the ratio open. The positives' term
+    stays the paper's behaviour cloning, -log pi with no ratio (a maximum-likelihood term, as SFT
+    takes several epochs on the same data); the negatives' policy gradient takes PPO's clipped
+    ratio, so a negative whose probability already fell below (1 - clip_low) pi_old stops pushing.
+    With pi_old = pi (one update) r is 1 and never clipped: the paper's loss, bit for bit."""
+    clip = (cfg.clip_low, cfg.clip_high)
     pos = positive_bc_terms(x.logp, x.weights, x.adv, cfg.lambda_pos, cfg.pos_mult_adv)
-    neg = negative_pg_terms(x.logp, x.old_logp, x.weights, x.adv, cfg.lambda_neg)
-    return torch.where(x.positive[:, None], pos, neg)
+    neg = negative_pg_terms(x.logp, x.old_logp, x.weights, x.adv, cfg.lambda_neg, clip)
+    clipped = ppo_clipped(torch.exp(x.logp.detach() - x.old_logp), x.adv, *clip) & ~x.positive[:, None]
+    return TokenLoss(torch.where(x.positive[:, None], pos, neg), clipped)
 
 
-@register_objective("pg", help="the baselines' policy gradient on every response, -w * A * r")
+@register_objective("pg", help="the baselines' policy gradient on every response, -w * A * r, unclipped")
 def pg_objective(x: LossInputs, cfg: "AlgoConfig") -> torch.Tensor:
-    """The baselines: -w * A * r on every token, r = pi / pi_old (reported split by side)."""
+    """The baselines: -w * A * r on every token, r = pi / pi_old unclipped (reported split by side)."""
     return pg_terms(x.logp, x.old_logp, x.adv, x.weights)
+
+
+@register_objective("ppo_clip", help="PPO's clipped surrogate, -w * min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) "
+                                     "per token")
+def ppo_clip_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
+    """PPO-clip per token (Schulman et al. 2017; DAPO's clip-higher with clip_high > clip_low):
+    -w_t * min(r_t A, clip(r_t, 1 - clip_low, 1 + clip_high) A), r_t = pi(y_t) / pi_old(y_t).
+    On-policy (r = 1) it is `pg`, bit for bit."""
+    ratio, clipped = ppo_clip_ratio(x.ratio(), x.adv, cfg.clip_low, cfg.clip_high)
+    return TokenLoss(-x.weights * x.adv.view(-1, 1) * ratio, clipped)
+
+
+@register_objective("gspo", help="GSPO: one ratio per response, s = exp(mean of log r), clipped per response")
+def gspo_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): the response's ratio s_i = exp((1/|y_i|)
+    sum_t log pi(y_t) / pi_old(y_t)) and its loss -min(s_i A_i, clip(s_i, 1 - clip_low,
+    1 + clip_high) A_i), the clip decided per response.
+
+    Written in the paper's GSPO-token form: every token carries s_i,t = sg[s_i] *
+    pi(y_t) / sg[pi(y_t)], s_i in value, gradient s_i * grad log pi(y_t), times w_t (1 without
+    token weights). Under `seq_mean_token_mean` (the preset's) a response's tokens average to
+    -min(s_i A_i, clip(s_i) A_i), and since all its tokens share A_i the gradient is GSPO's
+    sequence-level one, -A_i grad s_i = -A_i s_i (1/|y_i|) sum_t grad log pi(y_t)."""
+    s = torch.exp(((x.logp.detach() - x.old_logp) * x.mask).sum(-1) / x.mask.sum(-1).clamp(min=1.0))  # [N]
+    s_token = s[:, None] * torch.exp(x.logp - x.logp.detach())  # s_i in value, s_i * grad log pi
+    ratio, clipped = ppo_clip_ratio(s_token, x.adv, cfg.clip_low, cfg.clip_high)  # every token: s_i's decision
+    return TokenLoss(-x.weights * x.adv.view(-1, 1) * ratio, clipped)
+
+
+@register_objective("cispo", help="CISPO: -w * sg(clip(r, 1 - clip_low, 1 + clip_high)) * A * log pi")
+def cispo_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
+    """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4): -w_t * sg(clip(r_t, 1 - clip_low, 1 + clip_high))
+    * A * log pi(y_t). The clip bounds the importance weight, never the gradient: every token keeps
+    its REINFORCE gradient, weighted by the truncated ratio (`clipped`: the tokens truncated)."""
+    r = torch.exp(x.logp.detach() - x.old_logp)
+    weight = r.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
+    clipped = (r > 1 + cfg.clip_high) | (r < 1 - cfg.clip_low)
+    return TokenLoss(-x.weights * x.adv.view(-1, 1) * weight * x.logp, clipped)
 
 
 # The per-micro-batch sums `policy_loss` returns for the step's metrics (the trainer adds them up).

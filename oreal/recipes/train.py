@@ -56,8 +56,9 @@ METRIC_FIELDS = [
     "seconds", "elapsed", "eta", "threads",
     # pi_trainer / pi_engine of the sampled tokens in the loss (1 when the engine holds the trainer's weights)
     "engine_ratio_mean", "engine_ratio_max", "engine_ratio_outside",
-    # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped
-    "tis_mean", "tis_capped",
+    # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped;
+    # the share of the loss's tokens whose ratio pi / pi_old the objective clipped
+    "tis_mean", "tis_capped", "clip_frac",
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
 ]
 _POLICY_SUMS = ("entropy", *algo.LOSS_SUMS)

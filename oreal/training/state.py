@@ -80,6 +80,8 @@ class PolicyStats:
             out.update(loss_pos=s["loss_pos"], loss_neg=s["loss_neg"], loss_kl=s["loss_kl"],
                        loss=s["loss_pos"] + s["loss_neg"] + s["loss_kl"], kl=s["kl"] / self.tokens,
                        entropy=s["entropy"] / self.tokens)
+            if s.get("clip_tokens"):  # an objective that clips: the share of the loss's tokens it clipped
+                out.update(clip_frac=s["clipped"] / s["clip_tokens"])
         return out
 
 
