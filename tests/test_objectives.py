@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from oreal.algo import (ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS, OBJECTIVES, AlgoConfig, LossInputs, Registry,
-                        TokenCounts, kl_penalty, policy_loss)
+                        TokenCounts, kl_penalty, policy_loss, select)
 from oreal.config import ConfigError
 
 # every preset from before LossInputs: their loss must not move by a bit
@@ -141,8 +141,8 @@ def test_dapo_is_ppo_clip_with_clip_higher_over_every_token_by_hand():
     """DAPO (Yu et al. 2025): 1/sum_i |o_i| sum_i sum_t -min(r A, clip(r, 1 - 0.2, 1 + 0.28) A),
     no KL term; the gradient is -A r per token where the clip does not bind, 0 where it does."""
     cfg = AlgoConfig(name="dapo")
-    assert (cfg.objective, cfg.clip_low, cfg.clip_high, cfg.loss_norm, cfg.kl_coef, cfg.advantage) == \
-        ("ppo_clip", 0.2, 0.28, "token_mean", 0.0, "grpo")
+    assert (cfg.objective, cfg.clip_low, cfg.clip_high, cfg.loss_norm, cfg.kl_coef, cfg.advantage, cfg.overlong) == \
+        ("ppo_clip", 0.2, 0.28, "token_mean", 0.0, "grpo", "mask")
     n = sum(len(r) for r in _PPO_ROWS)
     per = [[_ppo_token(r, a, 0.2, 0.28) for _, r in row] for row, a in zip(_PPO_ROWS, _PPO_ADV)]
     value = sum(t[0] for row in per for t in row) / n
@@ -275,3 +275,31 @@ def test_a_registered_objective_may_report_its_clipped_tokens(monkeypatch):
     x = _batch([[(-1.0, 1.0), (-2.0, 1.0)], [(-0.5, 1.0)]], [1.0, -1.0])
     out = policy_loss(x, AlgoConfig(name="grpo", objective="all_clipped", loss_norm="token_mean", kl_coef=0.0))
     assert out.loss.item() == pytest.approx(3.5 / 3) and out.sums["clipped"].item() == 3
+
+
+# -- overlong: a response cut at max_new_tokens ---------------------------------------------------------
+def test_overlong_mask_keeps_cut_responses_out_of_the_loss_but_in_their_groups():
+    """DAPO's overlong filtering: a cut response (graded incorrect) still counts in its group's pass
+    rate and advantages, but is never selected, so its tokens are in no loss sum and no count."""
+    rewards = torch.tensor([[1.0, 0, 0, 1], [0.0, 0, 1, 0], [1.0, 1, 1, 1]])
+    cut = torch.tensor([[False, True, False, False], [True, True, False, False], [False, False, False, False]])
+    graded = select(rewards, AlgoConfig(name="dapo", overlong="incorrect"), cut=cut)
+    masked = select(rewards, AlgoConfig(name="dapo"), cut=cut)
+    assert torch.equal(masked.keep, graded.keep) and torch.equal(masked.adv, graded.adv)
+    assert graded.rows == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert masked.rows == [(0, 0), (0, 2), (0, 3), (1, 2), (1, 3)] and masked.positives == graded.positives == 3
+    assert select(rewards, AlgoConfig(name="dapo"), cut=None).rows == graded.rows  # nothing known cut
+    for seed in range(10):  # OREAL's pair: the negative is drawn among the finished ones
+        pair = select(rewards, AlgoConfig(overlong="mask"), torch.Generator().manual_seed(seed), cut)
+        assert (1, 3) in pair.rows and not any(cut[b, k] for b, k in pair.rows) and len(pair.rows) == 4
+    # the batch: the counts the aggregations divide by hold the finished responses' tokens only
+    from oreal.rollout import Rollout
+    from oreal.training.batch import RolloutBatch, SelectedBatch
+
+    groups = [[Rollout(b, k, [1, 2], [5] * (3 + k), "", not cut[b, k]) for k in range(4)] for b in range(3)]
+    batch = SelectedBatch.build(RolloutBatch([None] * 3, groups, rewards, 0, 3, cut=cut), masked.rows, masked.adv, 0)
+    pos, neg = batch.token_counts()
+    assert (pos, neg) == (3 + 6 + 5, 5 + 6) and len(batch.rows) == 5
+    assert AlgoConfig().overlong == "incorrect"
+    with pytest.raises(ConfigError, match="algo.overlong"):
+        AlgoConfig(overlong="drop")

@@ -13,12 +13,12 @@ from .aggregation import register_aggregation
 from .inputs import LossInputs, TokenCounts
 from .objective import LOSS_AGGREGATIONS, LOSS_SUMS, PolicyLoss, TokenLoss, policy_loss, register_objective
 from .registry import Registry
-from .selection import SELECTIONS, Selection, pass_rate_filter, select, select_pairs
+from .selection import OVERLONG, SELECTIONS, Selection, pass_rate_filter, select, select_pairs
 from .credit import (AUTO_INIT, TOKEN_WEIGHTS, auto_calibration, calibration_sums, masked_mean, pair_ranking, credit_correct, credit_correct_count, running_correctness,
                        token_importance_weights, credit_sequence_loss)
 
 __all__ = ["ADVANTAGE_ESTIMATORS", "AUTO_INIT", "auto_calibration", "calibration_sums", "ALGORITHMS", "KL_ESTIMATORS", "LOSS_AGGREGATIONS", "LOSS_NORMS", "OPTIONS", "OBJECTIVES",
-           "LOSS_SUMS", "LossInputs", "Registry", "TokenLoss", "ppo_clip_ratio", "ppo_clipped",
+           "LOSS_SUMS", "OVERLONG", "LossInputs", "Registry", "TokenLoss", "ppo_clip_ratio", "ppo_clipped",
            "register_advantage", "register_aggregation", "register_objective",
            "SELECTIONS", "TOKEN_WEIGHTS", "AlgoConfig", "PolicyLoss", "TokenCounts", "adv_drgrpo", "adv_grpo",
            "adv_none", "adv_rloo", "engine_ratio", "truncated_is_weights", "group_advantages", "kl_penalty", "masked_mean", "negative_pg_loss", "negative_pg_terms",

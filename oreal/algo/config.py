@@ -14,7 +14,7 @@ from ..config import ConfigError, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .objective import LOSS_AGGREGATIONS, OBJECTIVES
-from .selection import SELECTIONS
+from .selection import OVERLONG, SELECTIONS
 from .credit import TOKEN_WEIGHTS, WEIGHTED_SIDES
 
 LOSS_NORMS = LOSS_AGGREGATIONS
@@ -48,13 +48,14 @@ OPTIONS = {
     "loss_norm": LOSS_NORMS,
     "credit": _CreditModels(),
     "token_weights_on": WEIGHTED_SIDES,
+    "overlong": OVERLONG,
 }
 
 
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
 PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
                        select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10,
-                       kl_coef=0.01, clip_low=0.2, clip_high=0.2)
+                       kl_coef=0.01, clip_low=0.2, clip_high=0.2, overlong="incorrect")
 _FROM_PRESET = " (unset: the preset's)"
 
 _PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
@@ -75,7 +76,7 @@ ALGORITHMS: dict[str, dict] = {
     "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
     # ratio objectives (their clips bind from the second update on a batch), no KL term in their papers
     "dapo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=True, loss_norm="token_mean", kl_coef=0.0,
-                 clip_low=0.2, clip_high=0.28),  # Yu et al. 2025, arXiv 2503.14476
+                 clip_low=0.2, clip_high=0.28, overlong="mask"),  # Yu et al. 2025, arXiv 2503.14476
     "gspo": dict(_PG_ALL, objective="gspo", advantage="grpo", filter=False, loss_norm="seq_mean_token_mean",
                  kl_coef=0.0, clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, arXiv 2507.18071
     # MiniMax-M1 (arXiv 2506.13585): no lower bound (clip_low 1: the weight's floor is 0); its eps_high is
@@ -125,6 +126,9 @@ class AlgoConfig:
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
     loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
                                     + LOSS_AGGREGATIONS.describe() + _FROM_PRESET)
+    overlong: str | None = setting(None, "a response cut at max_new_tokens: incorrect (graded incorrect, in the "
+                                         "loss) | mask (DAPO's overlong filtering: out of the loss and its "
+                                         "normalisers)" + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "

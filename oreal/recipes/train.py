@@ -218,7 +218,7 @@ class Trainer(Checkpointing):
         roll = self.rollout(questions)
         if self.booster:  # every question counts here, all-wrong ones included
             self.booster.observe([q.id for q in questions], roll.rewards, step)
-        sel = algo.select(roll.rewards, a, self.select_gen)
+        sel = algo.select(roll.rewards, a, self.select_gen, roll.cut)
         m = {"step": step, "reward": roll.rewards.mean().item(),
              "pass_rate": roll.rewards.mean(-1).mean().item(), "kept_questions": int(sel.keep.sum()),
              "selected": len(sel.rows), "boosted": n_boosted, **roll.stats}
@@ -260,7 +260,7 @@ class Trainer(Checkpointing):
         # with one seed per question, so the rollouts do not depend on how the batch is split
         lo, hi = dist_utils.shard_range(len(questions), self.rank, self.world)
         seeds = [(cfg.seed * 1_000_003 + self.state.step * 10_007 + b) % 2**62 for b in range(len(questions))]
-        local_rewards = torch.zeros(hi - lo, cfg.samples)
+        local = torch.zeros(hi - lo, cfg.samples, 2)  # each response's reward, and whether it was cut
         groups, verdicts, timings = [], [], {}
         if (st := getattr(self.verifier, "trainer_state", None)) is not None:  # TRL-style rewards read the step
             st.global_step, st.max_steps = self.state.step - 1, cfg.steps  # TRL's: optimiser steps done
@@ -269,18 +269,18 @@ class Trainer(Checkpointing):
                 self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
                 seed=seeds[lo:hi], timings=timings)):
             groups.append(g)
-            local_rewards[b] = torch.tensor([float(v.correct) for v in vs])
+            local[b] = torch.tensor([[float(v.correct), float(not r.finished)] for v, r in zip(vs, g)])
             verdicts.extend(vs)
         self.engine.release()  # training gets the engine's memory until the next resume()
         t_rollout = time.time() - t0
-        rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
+        rewards, cut = dist_utils.all_gather_rows(local).unbind(-1)  # [B, K] each, the whole batch on every rank
         st = count_statuses(verdicts)
         unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
             [st["unfinished"], st["timeout"], st["judge_failed"], sum(len(r.response_ids) for g in groups for r in g)])
         stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts), "judge_failures": int(judge_failed),
                  "response_tokens": int(resp_tokens), "rollout_seconds": t_rollout,
                  "sample_seconds": timings.get("sample", 0.0), "grade_seconds": timings.get("grade", 0.0)}
-        return RolloutBatch(questions, groups, rewards, lo, hi, stats)
+        return RolloutBatch(questions, groups, rewards.contiguous(), lo, hi, stats, cut=cut.bool())
 
     def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
         """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
