@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from oreal.algo import (ALGORITHMS, LOSS_AGGREGATIONS, OPTIONS, AlgoConfig, TokenCounts, adv_grpo, adv_rloo, group_advantages,
+from oreal.algo import (ALGORITHMS, LOSS_AGGREGATIONS, OPTIONS, AlgoConfig, LossInputs, TokenCounts, adv_grpo, adv_rloo, group_advantages,
                         kl_penalty, masked_mean, negative_pg_loss, normalise, pass_rate_filter, pg_loss,
                         policy_loss, positive_bc_loss, resolve_algo, credit_correct_count, running_correctness,
                         select_pairs, token_importance_weights, credit_sequence_loss)
@@ -176,7 +176,9 @@ def _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new_toke
                 term = cfg.lambda_pos * wt * (adv[i] if cfg.pos_mult_adv else 1.0) * (-lp)
             elif cfg.objective == "bc":
                 term = -cfg.lambda_neg * wt * adv[i] * ratio
-            else:
+            elif cfg.objective == "cispo":  # sg(clip(ratio)) = 1 on-policy, times log pi
+                term = -wt * adv[i] * lp
+            else:  # pg, ppo_clip and gspo: on-policy every (sequence) ratio is 1 and no clip binds
                 term = -wt * adv[i] * ratio
             d = rp - lp
             terms[i].append(term)
@@ -250,7 +252,7 @@ def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, l
 
     logp, ref_logp = lp(logits), lp(ref_logits)
     counts = TokenCounts((mask * is_pos[:, None]).sum().item(), (mask * ~is_pos[:, None]).sum().item(), N, max_new)
-    fast = policy_loss(logp, ref_logp, mask, is_pos, adv, w, counts, cfg)
+    fast = policy_loss(LossInputs.on_policy(logp, ref_logp, mask, is_pos, adv, w, counts), cfg)
     slow = _slow_reference_loss(logp, ref_logp, mask, is_pos, adv, w, cfg, max_new)
     assert fast.loss.item() == pytest.approx(slow.item(), rel=1e-5, abs=1e-6)  # GRPO terms nearly cancel
     assert fast.loss.item() == pytest.approx((fast.pos + fast.neg + cfg.kl_coef * fast.kl).item(), rel=1e-6)
@@ -258,7 +260,7 @@ def test_policy_loss_matches_slow_per_token_reference_for_every_preset(preset, l
     (g_slow,) = torch.autograd.grad(slow, logits, retain_graph=True)
     assert torch.allclose(g_fast, g_slow, atol=1e-6)
     # micro-batches with the global counts add up to the whole batch, value and gradient
-    halves = [policy_loss(logp[s], ref_logp[s], mask[s], is_pos[s], adv[s], w[s], counts, cfg).loss
+    halves = [policy_loss(LossInputs.on_policy(logp[s], ref_logp[s], mask[s], is_pos[s], adv[s], w[s], counts), cfg).loss
               for s in (slice(0, N // 2), slice(N // 2, N))]
     assert sum(halves).item() == pytest.approx(fast.loss.item(), rel=1e-5, abs=1e-6)
     (g_split,) = torch.autograd.grad(sum(halves), logits)
@@ -270,8 +272,8 @@ def test_policy_loss_kl_sum_and_parts_by_hand():
     logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.5]]))
     ref = torch.log(torch.tensor([[0.25, 0.25], [0.5, 0.5]]))
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    out = policy_loss(logp, ref, mask, torch.tensor([True, False]), torch.tensor([0.5, -0.5]),
-                      torch.ones(2, 2), TokenCounts(2, 1, 2, 4), cfg)
+    out = policy_loss(LossInputs.on_policy(logp, ref, mask, torch.tensor([True, False]), torch.tensor([0.5, -0.5]),
+                                           torch.ones(2, 2), TokenCounts(2, 1, 2, 4)), cfg)
     d = math.log(0.5)  # only the first token differs from the reference
     assert out.kl_sum.item() == pytest.approx(math.exp(d) - d - 1)
     assert out.kl.item() == pytest.approx((math.exp(d) - d - 1) / 3)
@@ -409,15 +411,15 @@ def test_a_new_objective_is_a_function_and_one_registry_line(monkeypatch):
     from oreal.algo import objective
     from oreal.algo.objective import OBJECTIVES
 
-    def neg_logp(logp, positive, adv, weights, cfg):  # a toy: -log pi on every token
-        return -logp
+    def neg_logp(inputs, cfg):  # a toy: -log pi on every token
+        return -inputs.logp
 
     monkeypatch.setitem(OBJECTIVES, "mean_logp", neg_logp)
     cfg = AlgoConfig(name="grpo", objective="mean_logp", kl_coef=0.5, loss_norm="token_mean")
     logp = torch.tensor([[-1.0, -2.0], [-3.0, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    out = objective.policy_loss(logp, logp.detach() + 0.1, mask, torch.tensor([True, False]), torch.zeros(2),
-                                torch.ones(2, 2), TokenCounts(2, 1, 2, 8), cfg)
+    out = objective.policy_loss(LossInputs.on_policy(logp, logp.detach() + 0.1, mask, torch.tensor([True, False]),
+                                                     torch.zeros(2), torch.ones(2, 2), TokenCounts(2, 1, 2, 8)), cfg)
     d = 0.1  # ref - logp on every token
     assert out.pos.item() == pytest.approx(3.0 / 3) and out.neg.item() == pytest.approx(3.0 / 3)
     assert out.loss.item() == pytest.approx(2.0 + 0.5 * (math.exp(d) - d - 1))
@@ -547,7 +549,7 @@ def test_each_preset_is_its_papers_loss_on_a_ragged_batch_with_uniform_groups(pr
     adv = torch.stack([sel.adv[b, k] for b, k in sel.rows])
     counts = TokenCounts((mask * is_pos[:, None]).sum().item(), (mask * ~is_pos[:, None]).sum().item(),
                          len(idx), _MAX_NEW)
-    got = policy_loss(logp[idx], ref[idx], mask, is_pos, adv, torch.ones_like(mask), counts, cfg).loss
+    got = policy_loss(LossInputs.on_policy(logp[idx], ref[idx], mask, is_pos, adv, torch.ones_like(mask), counts), cfg).loss
     paper = {"grpo": _paper_grpo, "drgrpo": _paper_drgrpo, "rloo": _paper_rloo, "reinforce": _paper_reinforce,
              "oreal": lambda lp, rf: _paper_oreal(lp, rf, sel.rows)}[preset](logp, ref)
     if preset == "oreal":  # the filter and the pair: 2 responses of the mixed question only
@@ -559,8 +561,9 @@ def test_each_preset_is_its_papers_loss_on_a_ragged_batch_with_uniform_groups(pr
     (g_paper,) = torch.autograd.grad(paper, logits, retain_graph=True)
     assert torch.allclose(g_got, g_paper, atol=1e-7), (g_got - g_paper).abs().max()
     n = len(idx) // 2  # two micro-batches with the global counts: the same loss and gradient
-    halves = sum(policy_loss(logp[idx][s], ref[idx][s], mask[s], is_pos[s], adv[s], torch.ones_like(mask[s]),
-                             counts, cfg).loss for s in (slice(0, n), slice(n, None)))
+    halves = sum(policy_loss(LossInputs.on_policy(logp[idx][s], ref[idx][s], mask[s], is_pos[s], adv[s],
+                                                  torch.ones_like(mask[s]), counts), cfg).loss
+                 for s in (slice(0, n), slice(n, None)))
     (g_halves,) = torch.autograd.grad(halves, logits)
     assert halves.item() == pytest.approx(paper.item(), rel=1e-6, abs=1e-7)
     assert torch.allclose(g_halves, g_paper, atol=1e-7)

@@ -282,3 +282,29 @@ def test_token_weights_on_negatives_leave_every_positive_token_at_one(tiny_run, 
         assert torch.equal(w[pos], mb.mask[pos].float())
         assert torch.allclose(w[~pos], both[~pos], atol=1e-6)
         assert (both[pos] < 1).any()  # the RM would have weighted the positives: the setting matters
+
+
+def test_overlong_mask_keeps_cut_responses_out_of_the_batch_and_clip_frac_is_logged(tiny_run, verifier, tmp_path):
+    """`algo.overlong=mask` (DAPO's overlong filtering): every rank knows which of the [B, K]
+    responses were cut at max_new_tokens, and none of them reaches the batch, its sums or its
+    counts; `incorrect` trains them as negatives. A ratio objective logs clip_frac (0 with one update
+    per batch: the ratio is 1)."""
+    seen = []
+
+    class Look(Callback):
+        def on_token_weights(self, trainer, batch, rollouts, weights, scores):
+            seen.append((list(batch.rows), rollouts))
+
+    for overlong in ("mask", "incorrect"):
+        cfg = _cfg(tiny_run, tmp_path / overlong, "algo.name=dapo", "algo.filter=false", f"algo.overlong={overlong}",
+                   "steps=1", "batch_questions=8", "sampling.max_new_tokens=16", "algo.actor_freeze_steps=0")
+        tr = Trainer(cfg, verifier, log=lambda *a: None, callbacks=[Look()])
+        m = tr.step().metrics
+        rows, roll = seen[-1]
+        cut = roll.cut
+        assert torch.equal(cut, torch.tensor([[not r.finished for r in g] for g in roll.groups]))
+        assert 0 < int(cut.sum()) == m["unfinished"] < cut.numel()  # some cut, some not
+        finished = [(b, k) for b in range(8) for k in range(4) if not cut[b, k]]
+        assert rows == (finished if overlong == "mask" else [(b, k) for b in range(8) for k in range(4)])
+        assert m["selected"] == len(rows) and m["clip_frac"] == 0.0
+        tr.close()

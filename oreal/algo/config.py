@@ -14,7 +14,7 @@ from ..config import ConfigError, setting
 from .advantages import ADVANTAGE_ESTIMATORS
 from .losses import KL_ESTIMATORS
 from .objective import LOSS_AGGREGATIONS, OBJECTIVES
-from .selection import SELECTIONS
+from .selection import OVERLONG, SELECTIONS
 from .credit import TOKEN_WEIGHTS, WEIGHTED_SIDES
 
 LOSS_NORMS = LOSS_AGGREGATIONS
@@ -48,27 +48,58 @@ OPTIONS = {
     "loss_norm": LOSS_NORMS,
     "credit": _CreditModels(),
     "token_weights_on": WEIGHTED_SIDES,
+    "overlong": OVERLONG,
 }
 
 
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
 PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
-                       select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10)
+                       select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10,
+                       kl_coef=0.01, clip_low=0.2, clip_high=0.2, overlong="incorrect")
 _FROM_PRESET = " (unset: the preset's)"
+
+_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
+# Presets: the paper's ablation ladder and the usual baselines, all in one loop; docs/algorithms.md
+# has each one's paper, and tests/test_algo.py computes each one's loss from that paper's formula.
+ALGORITHMS: dict[str, dict] = {
+    "oreal": {},
+    # OREAL's Table 2, a rung at a time on the reference's code: its filter, token-mean policy terms
+    "reinforce": dict(_PG_ALL, advantage="none", filter=False, loss_norm="token_mean"),
+    "ladder_shaping": dict(_PG_ALL, advantage="rloo", loss_norm="token_mean"),
+    "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
+                      actor_freeze_steps=0),
+    "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
+    # the baselines as their papers define them: every group kept (zero advantage still counts in
+    # the normaliser and the KL), each paper's aggregation
+    "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
+    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
+    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
+    # ratio objectives (their clips bind from the second update on a batch), no KL term in their papers
+    "dapo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=True, loss_norm="token_mean", kl_coef=0.0,
+                 clip_low=0.2, clip_high=0.28, overlong="mask"),  # Yu et al. 2025, arXiv 2503.14476
+    "gspo": dict(_PG_ALL, objective="gspo", advantage="grpo", filter=False, loss_norm="seq_mean_token_mean",
+                 kl_coef=0.0, clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, arXiv 2507.18071
+    # MiniMax-M1 (arXiv 2506.13585): no lower bound (clip_low 1: the weight's floor is 0); its eps_high is
+    # not published, clip_high 4 is ScaleRL's cap of 5 (docs/algorithms.md)
+    "cispo": dict(_PG_ALL, objective="cispo", advantage="grpo", filter=False, loss_norm="token_mean", kl_coef=0.0,
+                  clip_low=1.0, clip_high=4.0),
+}
 
 
 @dataclass
 class AlgoConfig:
     """OREAL's settings. `name` picks a preset (ALGORITHMS) that fills every field left unset
     (None); a field you set wins over the preset. Validated on construction, however built."""
-    name: str = setting("oreal", "preset: " + " | ".join(["oreal", "reinforce", "rloo", "grpo", "drgrpo",
-                                                           "ladder_shaping", "ladder_bc", "ladder_token"]))
-    advantage: str | None = setting(None, "group advantage: rloo | grpo | drgrpo | none" + _FROM_PRESET)
+    name: str = setting("oreal", "preset: " + " | ".join(ALGORITHMS))
+    advantage: str | None = setting(None, "group advantage: " + ADVANTAGE_ESTIMATORS.describe() + _FROM_PRESET)
     adv_eps: float = setting(1e-4, "grpo: floor added to the group's standard deviation (TRL's 1e-4; the reference "
                                    "takes 1e-8)")
-    objective: str | None = setting(None, "the policy objective: bc (OREAL: behaviour cloning on positives, "
-                                          "shaped policy gradient on negatives) | pg (the baselines' policy "
-                                          "gradient on every response)" + _FROM_PRESET)
+    objective: str | None = setting(None, "the policy objective (r = pi / pi_old): " + OBJECTIVES.describe()
+                                    + _FROM_PRESET)
+    clip_low: float | None = setting(None, "ratio objectives: the ratio's lower clip is 1 - clip_low (0 to 1)"
+                                     + _FROM_PRESET)
+    clip_high: float | None = setting(None, "ratio objectives: the ratio's upper clip is 1 + clip_high (DAPO's "
+                                      "clip-higher: 0.28)" + _FROM_PRESET)
     pos_mult_adv: bool | None = setting(None, "multiply the positives' BC term by the advantage" + _FROM_PRESET)
     lambda_pos: float = setting(1.0, "weight of the positives' term (lambda+)")
     lambda_neg: float = setting(0.5, "weight of the negatives' term (lambda-)")
@@ -90,12 +121,14 @@ class AlgoConfig:
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
                                  + _FROM_PRESET)
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
-    kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
+    kl_coef: float | None = setting(None, "beta of the KL term to the reference policy (0.01; dapo, gspo, cispo: "
+                                          "0)" + _FROM_PRESET)
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
     loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
-                                          "side_token_mean (OREAL's reference: each side over its own tokens) | "
-                                          "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum | "
-                                          "seq_mean_token_sum_norm (Dr. GRPO: over max_new_tokens)" + _FROM_PRESET)
+                                    + LOSS_AGGREGATIONS.describe() + _FROM_PRESET)
+    overlong: str | None = setting(None, "a response cut at max_new_tokens: incorrect (graded incorrect, in the "
+                                         "loss) | mask (DAPO's overlong filtering: out of the loss and its "
+                                         "normalisers)" + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
@@ -122,29 +155,14 @@ class AlgoConfig:
         if isinstance(self.credit_init, str) and self.credit_init != "auto" or (
                 not isinstance(self.credit_init, str) and len(self.credit_init) != 2):
             raise ConfigError(f"algo.credit_init: {self.credit_init!r}: auto, or a, b (e.g. [10, 1])")
+        if not 0 <= self.clip_low <= 1 or self.clip_high < 0:
+            raise ConfigError(f"algo.clip_low, algo.clip_high: {self.clip_low}, {self.clip_high}: the ratio is "
+                              f"clipped to [1 - clip_low, 1 + clip_high], so 0 <= clip_low <= 1 and clip_high >= 0")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
 
-
-_PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
-# Presets: the paper's ablation ladder and the usual baselines, all in one loop; docs/algorithms.md
-# has each one's paper, and tests/test_algo.py computes each one's loss from that paper's formula.
-ALGORITHMS: dict[str, dict] = {
-    "oreal": {},
-    # OREAL's Table 2, a rung at a time on the reference's code: its filter, token-mean policy terms
-    "reinforce": dict(_PG_ALL, advantage="none", filter=False, loss_norm="token_mean"),
-    "ladder_shaping": dict(_PG_ALL, advantage="rloo", loss_norm="token_mean"),
-    "ladder_bc": dict(advantage="rloo", objective="bc", token_weights="none", select="all",
-                      actor_freeze_steps=0),
-    "ladder_token": dict(advantage="rloo", objective="bc", token_weights="threshold", select="all"),
-    # the baselines as their papers define them: every group kept (zero advantage still counts in
-    # the normaliser and the KL), each paper's aggregation
-    "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
-    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
-    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
-}
 
 
 def resolve_algo(cfg: AlgoConfig, explicit: set[str]) -> AlgoConfig:

@@ -32,11 +32,32 @@ def positive_bc_terms(logp: torch.Tensor, weights: torch.Tensor, adv: torch.Tens
 
 
 def negative_pg_terms(logp: torch.Tensor, old_logp: torch.Tensor, weights: torch.Tensor, adv: torch.Tensor,
-                      lambda_neg: float = 0.5) -> torch.Tensor:
+                      lambda_neg: float = 0.5, clip: tuple[float, float] | None = None) -> torch.Tensor:
     """[N, T] policy gradient on negatives, per token: -lambda- * w_t * A * pi/pi_old (the ratio is 1
-    in value on-policy; its gradient is that of log pi, i.e. REINFORCE with the shaped A)."""
+    in value on-policy; its gradient is that of log pi, i.e. REINFORCE with the shaped A). `clip`
+    (eps_low, eps_high): PPO's clipped ratio (`ppo_clip_ratio`), for several updates per batch."""
     ratio = torch.exp(logp - old_logp.detach())
+    if clip is not None:
+        ratio = ppo_clip_ratio(ratio, adv, *clip)[0]
     return -lambda_neg * weights * adv.view(-1, 1) * ratio
+
+
+def ppo_clipped(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
+    """[N, T] bool: the tokens where PPO's surrogate min(r A, clip(r, 1 - eps_low, 1 + eps_high) A)
+    takes the clipped branch and the clip binds (A > 0 and r > 1 + eps_high, or A < 0 and
+    r < 1 - eps_low): there it is constant in the policy. `adv` [N] (one per response) or [N, T]."""
+    a, r = (adv.view(-1, 1) if adv.dim() == 1 else adv), ratio.detach()
+    return ((a > 0) & (r > 1 + clip_high)) | ((a < 0) & (r < 1 - clip_low))
+
+
+def ppo_clip_ratio(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float,
+                   clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r', clipped): r' is clip(r) (detached) where `ppo_clipped`, r elsewhere, so that A * r' is
+    min(r A, clip(r) A) in value and in gradient (PPO, Schulman et al. 2017, eq. 7). Where no token
+    is clipped r' is r itself, bit for bit (`torch.where` passes values and gradients through); at
+    a bound exactly (r = 1 + eps_high) the gradient is the unclipped one."""
+    clipped = ppo_clipped(ratio, adv, clip_low, clip_high)
+    return torch.where(clipped, ratio.detach().clamp(1 - clip_low, 1 + clip_high), ratio), clipped
 
 
 def pg_terms(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor,

@@ -56,12 +56,12 @@ METRIC_FIELDS = [
     "seconds", "elapsed", "eta", "threads",
     # pi_trainer / pi_engine of the sampled tokens in the loss (1 when the engine holds the trainer's weights)
     "engine_ratio_mean", "engine_ratio_max", "engine_ratio_outside",
-    # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped
-    "tis_mean", "tis_capped",
+    # algo.tis_cap: mean of min(pi_trainer / pi_engine, cap) over the loss's tokens, and the share capped;
+    # the share of the loss's tokens whose ratio pi / pi_old the objective clipped
+    "tis_mean", "tis_capped", "clip_frac",
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
 ]
-_POLICY_SUMS = ("loss_pos", "loss_neg", "loss_kl", "kl", "entropy", "ratio_sum", "ratio_outside", "ratio_tokens",
-                "tis_sum", "tis_capped", "tis_tokens")
+_POLICY_SUMS = ("entropy", *algo.LOSS_SUMS)
 
 
 class Trainer(Checkpointing):
@@ -218,7 +218,7 @@ class Trainer(Checkpointing):
         roll = self.rollout(questions)
         if self.booster:  # every question counts here, all-wrong ones included
             self.booster.observe([q.id for q in questions], roll.rewards, step)
-        sel = algo.select(roll.rewards, a, self.select_gen)
+        sel = algo.select(roll.rewards, a, self.select_gen, roll.cut)
         m = {"step": step, "reward": roll.rewards.mean().item(),
              "pass_rate": roll.rewards.mean(-1).mean().item(), "kept_questions": int(sel.keep.sum()),
              "selected": len(sel.rows), "boosted": n_boosted, **roll.stats}
@@ -260,7 +260,7 @@ class Trainer(Checkpointing):
         # with one seed per question, so the rollouts do not depend on how the batch is split
         lo, hi = dist_utils.shard_range(len(questions), self.rank, self.world)
         seeds = [(cfg.seed * 1_000_003 + self.state.step * 10_007 + b) % 2**62 for b in range(len(questions))]
-        local_rewards = torch.zeros(hi - lo, cfg.samples)
+        local = torch.zeros(hi - lo, cfg.samples, 2)  # each response's reward, and whether it was cut
         groups, verdicts, timings = [], [], {}
         if (st := getattr(self.verifier, "trainer_state", None)) is not None:  # TRL-style rewards read the step
             st.global_step, st.max_steps = self.state.step - 1, cfg.steps  # TRL's: optimiser steps done
@@ -269,18 +269,18 @@ class Trainer(Checkpointing):
                 self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
                 seed=seeds[lo:hi], timings=timings)):
             groups.append(g)
-            local_rewards[b] = torch.tensor([float(v.correct) for v in vs])
+            local[b] = torch.tensor([[float(v.correct), float(not r.finished)] for v, r in zip(vs, g)])
             verdicts.extend(vs)
         self.engine.release()  # training gets the engine's memory until the next resume()
         t_rollout = time.time() - t0
-        rewards = dist_utils.all_gather_rows(local_rewards)  # [B, K], the whole batch on every rank
+        rewards, cut = dist_utils.all_gather_rows(local).unbind(-1)  # [B, K] each, the whole batch on every rank
         st = count_statuses(verdicts)
         unfinished, timeouts, judge_failed, resp_tokens = dist_utils.sum_floats(
             [st["unfinished"], st["timeout"], st["judge_failed"], sum(len(r.response_ids) for g in groups for r in g)])
         stats = {"unfinished": int(unfinished), "verifier_timeouts": int(timeouts), "judge_failures": int(judge_failed),
                  "response_tokens": int(resp_tokens), "rollout_seconds": t_rollout,
                  "sample_seconds": timings.get("sample", 0.0), "grade_seconds": timings.get("grade", 0.0)}
-        return RolloutBatch(questions, groups, rewards, lo, hi, stats)
+        return RolloutBatch(questions, groups, rewards.contiguous(), lo, hi, stats, cut=cut.bool())
 
     def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
         """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
@@ -356,8 +356,7 @@ class Trainer(Checkpointing):
         """One micro-batch's policy gradients, its loss sums added to `sums` (on the device);
         returns the largest pi_trainer / pi_engine of its sampled tokens (0 without the engine's
         log-probs). The models see the micro-batch's inputs (packed or padded); the loss sees its
-        rows."""
-        a = self.cfg.algo
+        rows, as one `algo.LossInputs` (one update per batch: pi_old is the policy itself)."""
         mb, x = micro.batch, micro.inputs
         logp, entropy = self._logprobs(self.policy, x)
         with torch.no_grad():
@@ -367,30 +366,12 @@ class Trainer(Checkpointing):
                 with self.policy.disable_adapter():
                     ref_logp = self._logprobs(self.policy, x, entropy=False)[0]
         sums.add("entropy", (entropy * mb.mask).sum())
-        ratio_max = torch.zeros((), device=logp.device)
-        if mb.engine_logp is not None:  # how far the engine that sampled is from the trainer's model
-            ratio = algo.engine_ratio(logp, mb.engine_logp)
-            on = mb.mask.bool()
-            sums.add("ratio_sum", (ratio * mb.mask).sum())
-            sums.add("ratio_outside", (((ratio < 0.8) | (ratio > 1.25)) & on).sum())
-            sums.add("ratio_tokens", mb.mask.sum())
-            ratio_max = ratio.masked_fill(~on, 0.0).max()
-            if a.tis_cap:  # a named factor on the token weights, logged as tis_mean / tis_capped
-                tis = algo.truncated_is_weights(logp, mb.engine_logp, mb.mask, a.tis_cap)
-                weights = weights * tis
-                sums.add("tis_sum", tis.sum())
-                sums.add("tis_capped", (ratio.gt(a.tis_cap) & on).sum())
-                sums.add("tis_tokens", mb.mask.sum())
-        elif a.tis_cap:
-            raise TrainingError("algo.tis_cap needs the engine's log-probs of the sampled tokens "
-                                "(sampling.return_logprobs=true)")
-        out = algo.policy_loss(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, a)
+        inputs = algo.LossInputs.on_policy(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, mb.engine_logp)
+        out = algo.policy_loss(inputs, self.cfg.algo)  # the engine's ratio and algo.tis_cap too
         out.loss.backward()
-        sums.add("loss_pos", out.pos)
-        sums.add("loss_neg", out.neg)
-        sums.add("loss_kl", a.kl_coef * out.kl)
-        sums.add("kl", out.kl_sum)
-        return ratio_max
+        for key, value in out.sums.items():
+            sums.add(key, value)
+        return out.ratio_max
 
     def _logprobs(self, model, x: ModelInputs, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[m, T] log-probs of the rows' sampled tokens (and the entropy) under `model`."""

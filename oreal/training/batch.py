@@ -31,6 +31,7 @@ class RolloutBatch:
     stats: dict = field(default_factory=dict)  # unfinished, timeouts, tokens, seconds (all ranks)
     moved_in: dict[tuple[int, int], Rollout] = field(default_factory=dict)  # sampled elsewhere, trained here
     moved_out: frozenset[tuple[int, int]] = frozenset()  # sampled here, trained elsewhere
+    cut: torch.Tensor | None = None  # [B, K] bool: cut at max_new_tokens (unfinished), the whole batch (algo.overlong)
 
     def is_local(self, b: int) -> bool:
         """Whether this rank sampled question b."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..algo import AlgoConfig
+from ..algo import ADVANTAGE_ESTIMATORS, AlgoConfig
 from ..config import ConfigError, as_config, checks_keys, coerce_fields, from_values, read_values, setting
 from ..data import PromptConfig
 from ..rollout import ENGINE_NAMES, SamplingConfig, check_installed, option_sections, resolve_engine
@@ -251,8 +251,10 @@ class TrainConfig:
         self._check_precision()
         if self.fsdp and self.lora.enabled:
             raise ConfigError("fsdp with lora.enabled is not supported yet: use one or the other")
-        if self.samples < 2 and self.algo.advantage == "rloo":
-            raise ConfigError("samples: RLOO needs at least 2 samples per question")
+        need = ADVANTAGE_ESTIMATORS.prop(self.algo.advantage, "min_samples", 1)
+        if self.samples < need:
+            raise ConfigError(f"samples: {self.algo.advantage.upper()} needs at least {need} samples per question "
+                              f"(algo.advantage={self.algo.advantage})")
         for t in self.trackers:
             if t not in TRACKERS:
                 raise ConfigError(f"trackers: {t!r} is not one of {list(TRACKERS)}")

@@ -61,7 +61,7 @@ class PolicyStats:
     """The policy's phase of one step: its gradients and its optimiser step."""
     updated: bool = False  # False while frozen, or when its loss or gradient was not finite
     finite: bool = True
-    sums: dict = field(default_factory=dict)  # loss_pos, loss_neg, loss_kl, kl, entropy over all ranks
+    sums: dict = field(default_factory=dict)  # loss_pos, loss_neg, loss_kl, kl, entropy, ... (algo.LOSS_SUMS) over all ranks
     tokens: float = 1.0  # response tokens of the batch (the KL and entropy normaliser)
     seconds: float = 0.0  # forwards and backwards
     optim_seconds: float = 0.0
@@ -80,6 +80,8 @@ class PolicyStats:
             out.update(loss_pos=s["loss_pos"], loss_neg=s["loss_neg"], loss_kl=s["loss_kl"],
                        loss=s["loss_pos"] + s["loss_neg"] + s["loss_kl"], kl=s["kl"] / self.tokens,
                        entropy=s["entropy"] / self.tokens)
+            if s.get("clip_tokens"):  # an objective that clips: the share of the loss's tokens it clipped
+                out.update(clip_frac=s["clipped"] / s["clip_tokens"])
         return out
 
 
