@@ -90,6 +90,10 @@ class AlgoConfig:
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
                                  + _FROM_PRESET)
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
+    refill_rounds: int = setting(0, "DAPO's dynamic sampling: while fewer than batch_questions questions pass the "
+                                    "filter, draw and sample another batch_questions, at most this many extra "
+                                    "rounds; the step keeps the first batch_questions that pass, in draw order "
+                                    "(0: off; needs filter=true)")
     kl_coef: float = setting(0.01, "beta of the KL term to the reference policy")
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
     loss_norm: str | None = setting(None, "how the per-token losses and the KL term become one number: "
@@ -126,6 +130,12 @@ class AlgoConfig:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
+        if self.refill_rounds < 0:
+            raise ConfigError("algo.refill_rounds: must be at least 0 (0: off)")
+        if self.refill_rounds and not self.filter:
+            raise ConfigError(f"algo.refill_rounds={self.refill_rounds} replaces the questions the pass-rate filter "
+                              f"drops, but algo.filter is off (preset {self.name!r} or your setting): every group is "
+                              f"kept and nothing would be refilled; set algo.filter=true, or algo.refill_rounds=0")
 
 
 _PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
