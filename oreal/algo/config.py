@@ -55,7 +55,7 @@ OPTIONS = {
 # What a preset may set (None in AlgoConfig: "the preset's"), and the values of the `oreal` preset.
 PRESET_DEFAULTS = dict(advantage="rloo", objective="bc", pos_mult_adv=True, token_weights="threshold",
                        select="pair", filter=True, loss_norm="side_token_mean", actor_freeze_steps=10,
-                       kl_coef=0.01, clip_low=0.2, clip_high=0.2, overlong="incorrect")
+                       kl_coef=0.01, clip_low=0.2, clip_high=0.2, overlong="incorrect", refill_rounds=0)
 _FROM_PRESET = " (unset: the preset's)"
 
 _PG_ALL = dict(objective="pg", token_weights="none", select="all", pos_mult_adv=False, actor_freeze_steps=0)
@@ -76,7 +76,7 @@ ALGORITHMS: dict[str, dict] = {
     "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
     # ratio objectives (their clips bind from the second update on a batch), no KL term in their papers
     "dapo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=True, loss_norm="token_mean", kl_coef=0.0,
-                 clip_low=0.2, clip_high=0.28, overlong="mask"),  # Yu et al. 2025, arXiv 2503.14476
+                 clip_low=0.2, clip_high=0.28, overlong="mask", refill_rounds=3),  # Yu et al. 2025, arXiv 2503.14476
     "gspo": dict(_PG_ALL, objective="gspo", advantage="grpo", filter=False, loss_norm="seq_mean_token_mean",
                  kl_coef=0.0, clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, arXiv 2507.18071
     # MiniMax-M1 (arXiv 2506.13585): no lower bound (clip_low 1: the weight's floor is 0); its eps_high is
@@ -121,6 +121,11 @@ class AlgoConfig:
     select: str | None = setting(None, "responses in the loss: pair (one right, one wrong per question) | all"
                                  + _FROM_PRESET)
     filter: bool | None = setting(None, "drop questions with pass rate 0 or 1" + _FROM_PRESET)
+    refill_rounds: int | None = setting(None, "DAPO's dynamic sampling: while fewer than batch_questions questions "
+                                              "pass the filter, draw and sample another batch_questions, at most "
+                                              "this many extra rounds; the step keeps the first batch_questions "
+                                              "that pass, in draw order (0: off; needs filter=true; dapo: 3)"
+                                              + _FROM_PRESET)
     kl_coef: float | None = setting(None, "beta of the KL term to the reference policy (0.01; dapo, gspo, cispo: "
                                           "0)" + _FROM_PRESET)
     kl_kind: str = setting("k3", "KL estimator: k1 | k3 | mse")
@@ -162,6 +167,12 @@ class AlgoConfig:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
+        if self.refill_rounds < 0:
+            raise ConfigError("algo.refill_rounds: must be at least 0 (0: off)")
+        if self.refill_rounds and not self.filter:
+            raise ConfigError(f"algo.refill_rounds={self.refill_rounds} replaces the questions the pass-rate filter "
+                              f"drops, but algo.filter is off (preset {self.name!r} or your setting): every group is "
+                              f"kept and nothing would be refilled; set algo.filter=true, or algo.refill_rounds=0")
 
 
 

@@ -1,6 +1,6 @@
 """The OREAL training loop (Algorithm 1 of the paper) and its baselines, in one readable loop.
 
-`Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each) ->
+`Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each; refills) ->
 select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
 ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
 BCE on the outcomes and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives,
@@ -39,6 +39,7 @@ from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Ti
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig, check_environment
 from ..training.lengths import as_fitted, fit_lengths
+from ..training.refill import question_seeds, sample_rounds
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -60,6 +61,7 @@ METRIC_FIELDS = [
     # the share of the loss's tokens whose ratio pi / pi_old the objective clipped
     "tis_mean", "tis_capped", "clip_frac",
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
+    "refill_rounds", "refill_samples", "refill_seconds",  # algo.refill_rounds: rounds run, responses, time (None: off)
 ]
 _POLICY_SUMS = ("entropy", *algo.LOSS_SUMS)
 
@@ -214,16 +216,14 @@ class Trainer(Checkpointing):
         t0 = time.time()
         self.state.step += 1
         step = self.state.step
-        questions, n_boosted = self.draw()
-        roll = self.rollout(questions)
-        if self.booster:  # every question counts here, all-wrong ones included
-            self.booster.observe([q.id for q in questions], roll.rewards, step)
+        drawn = sample_rounds(self.draw, self.rollout, self.cfg.batch_questions, a.refill_rounds)  # DAPO refills
+        roll = drawn.batch  # the groups drawn up to the B-th that passes the filter (all, without refills)
+        if self.booster:  # every question drawn counts here, all-wrong ones included
+            self.booster.observe([q.id for q in drawn.questions], drawn.rewards, step)
         sel = algo.select(roll.rewards, a, self.select_gen, roll.cut)
-        m = {"step": step, "reward": roll.rewards.mean().item(),
-             "pass_rate": roll.rewards.mean(-1).mean().item(), "kept_questions": int(sel.keep.sum()),
-             "selected": len(sel.rows), "boosted": n_boosted, **roll.stats}
+        m = {"step": step, **drawn.metrics, "kept_questions": int(sel.keep.sum()), "selected": len(sel.rows)}
         if not sel.rows:  # every question all-right or all-wrong: nothing to learn from
-            self.log(f"step {step}: all {len(questions)} questions filtered out (pass rate 0 or 1); update skipped")
+            self.log(f"step {step}: all {len(drawn.rewards)} questions filtered out (pass rate 0 or 1); update skipped")
             m.update(skipped=True, actor_updated=False, nonfinite=False)
             return self._finish(m, t0, self._trajectories(roll, [], sel.adv, None))
         roll, rows, balanced = rank_rows(roll, sel.rows, self.rank, self.world if self.cfg.balance_tokens else 1)
@@ -251,15 +251,15 @@ class Trainer(Checkpointing):
         boosted = self.booster.draw(b) if self.booster else []
         return boosted + [self.problems[i] for i in self.sampler.next(b - len(boosted))], len(boosted)
 
-    def rollout(self, questions: list[Problem]) -> RolloutBatch:
+    def rollout(self, questions: list[Problem], refill_round: int = 0) -> RolloutBatch:
         """Sample K responses for this rank's share of the questions and grade them; the rewards
-        of the whole batch are gathered on every rank."""
+        of the whole batch are gathered on every rank. `refill_round`: 0, or a refill's (its seeds)."""
         cfg = self.cfg
         t0 = time.time()
         # data parallel: every rank drew the same batch; it samples and grades its share [lo, hi)
         # with one seed per question, so the rollouts do not depend on how the batch is split
         lo, hi = dist_utils.shard_range(len(questions), self.rank, self.world)
-        seeds = [(cfg.seed * 1_000_003 + self.state.step * 10_007 + b) % 2**62 for b in range(len(questions))]
+        seeds = question_seeds(cfg.seed, self.state.step, len(questions), refill_round)
         local = torch.zeros(hi - lo, cfg.samples, 2)  # each response's reward, and whether it was cut
         groups, verdicts, timings = [], [], {}
         if (st := getattr(self.verifier, "trainer_state", None)) is not None:  # TRL-style rewards read the step

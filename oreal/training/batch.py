@@ -22,9 +22,11 @@ class RolloutBatch:
     """K graded rollouts for each of the step's B questions. Under data parallelism every rank
     holds every question and the whole [B, K] reward matrix, but only the rollouts of its own
     contiguous share [lo, hi) of the questions, give or take the selected rows that token
-    balancing (`oreal.training.balance`) moved in from other ranks or out to them."""
+    balancing (`oreal.training.balance`) moved in from other ranks or out to them. A step that
+    refilled (`oreal.training.refill`) joins its rounds, each sharded alike: a rank's questions
+    are then its share of each round, `local`."""
     questions: list[Problem]
-    groups: list[list[Rollout]]  # groups[b - lo][k] for lo <= b < hi
+    groups: list[list[Rollout]]  # groups[b - lo][k] for lo <= b < hi (groups[local[b]][k] with `local`)
     rewards: torch.Tensor  # [B, K] in {0, 1}, the whole batch
     lo: int
     hi: int
@@ -32,22 +34,28 @@ class RolloutBatch:
     moved_in: dict[tuple[int, int], Rollout] = field(default_factory=dict)  # sampled elsewhere, trained here
     moved_out: frozenset[tuple[int, int]] = frozenset()  # sampled here, trained elsewhere
     cut: torch.Tensor | None = None  # [B, K] bool: cut at max_new_tokens (unfinished), the whole batch (algo.overlong)
+    local: dict[int, int] | None = None  # question -> its group's index, where not the one range [lo, hi)
+
+    def _slot(self, b: int) -> int | None:
+        """Where question b's group is in `groups`; None: another rank sampled it."""
+        if self.local is not None:
+            return self.local.get(b)
+        return b - self.lo if self.lo <= b < self.hi else None
 
     def is_local(self, b: int) -> bool:
         """Whether this rank sampled question b."""
-        return self.lo <= b < self.hi
+        return self._slot(b) is not None
 
     def rollout(self, b: int, k: int) -> Rollout:
         """A rollout this rank holds: one it sampled, or a row moved in."""
         if (b, k) in self.moved_in:
             return self.moved_in[(b, k)]
-        return self.groups[b - self.lo][k]
+        return self.groups[self._slot(b)][k]
 
     def local_pairs(self) -> list[tuple[int, int]]:
         """Every (question, sample) this rank sampled and kept, in order."""
-        return [(b, k) for b in range(self.lo, self.hi) for k in range(len(self.groups[b - self.lo]))
-                if (b, k) not in self.moved_out]
-
+        mine = range(self.lo, self.hi) if self.local is None else sorted(self.local)
+        return [(b, k) for b in mine for k in range(len(self.groups[self._slot(b)])) if (b, k) not in self.moved_out]
 
 @dataclass
 class SelectedBatch:
