@@ -296,7 +296,7 @@ def test_overlong_mask_keeps_cut_responses_out_of_the_batch_and_clip_frac_is_log
             seen.append((list(batch.rows), rollouts))
 
     for overlong in ("mask", "incorrect"):
-        cfg = _cfg(tiny_run, tmp_path / overlong, "algo.name=dapo", "algo.filter=false", f"algo.overlong={overlong}",
+        cfg = _cfg(tiny_run, tmp_path / overlong, "algo.name=dapo", "algo.filter=false", "algo.refill_rounds=0", f"algo.overlong={overlong}",
                    "steps=1", "batch_questions=8", "sampling.max_new_tokens=16", "algo.actor_freeze_steps=0")
         tr = Trainer(cfg, verifier, log=lambda *a: None, callbacks=[Look()])
         m = tr.step().metrics
