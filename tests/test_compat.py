@@ -14,10 +14,11 @@ from oreal.rollout.engine import CacheMismatchError, cache_argument
 pytestmark = pytest.mark.compat
 
 PLAIN = PromptConfig(system=None, use_chat_template=False)
-# `oreal eval --model default --data curriculum_test --limit 300 --k 2` gave 0.455 on transformers
-# 5.17.0 and on 5.24.0 (torch 2.13.0, 2 CPU cores); each version must stay within 1.5 points of it,
+# `oreal eval --model default --data curriculum_test --limit 300 --k 2` gives 0.497 on transformers
+# 5.25.0 (torch 2.13.0, 2 CPU cores; the embedded policy rebuilt on 2026-12-07, 0.455 before), and
+# 5.17.0 passes within the bound; each version must stay within 1.5 points of it,
 # so any two are within 3 points of each other.
-EMBEDDED_PASS1 = 0.455
+EMBEDDED_PASS1 = 0.497
 
 
 @pytest.fixture(scope="module")
