@@ -97,8 +97,13 @@ class Trainer(Checkpointing):
             self.cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log, longest)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
-        self._setup_optimizers()
-        self._setup_data(problems)
+        # the two update stages, each with its AdamW, warm-up + cosine (the policy's after the freeze)
+        cfg = self.cfg  # as fitted
+        self.policy_stage = PolicyStage(self.policy, self.ref, cfg, self.device, self._clock)
+        self.credit = CreditStage(self._credit_model, cfg, self._clock, self.log) if self._credit_model is not None else None
+        self.problems = load_questions(cfg, problems, self.log)
+        self.sampler = QuestionSampler(len(self.problems), cfg.seed)
+        self.booster = build_booster(cfg, self.problems, self.log)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
             cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, self._token_logprobs))
@@ -176,32 +181,6 @@ class Trainer(Checkpointing):
         vocab = min(len(self.tok), self.policy.get_input_embeddings().num_embeddings)
         models = [("the policy", self.policy), ("the reference", self.ref), ("the credit model", self._credit_model)]
         check_forwards(models, vocab, self.device, self.cfg.logprob_chunk, self.pack)
-
-    def _setup_optimizers(self) -> None:
-        """The two update stages, each with its AdamW, warm-up + cosine: the policy's schedule
-        starts after the freeze."""
-        cfg = self.cfg
-        self.policy_stage = PolicyStage(self.policy, self.ref, cfg, self.device, self._clock)
-        # token credit, one stage with its own optimiser (None: every token weighs 1)
-        self.credit = CreditStage(self._credit_model, cfg, self._clock, self.log) if self._credit_model is not None else None
-
-    def _setup_data(self, problems: list[Problem] | None = None) -> None:
-        cfg = self.cfg
-        self.problems = list(problems) if problems is not None else load_list(
-            cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
-        if not self.problems:
-            raise DataError("no training questions")
-        if cfg.data_balance:  # difficulty balancing: [0,.2) x6, [.2,.4) x4, [.4,.6) x4, [.6,.8) x2, easier dropped
-            missing = sum(p.pass_rate is None for p in self.problems)
-            if missing:
-                raise DataError(f"data_balance=true: {missing} of {len(self.problems)} questions in {cfg.data} have "
-                                f"no pass_rate; measure them with `oreal data passrate`")
-            n = len(self.problems)
-            self.problems = balance(self.problems)
-            self.log(f"difficulty balancing: {n} questions -> {len(self.problems)} entries")
-        self.sampler = QuestionSampler(len(self.problems), cfg.seed)
-        pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.enabled and cfg.skills.pool else None
-        self.booster = SkillBooster(cfg.skills, self.problems, cfg.seed, pool, self.log) if cfg.skills.enabled else None
 
     def close(self) -> None:
         """Free the engine and any temporary copy of a given model."""
@@ -369,6 +348,31 @@ class Trainer(Checkpointing):
                                        sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
         finally:
             self.engine.release()
+
+
+def load_questions(cfg: TrainConfig, problems: list[Problem] | None, log) -> list[Problem]:
+    """The training questions (`problems`, else `cfg.data`), difficulty-balanced with `data_balance`."""
+    problems = list(problems) if problems is not None else load_list(cfg.data, data_dir_=cfg.data_dir,
+                                                                     preset=cfg.data_preset)
+    if not problems:
+        raise DataError("no training questions")
+    if cfg.data_balance:  # difficulty balancing: [0,.2) x6, [.2,.4) x4, [.4,.6) x4, [.6,.8) x2, easier dropped
+        missing = sum(p.pass_rate is None for p in problems)
+        if missing:
+            raise DataError(f"data_balance=true: {missing} of {len(problems)} questions in {cfg.data} have "
+                            f"no pass_rate; measure them with `oreal data passrate`")
+        n = len(problems)
+        problems = balance(problems)
+        log(f"difficulty balancing: {n} questions -> {len(problems)} entries")
+    return problems
+
+
+def build_booster(cfg: TrainConfig, problems: list[Problem], log) -> SkillBooster | None:
+    """The skill booster of `cfg.skills` (None when off)."""
+    if not cfg.skills.enabled:
+        return None
+    pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.pool else None
+    return SkillBooster(cfg.skills, problems, cfg.seed, pool, log)
 
 
 @dataclass
