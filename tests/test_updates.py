@@ -149,3 +149,13 @@ def test_resume_after_steps_of_several_updates_is_bit_identical(data, verifier, 
     a, b = ref.policy.state_dict(), run.policy.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert run.sched.state_dict() == ref.sched.state_dict()
+
+
+def test_fewer_rows_than_mini_batches_take_one_step_a_row(data, verifier, tmp_path):
+    cfg = _cfg(data, tmp_path / "run", "algo.name=dapo", "algo.mini_batches=1000", "steps=1")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    try:
+        m = tr.step().metrics
+    finally:
+        tr.close()
+    assert 1 < m["policy_steps"] == m["selected"] == tr.state.actor_steps

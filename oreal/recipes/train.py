@@ -3,8 +3,9 @@
 `Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each; refills) ->
 select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
 ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
-BCE on the outcomes and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives,
-KL to the reference; the step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
+BCE on the outcomes and its step; the token weights) -> policy update (`oreal.training.policy`: BC on
+positives, shaped PG on negatives, KL to the reference; its optimiser step(s), `algo.updates_per_batch`
+x `algo.mini_batches`) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
 `train()` runs steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations

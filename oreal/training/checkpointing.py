@@ -23,8 +23,8 @@ STATEFUL = ("sched", "credit_sched", "sampler", "select_gen", "booster", "rng")
 
 class Checkpointing:
     """Mixed into `oreal.recipes.train.Trainer`: what a resume needs to continue to the bit, read
-    from the trainer's parts (policy, credit model, their optimisers and schedules, the question
-    sampler, the selection generator, the skill booster) and its `RunState`, and written back."""
+    from the trainer's parts (policy, credit model, their optimisers, and the parts `STATEFUL` names)
+    and its `RunState`, and written back."""
 
     def _models(self) -> dict:
         return {"policy": self.policy, **({CREDIT: self.credit.model} if self.credit is not None else {})}

@@ -71,7 +71,9 @@ class PolicyStage:
         (`Trainer.micro_batches`) with its own counts over all ranks. One mini-batch: the batch's
         own micro-batches and counts. Fewer rows than mini-batches (on the busiest rank): one
         mini-batch a row; every rank takes as many, a rank short of rows runs empty ones."""
-        n = min(self.algo.mini_batches, dist_utils.max_int(len(batch.rows)))
+        n = self.algo.mini_batches
+        if n > 1:  # a collective: every rank takes as many steps
+            n = min(n, dist_utils.max_int(len(batch.rows)))
         if n <= 1:
             return [MiniBatch(slice(None), micro, counts)]
         out = []
