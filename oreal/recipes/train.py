@@ -101,7 +101,8 @@ class Trainer(Checkpointing):
         # the two update stages, each with its AdamW, warm-up + cosine (the policy's after the freeze)
         cfg = self.cfg  # as fitted
         self.policy_stage = PolicyStage(self.policy, self.ref, cfg, self.device, self._clock)
-        self.credit = CreditStage(self._credit_model, cfg, self._clock, self.log) if self._credit_model is not None else None
+        credit = self._credit_model
+        self.credit = None if credit is None else CreditStage(credit, cfg, self._clock, self.log)
         self.problems = load_questions(cfg, problems, self.log)
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
         self.booster = build_booster(cfg, self.problems, self.log)
@@ -303,7 +304,9 @@ class Trainer(Checkpointing):
         stats = stage.update(minis, weights, update)
         self.state.actor_steps += stats.steps
         if stats.updated:
+            t0 = self._clock()
             self.push_weights()
+            stats.optim_seconds += self._clock() - t0  # as before: the step's optimiser time includes the push
         return stats
 
     @property

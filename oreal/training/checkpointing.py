@@ -33,7 +33,7 @@ class Checkpointing:
         """Each part of `STATEFUL`: (read its state, load a state), or None where this run has none."""
         credit, booster = self.credit, self.booster
         parts = {"sched": (self.sched.state_dict, self.sched.load_state_dict),
-                 "credit_sched": (credit.sched.state_dict, credit.sched.load_state_dict) if credit is not None else None,
+                 "credit_sched": None if credit is None else (credit.sched.state_dict, credit.sched.load_state_dict),
                  "sampler": (self.sampler.state_dict, self.sampler.load_state_dict),
                  "select_gen": (self.select_gen.get_state, self.select_gen.set_state),
                  "booster": (booster.state_dict, booster.load_state_dict) if booster else None,
