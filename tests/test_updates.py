@@ -159,3 +159,22 @@ def test_fewer_rows_than_mini_batches_take_one_step_a_row(data, verifier, tmp_pa
     finally:
         tr.close()
     assert 1 < m["policy_steps"] == m["selected"] == tr.state.actor_steps
+
+
+def test_lora_takes_its_reference_once_with_the_adapter_off(data, verifier, tmp_path, monkeypatch):
+    """Under LoRA pi_ref is the base model (adapter off), computed with pi_old before the first step:
+    a fresh adapter adds 0, so there the two are equal; both are kept for the second pass."""
+    pytest.importorskip("peft")
+    cfg = _cfg(data, tmp_path / "run", "algo.name=dapo", "algo.kl_coef=0.01", "algo.updates_per_batch=2",
+               "lora.enabled=true", "lora.r=4", "optim.lr=3e-2", "steps=1")
+    tr = Trainer(cfg, verifier, log=lambda *a: None)
+    calls = _losses(monkeypatch)
+    try:
+        m = tr.step().metrics
+    finally:
+        tr.close()
+    assert tr.ref is None and m["policy_steps"] == 2 and m["loss_kl"] != 0
+    half = len(calls) // 2
+    first, second = calls[:half], calls[half:]
+    assert half and all(torch.equal(i.ref_logp, i.old_logp) for i, _ in first)
+    assert all(a.ref_logp is b.ref_logp and a.old_logp is b.old_logp for (a, _), (b, _) in zip(first, second))
