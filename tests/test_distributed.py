@@ -104,6 +104,38 @@ def test_two_gloo_ranks_match_one_process(tmp_path, fsdp, credit, chunk, pack, b
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
+def test_several_updates_per_batch_on_two_ranks(tmp_path, fsdp):
+    """algo.updates_per_batch=2 (one mini-batch): two ranks give one process's update (pi_old of
+    each rank's micro-batches, before the batch's first step); algo.mini_batches=2 splits each
+    rank's rows alike, every rank taking the same optimiser steps, in step."""
+    env, cli = _write_cfg(tmp_path)
+    cli = [*cli, "algo.name=dapo", "algo.updates_per_batch=2", "algo.refill_rounds=0"]
+    one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", f"fsdp={str(fsdp).lower()}")
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("one", "two")}
+    for a, b in zip(rows["one"], rows["two"]):
+        assert a["policy_steps"] == b["policy_steps"]
+        for k in ("loss", "kl", "entropy", "clip_frac"):
+            if a[k] is not None:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), k
+    assert any(r["policy_steps"] == 2 for r in rows["one"])
+    wa = load_file(str(tmp_path / "one" / "final" / "policy" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "final" / "policy" / "model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6), (k, (wa[k] - wb[k]).abs().max())
+    mini = _torchrun(env, cli, f"out={tmp_path / 'mini'}", f"fsdp={str(fsdp).lower()}", "algo.mini_batches=2")
+    assert mini.returncode == 0, mini.stderr[-3000:]
+    steps = [json.loads(x) for x in (tmp_path / "mini" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["policy_steps"] for r in steps if r["actor_updated"]] and \
+        all(r["policy_steps"] == 4 for r in steps if r["actor_updated"])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("credit", ["token_head", "logprob"])
 def test_fsdp2_run_killed_after_a_checkpoint_resumes_to_the_same_bits(tmp_path, credit):
     """FSDP2 checkpoints are DCP shards, one file per rank; a 2-rank checkpoint resumes on 2 ranks

@@ -131,8 +131,8 @@ def test_the_filler_micro_batch_adds_exactly_zero_to_every_sum_and_gradient(tmp_
     collectives. Each must add exactly 0.0 to every loss sum (policy, KL, entropy, the engine ratio's
     and truncated IS's, the credit model's BCE and accuracy) and to every gradient of the policy and
     of the credit model: the update with one is the update without it, to the bit."""
-    import oreal.recipes.train as train_mod
     import oreal.training.credit as credit_mod
+    import oreal.training.policy as policy_mod
     from oreal import distributed as dist_utils
     from oreal.recipes.train import Trainer
     from oreal.training.config import build_config
@@ -147,7 +147,7 @@ def test_the_filler_micro_batch_adds_exactly_zero_to_every_sum_and_gradient(tmp_
         grads[model is tr.policy] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         return True
 
-    monkeypatch.setattr(train_mod, "guarded_step", no_step)
+    monkeypatch.setattr(policy_mod, "guarded_step", no_step)
     monkeypatch.setattr(credit_mod, "guarded_step", no_step)
     vocab = min(len(tr.tok), tr.policy.get_input_embeddings().num_embeddings)
     g = torch.Generator().manual_seed(0)

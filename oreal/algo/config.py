@@ -136,6 +136,12 @@ class AlgoConfig:
                                          "normalisers)" + _FROM_PRESET)
     actor_freeze_steps: int | None = setting(None, "steps at the start where only the credit model learns"
                                              + _FROM_PRESET)
+    updates_per_batch: int = setting(1, "optimiser passes over each batch (TRL's num_iterations, veRL's ppo_epochs); "
+                                        "above 1 (or mini_batches above 1) pi_old is the policy before the batch's "
+                                        "first step, so the ratio objectives' clips bind from the second step")
+    mini_batches: int = setting(1, "each update pass splits the selected rows into this many mini-batches, one "
+                                   "optimiser step each, normalised over its own rows (fewer rows than this: one "
+                                   "mini-batch a row)")
     tis_cap: float = setting(0.0, "truncated importance sampling: weigh each token's loss by min(pi_trainer / "
                                   "pi_engine, cap) (0: off)")
 
@@ -165,6 +171,9 @@ class AlgoConfig:
                               f"clipped to [1 - clip_low, 1 + clip_high], so 0 <= clip_low <= 1 and clip_high >= 0")
         if self.tis_cap < 0:
             raise ConfigError("algo.tis_cap: must be >= 0 (0: off)")
+        if self.updates_per_batch < 1 or self.mini_batches < 1:
+            raise ConfigError(f"algo.updates_per_batch, algo.mini_batches: {self.updates_per_batch}, "
+                              f"{self.mini_batches}: each must be at least 1 (1, 1: one optimiser step a batch)")
         if self.actor_freeze_steps < 0:
             raise ConfigError("algo.actor_freeze_steps: must be at least 0")
         if self.refill_rounds < 0:

@@ -4,8 +4,9 @@ counts its aggregation divides by, `TokenCounts`.
 Every objective is a function of this record and the `AlgoConfig` (`oreal.algo.objective`), so an
 objective that needs another tensor gets a field here, not a new argument in every caller. The
 trainer builds the record per micro-batch; with one update per batch `old_logp` is `logp.detach()`
-(`LossInputs.on_policy`), with several it is the log-probs the trainer computed when the batch
-was sampled, kept for every update of that batch.
+(`LossInputs.on_policy`), with several (`algo.updates_per_batch`, `algo.mini_batches`) it is the
+policy's log-probs before the batch's first optimiser step, kept for every update of that batch
+(`oreal.training.policy`).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ class LossInputs:
     token's loss is multiplied by (the credit model's, or ones); `policy_loss` multiplies them by
     the truncated importance weights when `algo.tis_cap` is set, before the objective sees them."""
     logp: torch.Tensor  # [N, T] log pi_theta(y_t) of the sampled tokens, with grad
-    old_logp: torch.Tensor  # [N, T] log pi_old(y_t): the trainer's when the batch was sampled (no grad)
+    old_logp: torch.Tensor  # [N, T] log pi_old(y_t): the policy's before the batch's first step (no grad)
     ref_logp: torch.Tensor  # [N, T] log pi_ref(y_t) of the frozen reference
     engine_logp: torch.Tensor | None  # [N, T] the engine's log-probs of the sampled tokens, or None
     mask: torch.Tensor  # [N, T] 1 on the response tokens in the loss

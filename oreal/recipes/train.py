@@ -3,8 +3,9 @@
 `Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each; refills) ->
 select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
 ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
-BCE on the outcomes and its step; the token weights) -> policy update (BC on positives, shaped PG on negatives,
-KL to the reference; the step) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
+BCE on the outcomes and its step; the token weights) -> policy update (`oreal.training.policy`: BC on
+positives, shaped PG on negatives, KL to the reference; its optimiser step(s), `algo.updates_per_batch`
+x `algo.mini_batches`) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
 `train()` runs steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations
@@ -26,9 +27,9 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, load_credit_model, load_policy, load_tokenizer,
                       resolve_model_path, shard_lm, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
-from ..optim import guarded_step, make_optimizer
 from ..plan import plan_memory
 from ..training.credit import CreditStage
+from ..training.policy import MiniBatch, PolicyStage
 from ..training.model_card import write_model_card
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
@@ -43,7 +44,7 @@ from ..training.refill import question_seeds, sample_rounds
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.state import CreditStats, DeviceSums, PolicyStats, RunState, StepControl, StepResult
+from ..training.state import CreditStats, PolicyStats, RunState, StepControl, StepResult
 from ..training.threads import auto_threads, usable_cores
 from ..verify import as_reward, count_statuses
 
@@ -51,7 +52,7 @@ METRIC_FIELDS = [
     "step", "reward", "pass_rate", "kept_questions", "selected", "positives", "negatives",
     "kl", "entropy", "loss", "loss_pos", "loss_neg", "loss_kl", "credit_loss", "credit_acc", "credit_pair_rank",
     "response_tokens", "unfinished", "verifier_timeouts", "judge_failures", "boosted", "lr", "credit_lr",
-    "actor_updated", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
+    "actor_updated", "policy_steps", "skipped", "nonfinite", "tokens_per_s", "train_tokens", "rollout_seconds",
     # where the step's time went (each phase bracketed by a device synchronize on CUDA)
     "sample_seconds", "grade_seconds", "credit_seconds", "policy_seconds", "optim_seconds",
     "seconds", "elapsed", "eta", "threads",
@@ -63,7 +64,6 @@ METRIC_FIELDS = [
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
     "refill_rounds", "refill_samples", "refill_seconds",  # algo.refill_rounds: rounds run, responses, time (None: off)
 ]
-_POLICY_SUMS = ("entropy", *algo.LOSS_SUMS)
 
 
 class Trainer(Checkpointing):
@@ -98,8 +98,14 @@ class Trainer(Checkpointing):
             self.cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log, longest)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
-        self._setup_optimizers()
-        self._setup_data(problems)
+        # the two update stages, each with its AdamW, warm-up + cosine (the policy's after the freeze)
+        cfg = self.cfg  # as fitted
+        self.policy_stage = PolicyStage(self.policy, self.ref, cfg, self.device, self._clock)
+        credit = self._credit_model
+        self.credit = None if credit is None else CreditStage(credit, cfg, self._clock, self.log)
+        self.problems = load_questions(cfg, problems, self.log)
+        self.sampler = QuestionSampler(len(self.problems), cfg.seed)
+        self.booster = build_booster(cfg, self.problems, self.log)
         self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
             self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
             cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, self._token_logprobs))
@@ -178,33 +184,6 @@ class Trainer(Checkpointing):
         models = [("the policy", self.policy), ("the reference", self.ref), ("the credit model", self._credit_model)]
         check_forwards(models, vocab, self.device, self.cfg.logprob_chunk, self.pack)
 
-    def _setup_optimizers(self) -> None:
-        """AdamW with warm-up + cosine for both; the policy's schedule starts after the freeze."""
-        cfg, o = self.cfg, self.cfg.optim
-        self.opt, self.sched = make_optimizer(self.policy, o.lr, o.weight_decay, o.warmup,
-                                              max(1, cfg.steps - cfg.algo.actor_freeze_steps), o.min_lr, o.eps,
-                                              betas=o.betas)
-        # token credit, one stage with its own optimiser (None: every token weighs 1)
-        self.credit = CreditStage(self._credit_model, cfg, self._clock, self.log) if self._credit_model is not None else None
-
-    def _setup_data(self, problems: list[Problem] | None = None) -> None:
-        cfg = self.cfg
-        self.problems = list(problems) if problems is not None else load_list(
-            cfg.data, data_dir_=cfg.data_dir, preset=cfg.data_preset)
-        if not self.problems:
-            raise DataError("no training questions")
-        if cfg.data_balance:  # difficulty balancing: [0,.2) x6, [.2,.4) x4, [.4,.6) x4, [.6,.8) x2, easier dropped
-            missing = sum(p.pass_rate is None for p in self.problems)
-            if missing:
-                raise DataError(f"data_balance=true: {missing} of {len(self.problems)} questions in {cfg.data} have "
-                                f"no pass_rate; measure them with `oreal data passrate`")
-            n = len(self.problems)
-            self.problems = balance(self.problems)
-            self.log(f"difficulty balancing: {n} questions -> {len(self.problems)} entries")
-        self.sampler = QuestionSampler(len(self.problems), cfg.seed)
-        pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.enabled and cfg.skills.pool else None
-        self.booster = SkillBooster(cfg.skills, self.problems, cfg.seed, pool, self.log) if cfg.skills.enabled else None
-
     def close(self) -> None:
         """Free the engine and any temporary copy of a given model."""
         self._exit.close()
@@ -233,7 +212,7 @@ class Trainer(Checkpointing):
         weights, scores, credit = self.token_credit(batch, micro, counts)
         for cb in self.callbacks:
             weights = token_weights_of(cb.on_token_weights(self, batch, roll, weights, scores), weights)
-        policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps)
+        policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps, batch=batch)
         nonfinite = not (credit.finite and policy.finite)
         self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
         m.update(credit.metrics(), **policy.metrics(), nonfinite=nonfinite, positives=sel.positives,
@@ -314,69 +293,39 @@ class Trainer(Checkpointing):
         return self.credit.weights(batch, scores), scores, stats
 
     def policy_update(self, micro: list[MicroBatch], weights: torch.Tensor, counts: algo.TokenCounts,
-                      update: bool = True) -> PolicyStats:
-        """The policy's gradients micro-batch by micro-batch (summed over ranks) and its optimiser
-        step; `update=False` (the actor is frozen) does neither. A non-finite loss or gradient
-        skips the step. The engine samples from the new weights afterwards."""
-        stats = PolicyStats(tokens=counts.all)
-        sums = DeviceSums(_POLICY_SUMS, self.device)
-        ratio_max = torch.zeros((), device=self.device)
-        if update:
+                      update: bool = True, batch: SelectedBatch | None = None) -> PolicyStats:
+        """The policy stage on this batch (`oreal.training.policy`): `algo.updates_per_batch` passes
+        over its `algo.mini_batches` (one without `batch`), an optimiser step each; `update=False`
+        (the actor is frozen) takes none. The engine samples from the new weights afterwards,
+        pushed once after the batch's last step."""
+        stage = self.policy_stage
+        minis = stage.mini_batches(batch, micro, counts, self.micro_batches) if batch is not None and update else [
+            MiniBatch(slice(None), micro, counts)]
+        stats = stage.update(minis, weights, update)
+        self.state.actor_steps += stats.steps
+        if stats.updated:
             t0 = self._clock()
-            self.opt.zero_grad(set_to_none=True)
-            for mb in micro:
-                w = weights[mb.rows] if mb.real else torch.ones_like(mb.batch.mask)
-                ratio_max = torch.maximum(ratio_max, self._policy_backward(mb, w, counts, sums))
-            if not self.fsdp:  # FSDP2 already summed them in its reduce-scatter
-                dist_utils.all_reduce_grads(self.policy)
-            stats.seconds = self._clock() - t0
-        stats.sums = sums.total()  # the step's one host sync for its sums
-        stats.ratio_max = dist_utils.max_float(ratio_max.item())
-        t0 = self._clock()
-        if update:
-            total = stats.sums["loss_pos"] + stats.sums["loss_neg"] + stats.sums["loss_kl"]
-            stats.updated = guarded_step(self.policy, self.opt, self.sched, self.cfg.optim.grad_clip, total)
-            stats.finite = stats.updated
-            if stats.updated:
-                self.state.actor_steps += 1
-                self.push_weights()
-        stats.optim_seconds = self._clock() - t0
+            self.push_weights()
+            stats.optim_seconds += self._clock() - t0  # as before: the step's optimiser time includes the push
         return stats
 
+    @property
+    def opt(self):
+        """The policy's optimiser (the policy stage's)."""
+        return self.policy_stage.opt
+
+    @property
+    def sched(self):
+        """The policy's learning-rate schedule (the policy stage's)."""
+        return self.policy_stage.sched
+
     def push_weights(self) -> None:
-        """An engine with its own copy of the weights gets the policy's (after every optimiser step
-        and a resume): gathered (in the dtype the engine keeps) and LoRA-merged here, once."""
+        """An engine with its own copy of the weights gets the policy's (after a batch's last
+        optimiser step and a resume): gathered (in the dtype the engine keeps) and LoRA-merged here, once."""
         if self.engine.holds_weights:
             self.engine.resume()
             with full_weights(self.policy, getattr(self.engine, "weights_dtype", None)) as named:
                 self.engine.update_weights(named)
-
-    def _policy_backward(self, micro: MicroBatch, weights: torch.Tensor, counts: algo.TokenCounts,
-                         sums: DeviceSums) -> torch.Tensor:
-        """One micro-batch's policy gradients, its loss sums added to `sums` (on the device);
-        returns the largest pi_trainer / pi_engine of its sampled tokens (0 without the engine's
-        log-probs). The models see the micro-batch's inputs (packed or padded); the loss sees its
-        rows, as one `algo.LossInputs` (one update per batch: pi_old is the policy itself)."""
-        mb, x = micro.batch, micro.inputs
-        logp, entropy = self._logprobs(self.policy, x)
-        with torch.no_grad():
-            if self.ref is not None:
-                ref_logp = self._logprobs(self.ref, x, entropy=False)[0]
-            else:  # LoRA: the reference is the base model, the adapter off
-                with self.policy.disable_adapter():
-                    ref_logp = self._logprobs(self.policy, x, entropy=False)[0]
-        sums.add("entropy", (entropy * mb.mask).sum())
-        inputs = algo.LossInputs.on_policy(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts, mb.engine_logp)
-        out = algo.policy_loss(inputs, self.cfg.algo)  # the engine's ratio and algo.tis_cap too
-        out.loss.backward()
-        for key, value in out.sums.items():
-            sums.add(key, value)
-        return out.ratio_max
-
-    def _logprobs(self, model, x: ModelInputs, entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """[m, T] log-probs of the rows' sampled tokens (and the entropy) under `model`."""
-        logp, ent = sequence_logprobs(model, x.ids, x.attn, x.targets, self.cfg.logprob_chunk, entropy, x.position_ids)
-        return x.rows(logp), None if ent is None else x.rows(ent)
 
     def _clock(self) -> float:
         """Wall time after the device has finished its queued work (CUDA runs asynchronously)."""
@@ -403,6 +352,31 @@ class Trainer(Checkpointing):
                                        sampling=sampling or self.cfg.sampling, prompt=self.cfg.prompt, seed=seed, **kw)
         finally:
             self.engine.release()
+
+
+def load_questions(cfg: TrainConfig, problems: list[Problem] | None, log) -> list[Problem]:
+    """The training questions (`problems`, else `cfg.data`), difficulty-balanced with `data_balance`."""
+    problems = list(problems) if problems is not None else load_list(cfg.data, data_dir_=cfg.data_dir,
+                                                                     preset=cfg.data_preset)
+    if not problems:
+        raise DataError("no training questions")
+    if cfg.data_balance:  # difficulty balancing: [0,.2) x6, [.2,.4) x4, [.4,.6) x4, [.6,.8) x2, easier dropped
+        missing = sum(p.pass_rate is None for p in problems)
+        if missing:
+            raise DataError(f"data_balance=true: {missing} of {len(problems)} questions in {cfg.data} have "
+                            f"no pass_rate; measure them with `oreal data passrate`")
+        n = len(problems)
+        problems = balance(problems)
+        log(f"difficulty balancing: {n} questions -> {len(problems)} entries")
+    return problems
+
+
+def build_booster(cfg: TrainConfig, problems: list[Problem], log) -> SkillBooster | None:
+    """The skill booster of `cfg.skills` (None when off)."""
+    if not cfg.skills.enabled:
+        return None
+    pool = load_list(cfg.skills.pool, data_dir_=cfg.data_dir) if cfg.skills.pool else None
+    return SkillBooster(cfg.skills, problems, cfg.seed, pool, log)
 
 
 @dataclass

@@ -14,25 +14,38 @@ from ..models import load_lora_adapter, load_weights, read_weights, save_model
 from .state import RunState
 
 CREDIT = "credit"  # the credit model's folder in checkpoints and final/, and its name in the trainer state
+# What trainer_state.pt holds beside the RunState fields and the optimiser states, by its key there,
+# in the order a resume loads them (the RNGs last): the policy's and the credit model's schedules, the
+# question sampler, the selection generator, the skill booster and the global RNGs. The weights are
+# `Checkpointing._models()`, the optimisers `_optimizers()`.
+STATEFUL = ("sched", "credit_sched", "sampler", "select_gen", "booster", "rng")
 
 
 class Checkpointing:
     """Mixed into `oreal.recipes.train.Trainer`: what a resume needs to continue to the bit, read
-    from the trainer's parts (policy, credit model, their optimisers and schedules, the question
-    sampler, the selection generator, the skill booster) and its `RunState`, and written back."""
+    from the trainer's parts (policy, credit model, their optimisers, and the parts `STATEFUL` names)
+    and its `RunState`, and written back."""
 
     def _models(self) -> dict:
         return {"policy": self.policy, **({CREDIT: self.credit.model} if self.credit is not None else {})}
 
+    def _stateful(self) -> dict:
+        """Each part of `STATEFUL`: (read its state, load a state), or None where this run has none."""
+        credit, booster = self.credit, self.booster
+        parts = {"sched": (self.sched.state_dict, self.sched.load_state_dict),
+                 "credit_sched": None if credit is None else (credit.sched.state_dict, credit.sched.load_state_dict),
+                 "sampler": (self.sampler.state_dict, self.sampler.load_state_dict),
+                 "select_gen": (self.select_gen.get_state, self.select_gen.set_state),
+                 "booster": (booster.state_dict, booster.load_state_dict) if booster else None,
+                 "rng": (ckpt.rng_state, ckpt.set_rng_state)}
+        assert tuple(parts) == STATEFUL
+        return parts
+
     def state_dict(self) -> dict:
         """Everything but the weights that a resume needs to continue to the bit. Under FSDP2 the
         optimiser states are not here but sharded beside the weights (`sharded_optim` names them)."""
-        st = {**dataclasses.asdict(self.state), "sched": self.sched.state_dict(),
-              "credit_sched": self.credit.sched.state_dict() if self.credit is not None else None,
-              "sampler": self.sampler.state_dict(), "select_gen": self.select_gen.get_state(),
-              "booster": self.booster.state_dict() if self.booster else None,
-              "rng": ckpt.rng_state(), "models": sorted(self._models()),
-              "threads": torch.get_num_threads()}
+        st = {**dataclasses.asdict(self.state), **{k: p and p[0]() for k, p in self._stateful().items()},
+              "models": sorted(self._models()), "threads": torch.get_num_threads()}
         if self.fsdp:
             st["sharded_optim"] = sorted(self._stepped_optimizers())
         else:
@@ -95,14 +108,10 @@ class Checkpointing:
                 dist_utils.load_optimizer_state(self.credit.model, self.credit.opt, st["credit_opt"])
                 self.credit.model.after_optimizer_load(self.credit.opt)
         if self.credit is not None:
-            self.credit.sched.load_state_dict(st["credit_sched"])
             self.credit.calibrate = False  # the checkpoint's calibration, not a new one from the next batch
-        self.sched.load_state_dict(st["sched"])
-        self.sampler.load_state_dict(st["sampler"])
-        self.select_gen.set_state(st["select_gen"])
-        if self.booster is not None and st.get("booster"):
-            self.booster.load_state_dict(st["booster"])
-        ckpt.set_rng_state(st["rng"])
+        for key, part in self._stateful().items():
+            if part is not None and st.get(key) is not None:
+                part[1](st[key])
         if self.cfg.device == "cpu" and not self.cfg.threads and st.get("threads"):
             # the thread count can change a result's last bits: a resume keeps the run's own
             torch.set_num_threads(st["threads"])

@@ -59,16 +59,18 @@ class CreditStats:
 @dataclass
 class PolicyStats:
     """The policy's phase of one step: its gradients and its optimiser step."""
-    updated: bool = False  # False while frozen, or when its loss or gradient was not finite
-    finite: bool = True
-    sums: dict = field(default_factory=dict)  # loss_pos, loss_neg, loss_kl, kl, entropy, ... (algo.LOSS_SUMS) over all ranks
-    tokens: float = 1.0  # response tokens of the batch (the KL and entropy normaliser)
+    updated: bool = False  # False while frozen, or when no step's loss and gradient were finite
+    finite: bool = True  # every optimiser step's loss and gradient were
+    steps: int = 0  # optimiser steps taken (algo.updates_per_batch x algo.mini_batches, less skipped ones)
+    # loss_pos, loss_neg, loss_kl, kl, entropy, ... (algo.LOSS_SUMS) over all ranks and all optimiser steps
+    sums: dict = field(default_factory=dict)
+    tokens: float = 1.0  # response tokens of the batch times the update passes (the KL and entropy normaliser)
     seconds: float = 0.0  # forwards and backwards
     optim_seconds: float = 0.0
     ratio_max: float = 0.0  # the largest pi_trainer / pi_engine of a sampled token in the loss
 
     def metrics(self) -> dict:
-        out = {"actor_updated": self.updated, "policy_seconds": self.seconds, "optim_seconds": self.optim_seconds}
+        out = {"actor_updated": self.updated, "policy_steps": self.steps, "policy_seconds": self.seconds, "optim_seconds": self.optim_seconds}
         n = self.sums.get("ratio_tokens", 0.0)
         if n:
             out.update(engine_ratio_mean=self.sums["ratio_sum"] / n, engine_ratio_max=self.ratio_max,
