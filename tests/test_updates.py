@@ -79,16 +79,20 @@ def test_one_update_per_batch_is_the_old_step(data, verifier, tmp_path, name):
         assert {n: p.double().sum().item() for n, p in sorted(wp.items())} == expected[name]["param_sums"]
 
 
+def _one_dapo_step(data, verifier, tmp_path, monkeypatch, *overrides):
+    """One dapo step with `overrides`: the trainer (closed), its metrics and every policy_loss call."""
+    tr = Trainer(_cfg(data, tmp_path / "run", "algo.name=dapo", "steps=1", *overrides), verifier, log=lambda *a: None)
+    calls = _losses(monkeypatch)
+    try:
+        return tr, tr.step().metrics, calls
+    finally:
+        tr.close()
+
+
 def test_a_second_update_moves_the_ratio_and_the_clip_binds(data, verifier, tmp_path, monkeypatch):
     """dapo (ppo_clip) with updates_per_batch=2 and a large lr: the first pass's ratios are 1, the
     second's are not, and some are clipped."""
-    cfg = _cfg(data, tmp_path / "run", "algo.name=dapo", "algo.updates_per_batch=2", "optim.lr=3e-2", "steps=1")
-    tr = Trainer(cfg, verifier, log=lambda *a: None)
-    calls = _losses(monkeypatch)
-    try:
-        m = tr.step().metrics
-    finally:
-        tr.close()
+    tr, m, calls = _one_dapo_step(data, verifier, tmp_path, monkeypatch, "algo.updates_per_batch=2", "optim.lr=3e-2")
     assert m["policy_steps"] == 2 and tr.state.actor_steps == 2 and tr.sched.last_epoch == 2
     half = len(calls) // 2
     assert half and len(calls) == 2 * half
@@ -101,13 +105,7 @@ def test_a_second_update_moves_the_ratio_and_the_clip_binds(data, verifier, tmp_
 
 
 def test_mini_batches_are_optimiser_steps_normalised_over_their_own_rows(data, verifier, tmp_path, monkeypatch):
-    cfg = _cfg(data, tmp_path / "run", "algo.name=dapo", "algo.mini_batches=2", "steps=1")
-    tr = Trainer(cfg, verifier, log=lambda *a: None)
-    calls = _losses(monkeypatch)
-    try:
-        m = tr.step().metrics
-    finally:
-        tr.close()
+    tr, m, calls = _one_dapo_step(data, verifier, tmp_path, monkeypatch, "algo.mini_batches=2")
     assert m["policy_steps"] == 2 and tr.state.actor_steps == 2 and tr.sched.last_epoch == 2
     counts = list(dict.fromkeys(i.counts for i, _ in calls))  # each mini-batch's, in order
     assert len(counts) == 2 and sum(c.seqs for c in counts) == m["selected"]
