@@ -175,10 +175,10 @@ def test_activation_checkpointing_takes_effect_and_changes_no_number(tmp_path, v
     saved = {}
 
     def run(flag):
-        from oreal.recipes import train as train_mod
+        from oreal.training.policy import PolicyStage
 
         seen = {}
-        real = train_mod.Trainer._logprobs
+        real = PolicyStage.logprobs
 
         def spy(self, model, x, entropy=True):
             if model is not self.policy or not torch.is_grad_enabled():
@@ -188,11 +188,11 @@ def test_activation_checkpointing_takes_effect_and_changes_no_number(tmp_path, v
                     lambda t: t):
                 return real(self, model, x, entropy)
 
-        train_mod.Trainer._logprobs = spy
+        PolicyStage.logprobs = spy
         try:
             out = step_grads(tmp_path / str(flag), verifier, f"activation_checkpointing={str(flag).lower()}")
         finally:
-            train_mod.Trainer._logprobs = real
+            PolicyStage.logprobs = real
         saved[flag] = sum(seen.values())
         return out
 
