@@ -140,11 +140,10 @@ class PolicyStage:
         `prior` = (log pi_old, log pi_ref) from `old_logprobs`."""
         mb, x = micro.batch, micro.inputs
         logp, entropy = self.logprobs(self.policy, x)
+        sums.add("entropy", (entropy * mb.mask).sum())
         if prior is None:
             with torch.no_grad():
                 ref_logp = self.ref_logprobs(x)
-        sums.add("entropy", (entropy * mb.mask).sum())
-        if prior is None:
             inputs = algo.LossInputs.on_policy(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts,
                                                mb.engine_logp)
         else:
