@@ -1,10 +1,11 @@
 """The paper's ablation ladder and the baselines at equal rollout budget on the curriculum.
 
-    python benchmarks/ladder.py [--seeds 0 1] [--steps 60] [--algos ...] [--out ladder_table.md]
+    python benchmarks/ladder.py [--seeds 0 1] [--steps 60] [--algos ...] [--set key=value ...] [--out ladder_table.md]
 
 Every run starts from the embedded policy with the demo config (same B, K, steps, learning
 rate, sampling), changing only `algo.name`; held-out pass@1 is measured before and after with
-the same sampling (300 curriculum test questions x 2 samples, T=1). An algorithm's seeds run one
+the same sampling (300 curriculum test questions x 2 samples, T=1). `--set` adds overrides to every
+run (e.g. `algo.mini_batches=4 threads=1`), recorded in each row. An algorithm's seeds run one
 after the other, so a stopped run leaves whole rows in `--runs`/results.jsonl; `--out` gets the
 table (with the command and the date) to paste into docs/ladder.md.
 """
@@ -20,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+from oreal.algo.config import ALGORITHMS
 from oreal.data import load_list
 from oreal.recipes.demo import demo_config_path
 from oreal.recipes.train import Trainer, train
@@ -45,11 +47,17 @@ VARIANTS = {
 }
 
 
+def _mean(hist: list[dict], key: str) -> float | None:
+    vals = [h[key] for h in hist if h.get(key) is not None]
+    return statistics.mean(vals) if vals else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--algos", nargs="+", default=LADDER, choices=list(dict.fromkeys([*LADDER, *VARIANTS])))
+    ap.add_argument("--algos", nargs="+", default=LADDER, choices=list(dict.fromkeys([*LADDER, *VARIANTS, *ALGORITHMS])))
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     ap.add_argument("--out", default="runs/ladder/table.md")
     ap.add_argument("--runs", default="runs/ladder")
     args = ap.parse_args()
@@ -61,7 +69,7 @@ def main() -> None:
         for name in args.algos:
             for seed in args.seeds:
                 algo = VARIANTS.get(name, [f"algo.name={name}"])
-                cfg = build_config(demo_config_path(), [*algo, f"seed={seed}",
+                cfg = build_config(demo_config_path(), [*algo, *args.set, f"seed={seed}",
                                                         f"steps={args.steps}", "max_seconds=0",
                                                         f"out={args.runs}/{name}_s{seed}", "log_every=0",
                                                         "overwrite=true"])
@@ -73,11 +81,14 @@ def main() -> None:
                 before = befores[seed]
                 hist = train(cfg, v, log=lambda *a: None, trainer=tr).history
                 after = tr.evaluate(test, k=cfg.eval_k)["pass@1"]
-                row = {"algo": name, "seed": seed, "before": before, "after": after,
+                row = {"algo": name, "seed": seed, "set": args.set, "before": before, "after": after,
                        "delta": after - before, "steps": len(hist), "seconds": time.time() - t0,
                        "kept_questions": statistics.mean(h["kept_questions"] for h in hist),
                        "selected": statistics.mean(h["selected"] for h in hist),
-                       "mean_train_reward_last10": statistics.mean(h["reward"] for h in hist[-10:])}
+                       "mean_train_reward_last10": statistics.mean(h["reward"] for h in hist[-10:]),
+                       # per step: optimiser steps, clipped share, and what refill cost (None: not used)
+                       **{k: _mean(hist, k) for k in ("policy_steps", "clip_frac", "refill_rounds", "refill_samples",
+                                                      "refill_seconds", "rollout_seconds")}}
                 results[name].append(row)
                 with open(raw_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -100,7 +111,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f"Command: `python benchmarks/ladder.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} "
-        f"--algos {' '.join(args.algos)}` ({time.strftime('%Y-%m-%d')}; 2 CPU cores; each run {args.steps} steps x "
+        f"--algos {' '.join(args.algos)}{' --set ' + ' '.join(args.set) if args.set else ''}` ({time.strftime('%Y-%m-%d')}; 2 CPU cores; each run {args.steps} steps x "
         "32 questions x 8 samples from the embedded policy, the demo's config otherwise; held-out pass@1 on 300 "
         "curriculum test questions x 2 samples, T=1)\n\n" + table + "\n")
 

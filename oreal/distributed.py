@@ -177,6 +177,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def teardown() -> None:
+    """The end of a job under torchrun: every rank waits for the others, then the process group is
+    destroyed. A rank that exits with the group still alive can abort in gloo's threads while its
+    peer still talks to it ("terminate called without an active exception", seen once in CI)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def fsdp_wrap(model: torch.nn.Module, layers: list, bf16: bool = False, cpu_offload: bool = False) -> torch.nn.Module:
     """FSDP2: shard each of `layers` (the decoder layers), then the root; gradients are summed, not
     averaged, because the trainer's losses are already divided by global token counts."""

@@ -44,16 +44,23 @@ def writable_dir(path: str | Path, what: str) -> None:
     if not existing.is_dir():
         raise RunDirError(f"{what}: {existing} is a file, not a directory")
     made = []
+    # under torchrun every rank checks at once: a directory another rank has just made is fine,
+    # and the ones made here stay (another rank may be testing in them; the run makes them anyway)
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
     try:
         for d in reversed(missing):
-            d.mkdir()
-            made.append(d)
+            try:
+                d.mkdir()
+                made.append(d)
+            except FileExistsError:
+                if not d.is_dir() or ranks == 1:
+                    raise
         with tempfile.NamedTemporaryFile(dir=path, prefix=".oreal-write-test-"):
             pass
     except OSError as e:
         raise RunDirError(f"{what}: cannot write in {path} ({e.strerror or e})") from None
     finally:
-        for d in reversed(made):
+        for d in reversed(made if ranks == 1 else []):
             try:
                 d.rmdir()
             except OSError:

@@ -445,3 +445,28 @@ def test_fsdp2_ranks_each_evaluate_their_share_and_report_the_whole_set(tmp_path
         for n in ("5", "1"):
             assert r[n]["result"] == one[n]["result"], n
     assert one["5"]["result"]["n"] == 5 and len(one["5"]["result"]["samples"]) == 3
+
+
+def test_every_rank_checks_the_run_directory_at_once(tmp_path, monkeypatch):
+    """Under torchrun all ranks run `writable_dir` on the same new `out` together (CI once failed
+    with "cannot write in out (File exists)"): a directory another rank made first is accepted,
+    and none is removed (another rank may be writing its test file there). One process leaves
+    nothing behind, as before."""
+    from pathlib import Path
+
+    from oreal.preflight import writable_dir
+
+    real_mkdir = Path.mkdir
+
+    def other_rank_first(self, *a, **k):  # the other rank's mkdir lands between exists() and ours
+        real_mkdir(self)
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", other_rank_first)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    writable_dir(tmp_path / "a" / "out", "out")
+    assert (tmp_path / "a" / "out").is_dir() and not list((tmp_path / "a" / "out").iterdir())
+    monkeypatch.setattr(Path, "mkdir", real_mkdir)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    writable_dir(tmp_path / "b" / "out", "out")
+    assert not (tmp_path / "b").exists()

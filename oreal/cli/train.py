@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..distributed import teardown
     from ..recipes.train import train
     from ..training.config import build_config
     from ..verify import Verifier
@@ -28,6 +29,7 @@ def run(args) -> int:
     with custom or Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
         result = train(cfg, v)
         result.trainer.close()
+    teardown()  # every rank past its last collective before any exits
     if result.interrupted:
         return 128 + getattr(signal, result.interrupted)
     if result.trainer.rank == 0:  # under torchrun one line, not one per rank
