@@ -470,3 +470,12 @@ def test_every_rank_checks_the_run_directory_at_once(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     writable_dir(tmp_path / "b" / "out", "out")
     assert not (tmp_path / "b").exists()
+
+
+def test_a_rank_ends_with_its_code_and_its_output_flushed():
+    """`end_job` (the CLI's last call under torchrun) leaves with the run's exit code, without the
+    interpreter's shutdown, and loses no buffered line of stdout or stderr on the way."""
+    code = ("import sys; from oreal.distributed import end_job; "
+            "sys.stdout.write('last line'); sys.stderr.write('last error'); end_job(3)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "last line", "last error")

@@ -5,6 +5,8 @@ The errors a user can cause become one line on stderr and the exit code in
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import os
 import sys
 
 from .. import __version__
@@ -155,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank torchrun reports as SIGABRT/SIGSEGV shows its Python stack
+        faulthandler.enable()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # argparse's own error, with the way to say it when the command takes key=value

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..distributed import teardown
+    from .. import distributed
     from ..recipes.train import train
     from ..training.config import build_config
     from ..verify import Verifier
@@ -29,9 +29,9 @@ def run(args) -> int:
     with custom or Verifier(workers=cfg.verifier_workers, timeout=cfg.verifier_timeout) as v:
         result = train(cfg, v)
         result.trainer.close()
-    teardown()  # every rank past its last collective before any exits
-    if result.interrupted:
-        return 128 + getattr(signal, result.interrupted)
-    if result.trainer.rank == 0:  # under torchrun one line, not one per rank
+    code = 128 + getattr(signal, result.interrupted) if result.interrupted else 0
+    if not result.interrupted and result.trainer.rank == 0:  # under torchrun one line, not one per rank
         print(f"done: {cfg.out}/final/policy")
-    return 0
+    if distributed.active():
+        distributed.end_job(code)  # every rank past its last collective, then out without shutdown's aborts
+    return code
