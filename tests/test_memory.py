@@ -237,6 +237,15 @@ def test_the_plans_states_by_hand_for_a_sharded_mixed_precision_run():
     assert p.tokens == 4 * (512 + 1024)  # micro_batch rows of the longest prompt + max_new_tokens
     # vLLM sleeps through training on a GPU: neither its weights nor its KV cache in those phases
     assert "engine weights" not in p.phases["policy update"] and "engine KV cache" in p.phases["rollout"]
+    # one update per batch keeps no log-probs; several keep log pi_old and log pi_ref of every row the
+    # rank trains (64 questions / 8 ranks x 16 samples of 512 + 1024 tokens, float32) to the last step
+    assert "cached old and reference log-probs" not in p.phases["policy update"]
+    cfg.algo.mini_batches = 4
+    p = plan_run(cfg, _shape(), "{}", gpus=8, gpu_memory_gb=80, prompt_tokens=512, activations=(0.0,) * 6)
+    cached = 2 * 4 * (64 // 8 * 16) * (512 + 1024)
+    for phase in ("policy update", "policy backward's end", "policy step"):
+        assert p.phases[phase]["cached old and reference log-probs"] == cached, phase
+    assert "cached old and reference log-probs" not in p.phases["rollout"]
 
 
 def test_a_plan_that_does_not_fit_names_the_phase_the_part_and_the_setting():

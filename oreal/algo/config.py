@@ -72,8 +72,12 @@ ALGORITHMS: dict[str, dict] = {
     # the baselines as their papers define them: every group kept (zero advantage still counts in
     # the normaliser and the KL), each paper's aggregation
     "rloo": dict(_PG_ALL, advantage="rloo", filter=False, loss_norm="seq_mean_token_sum"),  # Ahmadian et al. 2024
-    "grpo": dict(_PG_ALL, advantage="grpo", filter=False, loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
-    "drgrpo": dict(_PG_ALL, advantage="drgrpo", filter=False, loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
+    # GRPO and Dr. GRPO are PPO's clipped surrogate (eps 0.2, TRL's default; one update per batch
+    # leaves it unclipped, bit for bit the `pg` they took before several updates existed)
+    "grpo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=False,
+                 loss_norm="seq_mean_token_mean"),  # DeepSeekMath eq. 3
+    "drgrpo": dict(_PG_ALL, objective="ppo_clip", advantage="drgrpo", filter=False,
+                   loss_norm="seq_mean_token_sum_norm"),  # Liu et al. 2025
     # ratio objectives (their clips bind from the second update on a batch), no KL term in their papers
     "dapo": dict(_PG_ALL, objective="ppo_clip", advantage="grpo", filter=True, loss_norm="token_mean", kl_coef=0.0,
                  clip_low=0.2, clip_high=0.28, overlong="mask", refill_rounds=3),  # Yu et al. 2025, arXiv 2503.14476

@@ -257,6 +257,10 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
             held = sum(parts[k] for k in ("policy weights", "policy optimiser", "reference weights",
                                           "credit weights", "credit optimiser"))
             parts["engine KV cache"] = min(parts["engine KV cache"], max(0.0, (gpu_memory_gb * GiB - held) / 2))
+    # several optimiser steps a batch (`algo.updates_per_batch` x `algo.mini_batches`): log pi_old and
+    # log pi_ref of every token this rank trains are kept, float32, from the batch's first step to its last
+    several = cfg.algo.updates_per_batch * cfg.algo.mini_batches > 1
+    parts["cached old and reference log-probs"] = 2 * 4 * rollouts * row if several else 0
     resident = ["policy weights", "policy optimiser", "reference weights", "credit weights", "credit optimiser"]
     if not sleeps:
         resident += ["engine weights", "engine KV cache"]
@@ -283,11 +287,12 @@ def plan_run(cfg, shape: ModelShape, config_json: str, gpus: int = 1, gpu_memory
         if credit_trains else phase(),
         "policy update": phase("output layer gradient", "policy activations", "layer working set",
                                "output layer working set", "FSDP root gathered",
-                               "FSDP root gradient", "FSDP layers gathered"),
+                               "FSDP root gradient", "FSDP layers gathered", "cached old and reference log-probs"),
         "credit backward's end": phase("credit gradients", "credit tied embedding gradient"),
         "credit step": phase("credit gradients", "credit step temporary") if credit_trains else phase(),
-        "policy backward's end": phase("policy gradients", "tied embedding gradient"),
-        "policy step": phase("policy gradients", "policy step temporary"),
+        "policy backward's end": phase("policy gradients", "tied embedding gradient",
+                                       "cached old and reference log-probs"),
+        "policy step": phase("policy gradients", "policy step temporary", "cached old and reference log-probs"),
         "weight push": {**phase("engine weights"), **push}
         if engine == "vllm" else phase(),
         "evaluation": phase("engine weights", "engine KV cache"),
