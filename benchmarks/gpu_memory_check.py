@@ -34,7 +34,7 @@ from oreal.models import load_tokenizer  # noqa: E402
 from oreal.recipes.train import Trainer  # noqa: E402
 from oreal.rollout import Rollout  # noqa: E402
 from oreal.rollout.vllm_engine import trainer_logprobs  # noqa: E402
-from oreal.training.batch import RolloutBatch, SelectedBatch  # noqa: E402
+from oreal.training.batch import RolloutBatch, SelectedBatch, count_tokens  # noqa: E402
 from oreal.training.config import build_config  # noqa: E402
 from oreal.verify import RewardFunction  # noqa: E402
 
@@ -74,7 +74,7 @@ def update(tr: Trainer, lengths: list[int]) -> tuple[int, float]:
     """The policy update of rows of `lengths`: (the tokens of its largest micro-batch as the
     models see them, seconds)."""
     _, batch, n = batch_of(tr, lengths)
-    counts, _ = tr._token_counts(batch, n)
+    counts, _ = count_tokens(batch, n, tr.cfg.sampling.max_new_tokens)
     micro = tr.micro_batches(batch)
     sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
     sync()

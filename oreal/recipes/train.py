@@ -2,10 +2,11 @@
 
 `Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each; refills) ->
 select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
-ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
-BCE on the outcomes and its step; the token weights) -> policy update (`oreal.training.policy`: BC on
-positives, shaped PG on negatives, KL to the reference; its optimiser step(s), `algo.updates_per_batch`
-x `algo.mini_batches`) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
+ranks by tokens (`training.balance`) -> the padded batch and its micro-batches (`training.batch`) -> credit
+(`oreal.training.credit`: the credit model's BCE on the outcomes and its step; the token weights) -> policy
+update (`oreal.training.policy`: BC on positives, shaped PG on negatives, KL to the reference; its optimiser
+step(s), `algo.updates_per_batch` x `algo.mini_batches`) -> the step's metrics. The math lives in
+`oreal.algo`; this file composes it.
 `train()` runs steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations
@@ -28,14 +29,14 @@ from ..models import (CreditModel, add_lora, checkpoint_activations, set_attenti
                       resolve_model_path, shard_lm, torch_dtype, unwrapped)
 from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..plan import plan_memory
-from ..training.credit import CreditStage
+from ..training.credit import CreditStage, no_credit
 from ..training.policy import MiniBatch, PolicyStage
 from ..training.model_card import write_model_card
 from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.balance import rank_rows
-from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
+from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch, count_tokens, cut_micro_batches
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig, check_environment
@@ -44,7 +45,7 @@ from ..training.refill import question_seeds, sample_rounds
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.state import CreditStats, PolicyStats, RunState, StepControl, StepResult
+from ..training.state import PolicyStats, RunState, StepControl, StepResult
 from ..training.threads import auto_threads, usable_cores
 from ..verify import as_reward, count_statuses
 
@@ -94,7 +95,7 @@ class Trainer(Checkpointing):
         # the prompts against the model's window (max_new_tokens=auto fitted, said once), then the
         # memory plan (on a GPU, refused if it won't fit): both before any weights load
         self.cfg, problems, tokenizer, longest = fit_lengths(cfg, problems, tokenizer, policy, self.log)
-        problems, self.micro_batch_tokens = plan_memory(
+        problems, micro_tokens = plan_memory(  # micro_batch_tokens as planned (auto: what fits)
             self.cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log, longest)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
         self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
@@ -112,6 +113,9 @@ class Trainer(Checkpointing):
         self._exit.callback(self.engine.close)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)  # the engine's own window, any engine
         self.pack = packs(cfg.pack, self.policy)
+        # a batch's micro-batches (`cut_micro_batches`); a mini-batch's too (`PolicyStage.mini_batches`)
+        self.micro_batches = partial(cut_micro_batches, max_seqs=cfg.micro_batch, max_tokens=micro_tokens,
+                                     packed=self.pack, pad_id=self.tok.pad_token_id, device=self.device, fsdp=self.fsdp)
         self._check_forwards()
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
@@ -207,9 +211,9 @@ class Trainer(Checkpointing):
             return self._finish(m, t0, self._trajectories(roll, [], sel.adv, None))
         roll, rows, balanced = rank_rows(roll, sel.rows, self.rank, self.world if self.cfg.balance_tokens else 1)
         batch = SelectedBatch.build(roll, rows, sel.adv, self.tok.pad_token_id, self.device)
-        counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
+        counts, m["train_tokens"] = count_tokens(batch, len(sel.rows), self.cfg.sampling.max_new_tokens)
         micro = self.micro_batches(batch)
-        weights, scores, credit = self.token_credit(batch, micro, counts)
+        weights, scores, credit = self.credit.token_credit(batch, micro, counts) if self.credit else no_credit(batch)
         for cb in self.callbacks:
             weights = token_weights_of(cb.on_token_weights(self, batch, roll, weights, scores), weights)
         policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps, batch=batch)
@@ -260,37 +264,6 @@ class Trainer(Checkpointing):
                  "response_tokens": int(resp_tokens), "rollout_seconds": t_rollout,
                  "sample_seconds": timings.get("sample", 0.0), "grade_seconds": timings.get("grade", 0.0)}
         return RolloutBatch(questions, groups, rewards.contiguous(), lo, hi, stats, cut=cut.bool())
-
-    def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
-        """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
-        pos, neg, tokens = dist_utils.sum_floats([*batch.token_counts(), float(sum(batch.lengths))])
-        return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
-
-    def micro_batches(self, batch: SelectedBatch) -> list[MicroBatch]:
-        """The batch cut by `micro_batch` / `micro_batch_tokens`, each micro-batch's rows packed
-        into one sequence for the models (`pack`). Under FSDP2 every forward and backward is a
-        collective, so every rank runs as many micro-batches as the busiest one: the extra ones
-        are all-padding rows that add zero to every sum."""
-        cfg = self.cfg
-        slices = batch.micro_batches(cfg.micro_batch, self.micro_batch_tokens, self.pack)
-        n = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
-        parts = [(sl, batch[sl]) for sl in slices] + [
-            (None, SelectedBatch.padding(self.tok.pad_token_id, self.device)) for _ in range(n - len(slices))]
-        return [MicroBatch(sl, b, ModelInputs.packed(b) if self.pack else None) for sl, b in parts]
-
-    def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
-                     counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor | None, CreditStats]:
-        """The credit stage's update on this batch's outcomes, then the [N, T] token weights for
-        the policy loss and the scores they came from: the scores before the update (the
-        reference's order) or, with `algo.weights_after_credit_step`, after it. Without a credit
-        model every token weighs 1 and there are no scores."""
-        if self.credit is None:
-            return torch.ones_like(batch.mask), None, CreditStats()
-        stats = self.credit.update(batch, micro, counts)
-        scores = stats.scores
-        if stats.stepped and self.cfg.algo.weights_after_credit_step:  # hindsight: it has seen these outcomes
-            scores = self.credit.scores(batch, micro)
-        return self.credit.weights(batch, scores), scores, stats
 
     def policy_update(self, micro: list[MicroBatch], weights: torch.Tensor, counts: algo.TokenCounts,
                       update: bool = True, batch: SelectedBatch | None = None) -> PolicyStats:
