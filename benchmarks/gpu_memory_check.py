@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -34,8 +35,9 @@ from oreal.models import load_tokenizer  # noqa: E402
 from oreal.recipes.train import Trainer  # noqa: E402
 from oreal.rollout import Rollout  # noqa: E402
 from oreal.rollout.vllm_engine import trainer_logprobs  # noqa: E402
-from oreal.training.batch import RolloutBatch, SelectedBatch  # noqa: E402
+from oreal.training.batch import RolloutBatch, SelectedBatch, count_tokens  # noqa: E402
 from oreal.training.config import build_config  # noqa: E402
+from oreal.training.logprobs import sequence_logprobs  # noqa: E402
 from oreal.verify import RewardFunction  # noqa: E402
 
 WIDTHS = {"7b": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
@@ -74,7 +76,7 @@ def update(tr: Trainer, lengths: list[int]) -> tuple[int, float]:
     """The policy update of rows of `lengths`: (the tokens of its largest micro-batch as the
     models see them, seconds)."""
     _, batch, n = batch_of(tr, lengths)
-    counts, _ = tr._token_counts(batch, n)
+    counts, _ = count_tokens(batch, n, tr.cfg.sampling.max_new_tokens)
     micro = tr.micro_batches(batch)
     sync = torch.cuda.synchronize if tr.device.type == "cuda" else (lambda: None)
     sync()
@@ -137,7 +139,8 @@ def main() -> None:
                 held = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
-            trainer_logprobs(tr.policy, rows, tr.tok.pad_token_id, tr._token_logprobs, tr.device)
+            token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)  # as the trainer's
+            trainer_logprobs(tr.policy, rows, tr.tok.pad_token_id, token_logprobs, tr.device)
             record("engine_check", dict(rows=4, tokens_per_row=tokens, seconds=time.perf_counter() - t0,
                                         peak_over_states_gib=(torch.cuda.max_memory_allocated() - held) / GiB
                                         if cuda else None))

@@ -53,7 +53,8 @@ def rss(field):
 args = json.loads(sys.argv[1])
 from oreal.recipes.train import Trainer
 from oreal.training.config import build_config
-from oreal.training.batch import RolloutBatch, SelectedBatch
+from oreal.training.batch import RolloutBatch, SelectedBatch, count_tokens
+from oreal.training.credit import no_credit
 from oreal.rollout import Rollout
 from oreal import algo, plan
 from oreal.verify import RewardFunction
@@ -70,10 +71,10 @@ def update(lengths):
     roll = RolloutBatch([None] * len(groups), groups, rewards, 0, len(groups))
     sel = algo.select(rewards, cfg.algo, torch.Generator().manual_seed(0))
     batch = SelectedBatch.build(roll, sel.rows, sel.adv, tr.tok.pad_token_id, tr.device)
-    counts, _ = tr._token_counts(batch, len(sel.rows))
+    counts, _ = count_tokens(batch, len(sel.rows), cfg.sampling.max_new_tokens)
     micro = tr.micro_batches(batch)
     assert len(micro) == 1
-    weights, _, _ = tr.token_credit(batch, micro, counts)
+    weights, _, _ = tr.credit.token_credit(batch, micro, counts) if tr.credit else no_credit(batch)
     tr.policy_update(micro, weights, counts, update=True)
     return micro[0].inputs.ids.numel()
 update([args["prompt"] + 4] * 4)  # AdamW's state, on a short batch

@@ -1,8 +1,8 @@
 """Build a Trainer (one process, or one rank under torchrun) and save what its set-up left:
 `python fsdp_setup_dump.py OUT DUMP overrides...` writes OUT.<rank>.pt with the peak host memory
-(KiB) before and after `Trainer._setup_models`, how many times this process read a model's
-weights (`from_pretrained`), the global RNG state and, with DUMP=1, each model's full state dict
-with every buffer (the non-persistent ones too), its requires_grad flags and train/eval modes."""
+(KiB) before and after `build_models` (`oreal.training.models`), how many times this process
+read a model's weights (`from_pretrained`), the global RNG state and, with DUMP=1, each model's full
+state dict with every buffer (the non-persistent ones too), its requires_grad flags and train/eval modes."""
 import resource
 import sys
 
@@ -10,18 +10,20 @@ import torch
 from transformers import PreTrainedModel
 
 from oreal import distributed as dist_utils
+import oreal.recipes.train as train_mod
 from oreal.recipes.train import Trainer
 from oreal.training.config import build_config
 from oreal.verify import Verifier
 
 peaks, reads = [], []
-setup_models, from_pretrained = Trainer._setup_models, PreTrainedModel.from_pretrained.__func__
+build_models, from_pretrained = train_mod.build_models, PreTrainedModel.from_pretrained.__func__
 
 
-def measured(self, *a, **k):
+def measured(*a, **k):
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    setup_models(self, *a, **k)
+    models = build_models(*a, **k)
     peaks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return models
 
 
 def counted(cls, *a, **k):
@@ -29,7 +31,7 @@ def counted(cls, *a, **k):
     return from_pretrained(cls, *a, **k)
 
 
-Trainer._setup_models = measured
+train_mod.build_models = measured  # where Trainer looks it up
 PreTrainedModel.from_pretrained = classmethod(counted)
 
 
@@ -59,7 +61,8 @@ with Verifier(workers=1, timeout=4.0, memory_mb=1024) as v:
     tr = Trainer(build_config(None, overrides), v, log=lambda *a: None)
     res = {"peaks": peaks, "reads": reads, "rng": torch.get_rng_state()}
     if dump_state == "1":
-        res.update({k: dump(m) for k, m in (("policy", tr.policy), ("ref", tr.ref), ("credit", tr._credit_model))})
+        credit = None if tr.credit is None else tr.credit.model
+        res.update({k: dump(m) for k, m in (("policy", tr.policy), ("ref", tr.ref), ("credit", credit))})
         res["tied"] = tr.policy.get_output_embeddings().weight is tr.policy.get_input_embeddings().weight
     torch.save(res, f"{out}.{tr.rank}.pt")
     tr.close()

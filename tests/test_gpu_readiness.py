@@ -182,15 +182,16 @@ def test_fsdp_loads_each_model_into_host_memory_and_shards_it_before_the_next(tm
     float32 (about 91 GB a GPU) before sharding any. Now each loads on the CPU and is sharded
     (fully_shard moves one unit at a time to the device) before the next one loads."""
     import oreal.recipes.train as train_mod
+    import oreal.training.models as models_mod
     from oreal.models import load_credit_model, load_policy
 
     events = []
-    monkeypatch.setattr(train_mod, "load_policy", lambda *a, **k: events.append(("load", str(a[2]))) or
+    monkeypatch.setattr(models_mod, "load_policy", lambda *a, **k: events.append(("load", str(a[2]))) or
                         load_policy(*a, **k))
-    monkeypatch.setattr(train_mod, "load_credit_model", lambda *a, **k: events.append(("load", str(a[3]))) or
+    monkeypatch.setattr(models_mod, "load_credit_model", lambda *a, **k: events.append(("load", str(a[3]))) or
                         load_credit_model(*a, **k))
-    real_wrap = train_mod.dist_utils.fsdp_wrap
-    monkeypatch.setattr(train_mod.dist_utils, "fsdp_wrap", lambda m, *a, **k: events.append(("shard",)) or
+    real_wrap = models_mod.dist_utils.fsdp_wrap
+    monkeypatch.setattr(models_mod.dist_utils, "fsdp_wrap", lambda m, *a, **k: events.append(("shard",)) or
                         real_wrap(m, *a, **k))
     for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):  # setup() sets them; restored after
         monkeypatch.setenv(k, "")

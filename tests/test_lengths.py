@@ -79,13 +79,14 @@ def test_prompts_that_cannot_fit_are_refused_in_one_line_before_any_weights_load
     """No max_new_tokens can help a prompt longer than the model's window: the refusal says how
     many, the longest and the window (it used to suggest lowering sampling.max_new_tokens)."""
     import oreal.recipes.train as train_mod
+    import oreal.training.models as models_mod
 
     path, probs = _unfittable(tmp_path)
 
     def no_weights(*a, **k):
         raise AssertionError("weights loaded before the refusal")
 
-    monkeypatch.setattr(train_mod, "load_policy", no_weights)
+    monkeypatch.setattr(models_mod, "load_policy", no_weights)
     for given in ([], ["sampling.max_new_tokens=64"]):  # auto or a number alike
         cfg = build_config(None, [f"out={tmp_path / 'run'}", f"data={path}", "data_preset=oreal_records", *given])
         with pytest.raises(ConfigError) as e:

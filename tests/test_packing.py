@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oreal.models import LogProbCredit, TokenHeadCredit, load_token_head
-from oreal.training.batch import MicroBatch, ModelInputs, SelectedBatch, batch_tensors, micro_batches
+from oreal.training.batch import MicroBatch, ModelInputs, SelectedBatch, batch_tensors, count_tokens, micro_batches
 from oreal.training.logprobs import PackingError, check_packing, sequence_logprobs
 from step_helpers import assert_same_step, step_grads
 
@@ -127,7 +127,7 @@ def test_pack_auto_packs_only_where_the_attention_is_varlen(tiny):
 @pytest.mark.parametrize("pack", [False, True], ids=["padded", "packed"])
 def test_the_filler_micro_batch_adds_exactly_zero_to_every_sum_and_gradient(tmp_path, verifier, monkeypatch, pack):
     """Under FSDP2 a rank with fewer micro-batches than the busiest runs all-padding ones
-    (`Trainer.micro_batches`: rows None, `SelectedBatch.padding`) so that every rank makes the same
+    (`cut_micro_batches`: rows None, `SelectedBatch.padding`) so that every rank makes the same
     collectives. Each must add exactly 0.0 to every loss sum (policy, KL, entropy, the engine ratio's
     and truncated IS's, the credit model's BCE and accuracy) and to every gradient of the policy and
     of the credit model: the update with one is the update without it, to the bit."""
@@ -159,12 +159,8 @@ def test_the_filler_micro_batch_adds_exactly_zero_to_every_sum_and_gradient(tmp_
 
     def update(fillers: int):
         monkeypatch.setattr(dist_utils, "max_int", lambda n: n + fillers)  # the busiest rank's count
-        tr.fsdp = True  # only under FSDP2 does a rank pad to that count
-        try:
-            micro = tr.micro_batches(batch)
-        finally:
-            tr.fsdp = False
-        counts = tr._token_counts(batch, len(batch.rows))[0]
+        micro = tr.micro_batches(batch, fsdp=True)  # only under FSDP2 does a rank pad to that count
+        counts = count_tokens(batch, len(batch.rows), cfg.sampling.max_new_tokens)[0]
         torch.manual_seed(0)
         credit = tr.credit.update(batch, micro, counts)
         policy = tr.policy_update(micro, torch.ones_like(batch.mask), counts)  # both sides' terms non-zero

@@ -2,10 +2,12 @@
 
 `Trainer.step()` runs one step as named phases: draw B questions -> rollout (K graded samples each; refills) ->
 select (`algo.select`: the pass-rate filter, one pair per question or all, advantages) -> rows spread over
-ranks by tokens (`training.balance`) -> the padded batch -> credit (`oreal.training.credit`: the credit model's
-BCE on the outcomes and its step; the token weights) -> policy update (`oreal.training.policy`: BC on
-positives, shaped PG on negatives, KL to the reference; its optimiser step(s), `algo.updates_per_batch`
-x `algo.mini_batches`) -> the step's metrics. The math lives in `oreal.algo`; this file composes it.
+ranks by tokens (`training.balance`) -> the padded batch and its micro-batches (`training.batch`) -> credit
+(`oreal.training.credit`: the credit model's BCE on the outcomes and its step; the token weights) -> policy
+update (`oreal.training.policy`: BC on positives, shaped PG on negatives, KL to the reference; its optimiser
+step(s), `algo.updates_per_batch` x `algo.mini_batches`) -> the step's metrics. The math lives in
+`oreal.algo`; this file composes it. The models are built once, in a fixed order, by
+`oreal.training.models.build_models`.
 `train()` runs steps to the end with the step-end callbacks (`oreal.training.callbacks`).
 """
 from __future__ import annotations
@@ -24,27 +26,26 @@ from .. import distributed as dist_utils
 from ..config import to_dict
 from ..data import Problem, balance, load_list
 from ..errors import ConfigError, DataError, TrainingError
-from ..models import (CreditModel, add_lora, checkpoint_activations, set_attention, load_credit_model, load_policy, load_tokenizer,
-                      resolve_model_path, shard_lm, torch_dtype, unwrapped)
-from ..training.logprobs import check_forwards, packs, sequence_logprobs
 from ..plan import plan_memory
-from ..training.credit import CreditStage
-from ..training.policy import MiniBatch, PolicyStage
-from ..training.model_card import write_model_card
-from ..rollout import EngineSetup, SamplingConfig, check_length, engine_class, make_engine, options_class, resolve_engine
+from ..rollout import EngineSetup, SamplingConfig, check_length, make_engine, options_class
 from ..rollout.weights import full_weights
 from ..tracking import Trackers
 from ..training.balance import rank_rows
-from ..training.batch import MicroBatch, ModelInputs, RolloutBatch, SelectedBatch
+from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch, count_tokens, cut_micro_batches
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
 from ..training.config import TrainConfig, check_environment
+from ..training.credit import CreditStage, no_credit
 from ..training.lengths import as_fitted, fit_lengths
+from ..training.logprobs import check_forwards, packs
+from ..training.model_card import write_model_card
+from ..training.models import build_models
+from ..training.policy import MiniBatch, PolicyStage
 from ..training.refill import question_seeds, sample_rounds
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
-from ..training.state import CreditStats, PolicyStats, RunState, StepControl, StepResult
+from ..training.state import PolicyStats, RunState, StepControl, StepResult
 from ..training.threads import auto_threads, usable_cores
 from ..verify import as_reward, count_statuses
 
@@ -94,95 +95,38 @@ class Trainer(Checkpointing):
         # the prompts against the model's window (max_new_tokens=auto fitted, said once), then the
         # memory plan (on a GPU, refused if it won't fit): both before any weights load
         self.cfg, problems, tokenizer, longest = fit_lengths(cfg, problems, tokenizer, policy, self.log)
-        problems, self.micro_batch_tokens = plan_memory(
+        problems, micro_tokens = plan_memory(  # micro_batch_tokens as planned (auto: what fits)
             self.cfg, self.world, problems, tokenizer, None if policy is None else policy.config, self.log, longest)
         self._exit = ExitStack()  # what close() frees: the engine, a temporary copy of a given model
-        self._setup_models(None if policy is None else unwrapped(policy), tokenizer)  # another trainer's wrapper off
+        models = build_models(self.cfg, self._exit, policy, tokenizer)  # in a fixed order: the global RNG
+        self.policy, self.ref, self.tok = models.policy, models.ref, models.tokenizer
+        self.device, self.policy_dir = models.device, models.policy_dir
         # the two update stages, each with its AdamW, warm-up + cosine (the policy's after the freeze)
         cfg = self.cfg  # as fitted
         self.policy_stage = PolicyStage(self.policy, self.ref, cfg, self.device, self._clock)
-        credit = self._credit_model
-        self.credit = None if credit is None else CreditStage(credit, cfg, self._clock, self.log)
+        self.credit = None if models.credit is None else CreditStage(models.credit, cfg, self._clock, self.log)
         self.problems = load_questions(cfg, problems, self.log)
         self.sampler = QuestionSampler(len(self.problems), cfg.seed)
         self.booster = build_booster(cfg, self.problems, self.log)
-        self.engine = make_engine(self.engine_name, self.policy, self.tok, EngineSetup(
-            self.policy_dir, getattr(cfg, self.engine_name) if options_class(self.engine_name) else None, cfg.dtype,
-            cfg.seed, torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, self._token_logprobs))
+        name = models.engine_name
+        self.engine = make_engine(name, self.policy, self.tok, EngineSetup(
+            self.policy_dir, getattr(cfg, name) if options_class(name) else None, cfg.dtype, cfg.seed,
+            torch.bfloat16 if cfg.mixed_precision else None, self.log, self.device, models.token_logprobs))
         self._exit.callback(self.engine.close)
         check_length(self.engine, longest, self.cfg.sampling.max_new_tokens)  # the engine's own window, any engine
         self.pack = packs(cfg.pack, self.policy)
-        self._check_forwards()
+        # a batch's micro-batches (`cut_micro_batches`); a mini-batch's too (`PolicyStage.mini_batches`)
+        self.micro_batches = partial(cut_micro_batches, max_seqs=cfg.micro_batch, max_tokens=micro_tokens,
+                                     packed=self.pack, pad_id=self.tok.pad_token_id, device=self.device, fsdp=self.fsdp)
+        check_forwards([("the policy", self.policy), ("the reference", self.ref), ("the credit model", models.credit)],
+                       min(len(self.tok), self.policy.get_input_embeddings().num_embeddings), self.device,
+                       cfg.logprob_chunk, self.pack)  # each model's forwards, before the first rollout
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
 
     def add_callbacks(self, callbacks: list[Callback]) -> None:
         """Join `callbacks` to the trainer's one list (each once); every hook of each is called."""
         self.callbacks += [cb for cb in callbacks if all(cb is not c for c in self.callbacks)]
-
-    def _setup_models(self, policy=None, tokenizer=None) -> None:
-        """Policy, reference (a frozen copy, or the LoRA base with the adapter off) and credit
-        model; the order is fixed because a new token head draws from the seeded global RNG."""
-        cfg = self.cfg
-        self.device = torch.device(dist_utils.local_device(cfg.device))  # where inputs go (FSDP2 offload too)
-        self.policy_dir = resolve_model_path(cfg.policy) if policy is None else None
-        self.engine_name = resolve_engine(cfg.engine, self.device)
-        if policy is None:  # before any weights load
-            engine_class(self.engine_name).preflight(self.policy_dir)
-        if policy is not None:  # a built model: the copies load from a snapshot of it
-            if next(policy.parameters()).dtype != torch_dtype(cfg.dtype):
-                raise ConfigError(f"dtype: the model given is {next(policy.parameters()).dtype}, the config says "
-                                  f"{cfg.dtype}; set dtype to match")
-            import tempfile
-
-            self.policy_dir = self._exit.enter_context(tempfile.TemporaryDirectory(prefix="oreal-policy-"))
-            policy.save_pretrained(self.policy_dir, safe_serialization=True)
-            tokenizer.save_pretrained(self.policy_dir)
-            self.policy = policy.to(self.device)
-        self.tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-        # FSDP2: each model loads into rank 0's host memory (the other ranks build it on the meta device
-        # and get their shards from rank 0) and is sharded before the next one loads; fully_shard moves
-        # one unit at a time to the device, so no GPU (and no other rank's host memory) holds a whole model
-        load_to = dist_utils.load_device(cfg.fsdp, self.device)
-        # the sampled tokens' log-probs as the log-prob credit and vLLM's check take them (no entropy)
-        self._token_logprobs = partial(sequence_logprobs, chunk=cfg.logprob_chunk, entropy=False)
-        if policy is None:
-            self.policy = load_policy(cfg.policy, cfg.dtype, load_to, cfg.attn_implementation)
-        attn = getattr(self.policy.config, "_attn_implementation", None) or cfg.attn_implementation  # the copies' too
-        if cfg.lora.enabled:  # no second copy: the reference is the base model, adapter disabled
-            lc = cfg.lora
-            self.policy = add_lora(self.policy, lc.r, lc.alpha, lc.dropout, lc.target_modules)
-        self._place(self.policy, trains=True)
-        self.ref = None
-        if not cfg.lora.enabled:
-            self.ref = self._place(load_policy(self.policy_dir, cfg.dtype, load_to, attn).eval().requires_grad_(False))
-        self._credit_model = None
-        if cfg.algo.uses_credit:
-            self._credit_model = load_credit_model(cfg.algo.credit, cfg.credit_from or self.policy_dir, cfg.dtype,
-                                                   load_to, cfg.algo.credit_init)
-            set_attention(self._credit_model.inner, attn)  # whatever its builder loaded
-            if cfg.logprob_chunk:  # a log-prob credit's LM takes the chunked path too
-                self._credit_model.use_token_logprobs(self._token_logprobs)
-            self._place(self._credit_model, trains=True)
-
-    def _place(self, model, trains: bool = False):
-        """Activation checkpointing on a model that trains, then FSDP2 sharding (before the
-        optimisers: fully_shard swaps parameters for sharded DTensors)."""
-        cfg = self.cfg
-        if trains and cfg.activation_checkpointing:
-            checkpoint_activations(model)
-        if cfg.fsdp:
-            if isinstance(model, CreditModel):  # its inner model's layers, then itself
-                model.shard(cfg.mixed_precision, cfg.cpu_offload)
-            else:
-                shard_lm(model, cfg.mixed_precision, cfg.cpu_offload)  # rank 0's weights in every rank's shards
-        return model
-
-    def _check_forwards(self) -> None:
-        """Each model's forwards checked before the first rollout (`check_forwards`)."""
-        vocab = min(len(self.tok), self.policy.get_input_embeddings().num_embeddings)
-        models = [("the policy", self.policy), ("the reference", self.ref), ("the credit model", self._credit_model)]
-        check_forwards(models, vocab, self.device, self.cfg.logprob_chunk, self.pack)
 
     def close(self) -> None:
         """Free the engine and any temporary copy of a given model."""
@@ -207,9 +151,9 @@ class Trainer(Checkpointing):
             return self._finish(m, t0, self._trajectories(roll, [], sel.adv, None))
         roll, rows, balanced = rank_rows(roll, sel.rows, self.rank, self.world if self.cfg.balance_tokens else 1)
         batch = SelectedBatch.build(roll, rows, sel.adv, self.tok.pad_token_id, self.device)
-        counts, m["train_tokens"] = self._token_counts(batch, len(sel.rows))
+        counts, m["train_tokens"] = count_tokens(batch, len(sel.rows), self.cfg.sampling.max_new_tokens)
         micro = self.micro_batches(batch)
-        weights, scores, credit = self.token_credit(batch, micro, counts)
+        weights, scores, credit = self.credit.token_credit(batch, micro, counts) if self.credit else no_credit(batch)
         for cb in self.callbacks:
             weights = token_weights_of(cb.on_token_weights(self, batch, roll, weights, scores), weights)
         policy = self.policy_update(micro, weights, counts, update=step > a.actor_freeze_steps, batch=batch)
@@ -260,37 +204,6 @@ class Trainer(Checkpointing):
                  "response_tokens": int(resp_tokens), "rollout_seconds": t_rollout,
                  "sample_seconds": timings.get("sample", 0.0), "grade_seconds": timings.get("grade", 0.0)}
         return RolloutBatch(questions, groups, rewards.contiguous(), lo, hi, stats, cut=cut.bool())
-
-    def _token_counts(self, batch: SelectedBatch, n_selected: int) -> tuple[algo.TokenCounts, int]:
-        """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
-        pos, neg, tokens = dist_utils.sum_floats([*batch.token_counts(), float(sum(batch.lengths))])
-        return algo.TokenCounts(pos, neg, n_selected, self.cfg.sampling.max_new_tokens), int(tokens)
-
-    def micro_batches(self, batch: SelectedBatch) -> list[MicroBatch]:
-        """The batch cut by `micro_batch` / `micro_batch_tokens`, each micro-batch's rows packed
-        into one sequence for the models (`pack`). Under FSDP2 every forward and backward is a
-        collective, so every rank runs as many micro-batches as the busiest one: the extra ones
-        are all-padding rows that add zero to every sum."""
-        cfg = self.cfg
-        slices = batch.micro_batches(cfg.micro_batch, self.micro_batch_tokens, self.pack)
-        n = dist_utils.max_int(len(slices)) if self.fsdp else len(slices)
-        parts = [(sl, batch[sl]) for sl in slices] + [
-            (None, SelectedBatch.padding(self.tok.pad_token_id, self.device)) for _ in range(n - len(slices))]
-        return [MicroBatch(sl, b, ModelInputs.packed(b) if self.pack else None) for sl, b in parts]
-
-    def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
-                     counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor | None, CreditStats]:
-        """The credit stage's update on this batch's outcomes, then the [N, T] token weights for
-        the policy loss and the scores they came from: the scores before the update (the
-        reference's order) or, with `algo.weights_after_credit_step`, after it. Without a credit
-        model every token weighs 1 and there are no scores."""
-        if self.credit is None:
-            return torch.ones_like(batch.mask), None, CreditStats()
-        stats = self.credit.update(batch, micro, counts)
-        scores = stats.scores
-        if stats.stepped and self.cfg.algo.weights_after_credit_step:  # hindsight: it has seen these outcomes
-            scores = self.credit.scores(batch, micro)
-        return self.credit.weights(batch, scores), scores, stats
 
     def policy_update(self, micro: list[MicroBatch], weights: torch.Tensor, counts: algo.TokenCounts,
                       update: bool = True, batch: SelectedBatch | None = None) -> PolicyStats:

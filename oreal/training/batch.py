@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .. import algo
+from .. import distributed as dist_utils
 from ..data.records import Problem
 from ..rollout import Rollout
 
@@ -196,6 +198,25 @@ def micro_batches(lengths: list[int], max_seqs: int, max_tokens: int = 0, packed
     if start < len(lengths):
         out.append(slice(start, len(lengths)))
     return out
+
+
+def count_tokens(batch: SelectedBatch, n_selected: int, max_new_tokens: int) -> tuple[algo.TokenCounts, int]:
+    """The policy loss's normalisers and the step's trained tokens (prompts too), over all ranks: one collective."""
+    pos, neg, tokens = dist_utils.sum_floats([*batch.token_counts(), float(sum(batch.lengths))])
+    return algo.TokenCounts(pos, neg, n_selected, max_new_tokens), int(tokens)
+
+
+def cut_micro_batches(batch: SelectedBatch, max_seqs: int, max_tokens: int, packed: bool, pad_id: int,
+                      device: torch.device | str, fsdp: bool) -> list[MicroBatch]:
+    """The batch cut by `max_seqs` rows / `max_tokens` tokens (`micro_batches`), each micro-batch's
+    rows packed into one sequence for the models with `packed`. Under FSDP2 every forward and
+    backward is a collective, so every rank runs as many micro-batches as the busiest one: the
+    extra ones are all-padding rows that add zero to every sum."""
+    slices = batch.micro_batches(max_seqs, max_tokens, packed)
+    n = dist_utils.max_int(len(slices)) if fsdp else len(slices)
+    parts = [(sl, batch[sl]) for sl in slices] + [
+        (None, SelectedBatch.padding(pad_id, device)) for _ in range(n - len(slices))]
+    return [MicroBatch(sl, b, ModelInputs.packed(b) if packed else None) for sl, b in parts]
 
 
 def batch_tensors(seqs: list[tuple[list[int], list[int]]], pad_id: int):

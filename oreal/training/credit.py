@@ -6,7 +6,8 @@ policy loss. The math is `oreal.algo.credit`; this composes it with the model.
     weights = credit.weights(batch, stats.scores)  # [N, T] for the policy loss
 
 `stats.scores` are the scores before the step (the reference's order); `credit.scores(batch,
-micro)` scores afresh (after the step: `algo.weights_after_credit_step`).
+micro)` scores afresh (after the step: `algo.weights_after_credit_step`). A step takes both through
+`credit.token_credit(batch, micro, counts)`, or `no_credit(batch)` without a credit model.
 """
 from __future__ import annotations
 
@@ -85,6 +86,16 @@ class CreditStage:
         stats.seconds = self.clock() - t0
         return stats
 
+    def token_credit(self, batch: SelectedBatch, micro: list[MicroBatch],
+                     counts: algo.TokenCounts) -> tuple[torch.Tensor, torch.Tensor, CreditStats]:
+        """The update on this batch's outcomes, then the [N, T] token weights for the policy loss and
+        the scores they came from: the scores before the update (the reference's order) or, with
+        `algo.weights_after_credit_step`, after it."""
+        stats = self.update(batch, micro, counts)
+        scores = stats.scores
+        if stats.stepped and self.algo.weights_after_credit_step:  # hindsight: it has seen these outcomes
+            scores = self.scores(batch, micro)
+        return self.weights(batch, scores), scores, stats
 
     def auto_calibrate(self, batch: SelectedBatch, micro: list[MicroBatch]) -> tuple[float, float]:
         """`algo.credit_init: auto`: a, b from this batch's log-probs under the model as built (a, b =
@@ -99,6 +110,11 @@ class CreditStage:
         self.log(f"credit calibration (algo.credit_init=auto): a={a:.4g}, b={b:.4g} from the first batch's "
                  f"log-probs (mean {sums[4] / max(sums[5], 1):.3f} over {int(sums[5])} tokens)")
         return a, b
+
+
+def no_credit(batch: SelectedBatch) -> tuple[torch.Tensor, None, CreditStats]:
+    """`CreditStage.token_credit` without a credit model: every token weighs 1, there are no scores."""
+    return torch.ones_like(batch.mask), None, CreditStats()
 
 
 def _pair_ranking(batch: SelectedBatch, scores: torch.Tensor) -> tuple[float, int]:

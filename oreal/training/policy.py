@@ -68,9 +68,10 @@ class PolicyStage:
     def mini_batches(self, batch: SelectedBatch, micro: list[MicroBatch], counts: algo.TokenCounts,
                      cut) -> list[MiniBatch]:
         """`algo.mini_batches` consecutive shares of the rows, each cut into micro-batches by `cut`
-        (`Trainer.micro_batches`) with its own counts over all ranks. One mini-batch: the batch's
-        own micro-batches and counts. Fewer rows than mini-batches (on the busiest rank): one
-        mini-batch a row; every rank takes as many, a rank short of rows runs empty ones."""
+        (`cut_micro_batches` with the run's settings) with its own counts over all ranks. One
+        mini-batch: the batch's own micro-batches and counts. Fewer rows than mini-batches (on the
+        busiest rank): one mini-batch a row; every rank takes as many, a rank short of rows runs
+        empty ones."""
         n = self.algo.mini_batches
         if n > 1:  # a collective: every rank takes as many steps
             n = min(n, dist_utils.max_int(len(batch.rows)))
