@@ -60,10 +60,10 @@ def test_a_config_built_in_python_applies_the_preset_and_validates():
     direct = OREALConfig(algo="grpo")
     assert direct.algo == build_config(None, ["algo.name=grpo"]).algo
     assert (direct.algo.advantage, direct.algo.objective, direct.algo.token_weights, direct.algo.select,
-            direct.algo.actor_freeze_steps) == ("grpo", "pg", "none", "all", 0)
+            direct.algo.actor_freeze_steps) == ("grpo", "ppo_clip", "none", "all", 0)
     assert OREALConfig(algo=AlgoConfig(name="grpo")).algo == direct.algo
     mine = OREALConfig(algo={"name": "grpo", "advantage": "rloo"}, optim={"lr": 1e-4})
-    assert mine.algo.advantage == "rloo" and mine.algo.objective == "pg" and mine.optim.lr == 1e-4
+    assert mine.algo.advantage == "rloo" and mine.algo.objective == "ppo_clip" and mine.optim.lr == 1e-4
     for name in ALGORITHMS:
         assert OREALConfig(algo=name).algo == build_config(None, [f"algo.name={name}"]).algo
     with pytest.raises(ConfigError, match="algo.name"):

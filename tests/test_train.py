@@ -113,7 +113,7 @@ def test_config_errors_name_the_key(tiny_run, tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'algo.lamda_pos'"):
         build_config(None, ["algo.lamda_pos=1"])
     cfg = build_config(None, ["algo.name=grpo", "algo.kl_coef=0.0"])
-    assert cfg.algo.advantage == "grpo" and cfg.algo.objective == "pg" and cfg.algo.kl_coef == 0.0
+    assert cfg.algo.advantage == "grpo" and cfg.algo.objective == "ppo_clip" and cfg.algo.kl_coef == 0.0
 
 
 def test_defaults_equal_the_reference_run():
