@@ -55,7 +55,7 @@ def oreal_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
     clip = (cfg.clip_low, cfg.clip_high)
     pos = positive_bc_terms(x.logp, x.weights, x.adv, cfg.lambda_pos, cfg.pos_mult_adv)
     neg = negative_pg_terms(x.logp, x.old_logp, x.weights, x.adv, cfg.lambda_neg, clip)
-    clipped = ppo_clipped(torch.exp(x.logp.detach() - x.old_logp), x.adv, *clip) & ~x.positive[:, None]
+    clipped = ppo_clipped(x.ratio().detach(), x.adv, *clip) & ~x.positive[:, None]
     return TokenLoss(torch.where(x.positive[:, None], pos, neg), clipped)
 
 
@@ -97,7 +97,7 @@ def cispo_objective(x: LossInputs, cfg: "AlgoConfig") -> TokenLoss:
     """CISPO (MiniMax-M1, arXiv 2506.13585, eq. 4): -w_t * sg(clip(r_t, 1 - clip_low, 1 + clip_high))
     * A * log pi(y_t). The clip bounds the importance weight, never the gradient: every token keeps
     its REINFORCE gradient, weighted by the truncated ratio (`clipped`: the tokens truncated)."""
-    r = torch.exp(x.logp.detach() - x.old_logp)
+    r = x.ratio().detach()
     weight = r.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)
     clipped = (r > 1 + cfg.clip_high) | (r < 1 - cfg.clip_low)
     return TokenLoss(-x.weights * x.adv.view(-1, 1) * weight * x.logp, clipped)
