@@ -56,23 +56,30 @@ def sample_and_grade(engine, tokenizer, problems: list[Problem], verifier, k: in
         groups = engine.sample([render(p.prompt, tokenizer, prompt) for p in chunk], k, sampling,
                                seed=seed[s:s + step] if isinstance(seed, list) else seed + s)
         t1 = time.perf_counter()  # the engines return host lists: the device work is done
-        by_extract: dict[str, list[int]] = {}
-        for i, p in enumerate(chunk):
-            by_extract.setdefault(p.extract, []).append(i)
-        verdicts: list[list] = [[] for _ in chunk]
-        for mode, idx in by_extract.items():
-            data = {}
-            if getattr(verifier, "reads_problems", False):  # TRL's or veRL's functions: the data row, the token ids
-                data = {"problems": [chunk[i] for i in idx for _ in groups[i]],
-                        "completion_ids": [r.response_ids for i in idx for r in groups[i]]}
-            flat = verifier.verify_batch([(chunk[i].gold, r.text, r.finished) for i in idx for r in groups[i]],
-                                         extract=mode, questions=[chunk[i].question for i in idx for _ in groups[i]],
-                                         **data)
-            for n, i in enumerate(idx):
-                verdicts[i] = flat[n * k:(n + 1) * k]
+        verdicts = grade(chunk, groups, verifier, k)
         timings["sample"] = timings.get("sample", 0.0) + t1 - t0
         timings["grade"] = timings.get("grade", 0.0) + time.perf_counter() - t1
         yield from zip(chunk, groups, verdicts)
+
+
+def grade(problems: list[Problem], groups: list[list], verifier, k: int) -> list[list]:
+    """The verdicts of each problem's K rollouts, graded in one batch per extraction mode across the
+    verifier's workers."""
+    by_extract: dict[str, list[int]] = {}
+    for i, p in enumerate(problems):
+        by_extract.setdefault(p.extract, []).append(i)
+    verdicts: list[list] = [[] for _ in problems]
+    for mode, idx in by_extract.items():
+        data = {}
+        if getattr(verifier, "reads_problems", False):  # TRL's or veRL's functions: the data row, the token ids
+            data = {"problems": [problems[i] for i in idx for _ in groups[i]],
+                    "completion_ids": [r.response_ids for i in idx for r in groups[i]]}
+        flat = verifier.verify_batch([(problems[i].gold, r.text, r.finished) for i in idx for r in groups[i]],
+                                     extract=mode, questions=[problems[i].question for i in idx for _ in groups[i]],
+                                     **data)
+        for n, i in enumerate(idx):
+            verdicts[i] = flat[n * k:(n + 1) * k]
+    return verdicts
 
 
 def fit_sampling(sampling: SamplingConfig, engine, tokenizer, problems: list[Problem],

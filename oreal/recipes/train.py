@@ -13,7 +13,7 @@ step(s), `algo.updates_per_batch` x `algo.mini_batches`) -> the step's metrics. 
 from __future__ import annotations
 
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,10 @@ from ..errors import ConfigError, DataError, TrainingError
 from ..plan import plan_memory
 from ..rollout import EngineSetup, SamplingConfig, check_length, make_engine, options_class
 from ..rollout.weights import full_weights
+from ..data.prompts import render
 from ..tracking import Trackers
 from ..training.balance import rank_rows
+from ..training.ahead import Request, RolloutsAhead, worker_spec
 from ..training.batch import MicroBatch, RolloutBatch, SelectedBatch, count_tokens, cut_micro_batches
 from ..training.callbacks import Callback, PeriodicEval, RunFiles, StopRules, Timing, token_weights_of
 from ..training.checkpointing import Checkpointing
@@ -41,7 +43,7 @@ from ..training.logprobs import check_forwards, packs
 from ..training.model_card import write_model_card
 from ..training.models import build_models
 from ..training.policy import MiniBatch, PolicyStage
-from ..training.refill import question_seeds, sample_rounds
+from ..training.refill import Rounds, question_seeds, sample_rounds
 from ..training.rundir import StopOnSignal, check_run_dir, keep_rows, prepare_run_dir, trajectory_records
 from ..training.sampler import QuestionSampler
 from ..training.skills import SkillBooster
@@ -64,6 +66,9 @@ METRIC_FIELDS = [
     "tis_mean", "tis_capped", "clip_frac",
     "balance_moved_rows", "rank_imbalance_before", "rank_imbalance",  # balance_tokens: rows moved, max/mean tokens
     "refill_rounds", "refill_samples", "refill_seconds",  # algo.refill_rounds: rounds run, responses, time (None: off)
+    # max_staleness > 0: steps between the weights that sampled the batch and those it trains, the trainer's
+    # wait for the batch, the workers' time sampling it, their restarts during the wait (None: off)
+    "staleness", "wait_seconds", "worker_seconds", "worker_restarts",
 ]
 
 
@@ -87,7 +92,8 @@ class Trainer(Checkpointing):
         self.callbacks = list(callbacks or [])
         self.log = log if self.rank == 0 else (lambda *a, **k: None)
         if cfg.device == "cpu":  # fixed for the run: a different count can change the last bits
-            threads = cfg.threads or auto_threads()
+            threads = cfg.threads or auto_threads(reserved=cfg.rollout_workers * cfg.rollout_threads
+                                                  if cfg.max_staleness else 0)
             torch.set_num_threads(threads)
             if not cfg.threads:
                 self.log(f"torch threads: {threads} of {usable_cores()} cores (the idle ones now; threads=N fixes it)")
@@ -123,6 +129,11 @@ class Trainer(Checkpointing):
                        cfg.logprob_chunk, self.pack)  # each model's forwards, before the first rollout
         self.select_gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.state = RunState()
+        self.ahead, self._changed = None, False  # rollouts ahead (max_staleness); whether this step changed the policy
+        if cfg.max_staleness:
+            self.ahead = RolloutsAhead(cfg.max_staleness, worker_spec(cfg, self.policy_dir, self.world), cfg.samples,
+                                       cfg.sampling, self.rank == 0, self.log)
+            self._exit.callback(self.ahead.close)
 
     def add_callbacks(self, callbacks: list[Callback]) -> None:
         """Join `callbacks` to the trainer's one list (each once); every hook of each is called."""
@@ -137,9 +148,14 @@ class Trainer(Checkpointing):
         """One step of Algorithm 1: its metrics (every key of METRIC_FIELDS) and trajectories."""
         a = self.cfg.algo
         t0 = time.time()
+        if self.ahead and not self.ahead.started:  # the workers start with the first step (after a resume)
+            self.start_ahead()
         self.state.step += 1
         step = self.state.step
-        drawn = sample_rounds(self.draw, self.rollout, self.cfg.batch_questions, a.refill_rounds)  # DAPO refills
+        if self.ahead:  # sampled by the rollout workers while the steps before trained
+            drawn = self.take_ahead(step)
+        else:
+            drawn = sample_rounds(self.draw, self.rollout, self.cfg.batch_questions, a.refill_rounds)  # DAPO refills
         roll = drawn.batch  # the groups drawn up to the B-th that passes the filter (all, without refills)
         if self.booster:  # every question drawn counts here, all-wrong ones included
             self.booster.observe([q.id for q in drawn.questions], drawn.rewards, step)
@@ -174,9 +190,10 @@ class Trainer(Checkpointing):
         boosted = self.booster.draw(b) if self.booster else []
         return boosted + [self.problems[i] for i in self.sampler.next(b - len(boosted))], len(boosted)
 
-    def rollout(self, questions: list[Problem], refill_round: int = 0) -> RolloutBatch:
+    def rollout(self, questions: list[Problem], refill_round: int = 0, sampled: list | None = None) -> RolloutBatch:
         """Sample K responses for this rank's share of the questions and grade them; the rewards
-        of the whole batch are gathered on every rank. `refill_round`: 0, or a refill's (its seeds)."""
+        of the whole batch are gathered on every rank. `refill_round`: 0, or a refill's (its seeds).
+        `sampled`: the whole batch's rollouts, sampled already (by a rollout worker): only graded."""
         cfg = self.cfg
         t0 = time.time()
         # data parallel: every rank drew the same batch; it samples and grades its share [lo, hi)
@@ -187,14 +204,21 @@ class Trainer(Checkpointing):
         groups, verdicts, timings = [], [], {}
         if (st := getattr(self.verifier, "trainer_state", None)) is not None:  # TRL-style rewards read the step
             st.global_step, st.max_steps = self.state.step - 1, cfg.steps  # TRL's: optimiser steps done
-        self.engine.resume()
-        for b, (_, g, vs) in enumerate(evaluation.sample_and_grade(
-                self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples, cfg.sampling, cfg.prompt,
-                seed=seeds[lo:hi], timings=timings)):
+        if sampled is None:
+            self.engine.resume()
+            graded = evaluation.sample_and_grade(self.engine, self.tok, questions[lo:hi], self.verifier, cfg.samples,
+                                                 cfg.sampling, cfg.prompt, seed=seeds[lo:hi], timings=timings)
+        else:
+            t1 = time.perf_counter()
+            graded = zip(questions[lo:hi], sampled[lo:hi],
+                         evaluation.grade(questions[lo:hi], sampled[lo:hi], self.verifier, cfg.samples))
+            timings["grade"] = time.perf_counter() - t1
+        for b, (_, g, vs) in enumerate(graded):
             groups.append(g)
             local[b] = torch.tensor([[float(v.correct), float(not r.finished)] for v, r in zip(vs, g)])
             verdicts.extend(vs)
-        self.engine.release()  # training gets the engine's memory until the next resume()
+        if sampled is None:
+            self.engine.release()  # training gets the engine's memory until the next resume()
         t_rollout = time.time() - t0
         rewards, cut = dist_utils.all_gather_rows(local).unbind(-1)  # [B, K] each, the whole batch on every rank
         st = count_statuses(verdicts)
@@ -216,6 +240,7 @@ class Trainer(Checkpointing):
             MiniBatch(slice(None), micro, counts)]
         stats = stage.update(minis, weights, update)
         self.state.actor_steps += stats.steps
+        self._changed = stats.updated  # the rollout workers get the new weights at the step's end
         if stats.updated:
             t0 = self._clock()
             self.push_weights()
@@ -249,7 +274,49 @@ class Trainer(Checkpointing):
     def _trajectories(self, roll, rows, adv, weights) -> list[dict]:
         return trajectory_records(roll, rows, adv, weights, self.tok, self.state.step, self.cfg.dump_per_step)
 
+    # -- rollouts ahead (max_staleness > 0; `oreal.training.ahead`) ------------------------------
+    def take_ahead(self, step: int) -> Rounds:
+        """Step `step`'s batch from the rollout workers, graded here."""
+        got = self.ahead.take(step)
+        r = got.request
+        roll = self.rollout(r.questions, sampled=got.groups)
+        roll.stats.update(sample_seconds=got.worker_seconds, rollout_seconds=got.wait_seconds + roll.stats["grade_seconds"])
+        metrics = {"reward": roll.rewards.mean().item(), "pass_rate": roll.rewards.mean(-1).mean().item(),
+                   "boosted": r.boosted, **roll.stats, "refill_rounds": 0, "refill_samples": 0, "refill_seconds": None,
+                   "staleness": step - 1 - got.version, "wait_seconds": got.wait_seconds,
+                   "worker_seconds": got.worker_seconds, "worker_restarts": got.restarts}
+        return Rounds(roll, r.questions, roll.rewards, metrics)
+
+    def start_ahead(self) -> None:
+        """Start the workers from the current weights; send them the batches in flight (restored by a
+        resume) and draw those of the first S + 1 steps that have none."""
+        self.ahead.start()
+        with full_weights(self.policy) as named:
+            self.ahead.publish(self.state.step, named)
+        self.ahead.resubmit()
+        for j in range(self.state.step + 1, min(self.state.step + self.cfg.max_staleness + 1, self.cfg.steps) + 1):
+            if j not in self.ahead.requests:
+                self.submit_ahead(j)
+
+    def submit_ahead(self, step: int) -> None:
+        """Draw step `step`'s questions now and have the workers sample them from the newest weights."""
+        questions, boosted = self.draw()
+        prompts = [render(q.prompt, self.tok, self.cfg.prompt) for q in questions] if self.rank == 0 else []
+        self.ahead.submit(Request(step, questions, boosted, prompts, question_seeds(self.cfg.seed, step, len(questions)),
+                                  self.ahead.version))
+
+    def publish_ahead(self, step: int) -> None:
+        """After step `step`: its weights (or, unchanged, its number) to the workers, then the batch of
+        step + S + 1 drawn and submitted, to be sampled from them."""
+        with full_weights(self.policy) if self._changed else nullcontext(()) as named:
+            self.ahead.publish(step, named, self._changed)
+        self._changed = False
+        if step + self.cfg.max_staleness + 1 <= self.cfg.steps:
+            self.submit_ahead(step + self.cfg.max_staleness + 1)
+
     def _finish(self, m: dict, t0: float, trajectories: list[dict]) -> StepResult:
+        if self.ahead:
+            self.publish_ahead(m["step"])
         m["seconds"] = time.time() - t0
         m["threads"] = torch.get_num_threads()  # the count can change results in the last bits
         m["tokens_per_s"] = m["response_tokens"] / max(m["seconds"], 1e-9)

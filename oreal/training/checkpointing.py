@@ -16,9 +16,10 @@ from .state import RunState
 CREDIT = "credit"  # the credit model's folder in checkpoints and final/, and its name in the trainer state
 # What trainer_state.pt holds beside the RunState fields and the optimiser states, by its key there,
 # in the order a resume loads them (the RNGs last): the policy's and the credit model's schedules, the
-# question sampler, the selection generator, the skill booster and the global RNGs. The weights are
+# question sampler, the selection generator, the skill booster, the rollouts ahead (max_staleness: the
+# batches sampled and in flight) and the global RNGs. The weights are
 # `Checkpointing._models()`, the optimisers `_optimizers()`.
-STATEFUL = ("sched", "credit_sched", "sampler", "select_gen", "booster", "rng")
+STATEFUL = ("sched", "credit_sched", "sampler", "select_gen", "booster", "ahead", "rng")
 
 
 class Checkpointing:
@@ -37,6 +38,7 @@ class Checkpointing:
                  "sampler": (self.sampler.state_dict, self.sampler.load_state_dict),
                  "select_gen": (self.select_gen.get_state, self.select_gen.set_state),
                  "booster": (booster.state_dict, booster.load_state_dict) if booster else None,
+                 "ahead": (self.ahead.state_dict, self.ahead.load_state_dict) if self.ahead else None,
                  "rng": (ckpt.rng_state, ckpt.set_rng_state)}
         assert tuple(parts) == STATEFUL
         return parts
@@ -63,7 +65,10 @@ class Checkpointing:
     def save_checkpoint(self, root: Path, keep_last: int) -> Path | None:
         """Call on every rank; rank 0 seals the checkpoint and returns its path. Without FSDP2 the
         models are plain HF directories; under FSDP2 every rank writes its own shards of weights and
-        optimiser states with torch.distributed.checkpoint, so no process holds the full state."""
+        optimiser states with torch.distributed.checkpoint, so no process holds the full state.
+        With rollouts ahead it first waits for the batches sampled from weights older than these."""
+        if self.ahead:
+            self.ahead.settle(self.state.step)
         state, best = self.state_dict(), self.state.best
         meta, keep = {"best": best}, ({best["step"]} if best else set())
 

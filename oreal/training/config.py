@@ -160,6 +160,16 @@ class TrainConfig:
     engine: str = setting("auto", "rollout engine: " + " | ".join(ENGINE_NAMES) + " (auto: hf_sampler on CPU, "
                                   "hf_device on GPU; an engine's own settings: the section of its name, "
                                   + ", ".join(f"{n}.*" for n in ENGINE_SECTIONS) + ")")
+    max_staleness: int = setting(0, "rollouts ahead: the batches of the next S steps are sampled by rollout workers "
+                                    "(their own processes and weights) while the trainer trains, each from weights at "
+                                    "most S steps old, their log-probs the ratio objectives' pi_old (0: sample, then "
+                                    "train, in one loop)")
+    rollout_workers: int = setting(1, "max_staleness > 0: rollout worker processes, each sampling its share of a batch")
+    rollout_threads: int = setting(1, "max_staleness > 0 on CPU: torch threads of each rollout worker")
+    rollout_device: str = setting("auto", "max_staleness > 0: where the workers sample (auto: cpu on a CPU run; on a "
+                                          "GPU run cuda:N, the GPUs after the trainer's ranks, one a worker)")
+    rollout_timeout: float = setting(300.0, "max_staleness > 0: seconds a rollout worker may show no progress "
+                                            "before it counts as hung and the workers restart")
     seed: int = setting(0, "seed of the run")
     threads: int = setting(0, "torch threads on CPU (0: the cores free at the start)")
     max_seconds: float = setting(0.0, "stop after this long, with a checkpoint (0: no limit)")
@@ -258,6 +268,26 @@ class TrainConfig:
         for t in self.trackers:
             if t not in TRACKERS:
                 raise ConfigError(f"trackers: {t!r} is not one of {list(TRACKERS)}")
+        self._check_ahead()
+
+    def _check_ahead(self) -> None:
+        """Rollouts ahead (`max_staleness`) and what it cannot be combined with yet."""
+        if self.max_staleness < 0:
+            raise ConfigError("max_staleness: must be >= 0 (0: sample, then train)")
+        if self.rollout_workers < 1 or self.rollout_threads < 1 or self.rollout_timeout <= 0:
+            raise ConfigError("rollout_workers and rollout_threads: at least 1; rollout_timeout: above 0")
+        if not self.max_staleness:
+            return
+        if not self.sampling.return_logprobs:
+            raise ConfigError("max_staleness > 0 trains on the workers' log-probs of the sampled tokens (pi_old): "
+                              "set sampling.return_logprobs=true")
+        if self.algo.refill_rounds:
+            raise ConfigError("max_staleness > 0 with algo.refill_rounds is not supported yet: a refill decides on "
+                              "the step's rewards, which a batch sampled ahead does not have when it is drawn; "
+                              "set algo.refill_rounds=0")
+        if self.batch_questions < self.rollout_workers:
+            raise ConfigError(f"batch_questions={self.batch_questions} for {self.rollout_workers} rollout_workers: "
+                              f"each worker samples a share of a batch")
 
 
 def trained_in_low_precision(cfg: "TrainConfig") -> list[str]:

@@ -14,9 +14,14 @@ optimiser step (with the reference's, also once), and every pass over the batch 
 against them: from the second optimiser step on the ratios move and the clips bind. Each
 mini-batch is one optimiser step normalised over its own rows (its `TokenCounts`, summed over
 ranks), as veRL's and TRL's mini-batches are; the rows are split in order, no shuffling.
+
+With rollouts ahead (`max_staleness` > 0) the batch was sampled by a rollout worker from older
+weights: pi_old is that behaviour policy, the log-probs the worker kept of the tokens it sampled
+(`engine_logp`), at every update, so the ratio objectives' ratios and clips measure the staleness.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -54,6 +59,7 @@ class PolicyStage:
         o, a = cfg.optim, cfg.algo
         self.policy, self.ref, self.algo, self.device, self.clock = policy, ref, a, device, clock
         self.fsdp, self.grad_clip, self.chunk = cfg.fsdp, o.grad_clip, cfg.logprob_chunk
+        self.behaviour = cfg.max_staleness > 0  # pi_old: the rollout worker's log-probs of its samples
         # the schedule counts optimiser steps: several a batch stretch it (and its warm-up) alike
         per_batch = a.updates_per_batch * a.mini_batches
         self.opt, self.sched = make_optimizer(policy, o.lr, o.weight_decay, o.warmup * per_batch,
@@ -127,8 +133,8 @@ class PolicyStage:
         """(log pi_old, log pi_ref) of every micro-batch of every mini-batch, with no gradient, from
         the policy as it is before the batch's first optimiser step (and the reference)."""
         with torch.no_grad():
-            out = [[(self.logprobs(self.policy, mb.inputs, entropy=False)[0], self.ref_logprobs(mb.inputs))
-                    for mb in mini.micro] for mini in minis]
+            out = [[(mb.batch.engine_logp if self.behaviour else self.logprobs(self.policy, mb.inputs, entropy=False)[0],
+                     self.ref_logprobs(mb.inputs)) for mb in mini.micro] for mini in minis]
         dist_utils.reshard_root(self.policy)
         return out
 
@@ -147,6 +153,8 @@ class PolicyStage:
                 ref_logp = self.ref_logprobs(x)
             inputs = algo.LossInputs.on_policy(logp, ref_logp, mb.mask, mb.positive, mb.adv, weights, counts,
                                                mb.engine_logp)
+            if self.behaviour:
+                inputs = dataclasses.replace(inputs, old_logp=mb.engine_logp)
         else:
             inputs = algo.LossInputs(logp=logp, old_logp=prior[0], ref_logp=prior[1], engine_logp=mb.engine_logp,
                                      mask=mb.mask, positive=mb.positive, adv=mb.adv, weights=weights, counts=counts)

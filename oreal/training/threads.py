@@ -56,12 +56,12 @@ def busy_fraction(window: float = 0.25) -> float:
     return (b[0] - a[0]) / total if total > 0 else 0.0
 
 
-def auto_threads(cores: int | None = None, busy: float | None = None) -> int:
-    """The idle cores now (`cores` x (1 - busy share)), at least 1, shared out among the
-    processes torchrun started on this machine."""
+def auto_threads(cores: int | None = None, busy: float | None = None, reserved: int = 0) -> int:
+    """The idle cores now (`cores` x (1 - busy share)), less `reserved` (the rollout workers'
+    threads, on rank 0), at least 1, shared out among the processes torchrun started on this machine."""
     cores = usable_cores() if cores is None else cores
     busy = busy_fraction() if busy is None else busy
-    free = round(cores * (1.0 - busy))
-    per_rank = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    free = round(cores * (1.0 - busy)) - reserved
+    per_rank = max(1, (cores - reserved) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(1, min(per_rank, free))
 
