@@ -479,3 +479,27 @@ def test_a_rank_ends_with_its_code_and_its_output_flushed():
             "sys.stdout.write('last line'); sys.stderr.write('last error'); end_job(3)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (r.returncode, r.stdout, r.stderr) == (3, "last line", "last error")
+
+
+@pytest.mark.slow
+def test_two_fsdp2_ranks_with_a_rollout_worker_match_one_process(tmp_path):
+    """max_staleness=1 under torchrun: rank 0 starts the worker and broadcasts the gathered FSDP2 weights
+    to it over their own gloo group; each rank grades and trains its share of the worker's batch."""
+    env, cli = _write_cfg(tmp_path)
+    cli = [*cli, "max_staleness=1", "steps=4"]
+    one = subprocess.run([sys.executable, *cli, f"out={tmp_path / 'one'}"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(env, cli, f"out={tmp_path / 'two'}", "fsdp=true")
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in ("one", "two")}
+    assert [r["staleness"] for r in rows["two"]] == [0, 1, 1, 1]
+    for a, b in zip(rows["one"], rows["two"]):
+        assert (a["reward"], a["selected"], a["response_tokens"], a["staleness"]) == \
+            (b["reward"], b["selected"], b["response_tokens"], b["staleness"])
+        for k in ("loss", "kl", "entropy"):
+            if a[k] is not None:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-7), k
+    assert sum(r["actor_updated"] for r in rows["two"]) >= 2  # step 4 trained on weights the worker got by broadcast
+    wa, wb = (load_file(str(tmp_path / n / "final" / "policy" / "model.safetensors")) for n in ("one", "two"))
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=2e-6) for k in wa)

@@ -35,6 +35,10 @@ import torch.distributed as dist
 from .. import faults
 
 
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+                "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     model_dir: str  # the policy's HF directory: the architecture (its weights come from the first push)
@@ -232,7 +236,9 @@ def launch(spec: WorkerSpec) -> subprocess.Popen:
     """A worker process for `spec` (its own interpreter: nothing of the trainer's is inherited but the
     environment, and no script is imported again as `spawn` would)."""
     blob = base64.b64encode(pickle.dumps(spec)).decode()
-    return subprocess.Popen([sys.executable, "-m", "oreal.rollout.worker", blob, str(os.getpid())])
+    # not a torchrun rank: it joins no default group, and reads nothing of rank 0's place in one
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
+    return subprocess.Popen([sys.executable, "-m", "oreal.rollout.worker", blob, str(os.getpid())], env=env)
 
 
 def as_record(s: Sampled) -> dict:
