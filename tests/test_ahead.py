@@ -72,6 +72,8 @@ def test_the_settings_are_checked_before_anything_starts(data, tmp_path):
     cfg = _cfg(data, tmp_path, "max_staleness=1", "rollout_workers=2")
     spec = worker_spec(cfg, "/m", world=1)
     assert spec.devices == ("cpu", "cpu") and spec.engine == "hf_sampler" and spec.threads == 1
+    one = worker_spec(_cfg(data, tmp_path, "max_staleness=1", "rollout_device=cpu", "rollout_threads=2"), "/m", 1)
+    assert one.devices == ("cpu",) and one.threads == 2
     gpu = _cfg(data, tmp_path, "max_staleness=1", "rollout_workers=2")
     gpu.device = "cuda"  # the GPUs after the trainer's ranks, one a worker (not run here: no GPU)
     assert worker_spec(gpu, "/m", world=4).devices == ("cuda:4", "cuda:5")
@@ -161,6 +163,20 @@ def test_a_worker_that_dies_is_restarted_and_the_run_goes_on(data, verifier, tmp
     assert [r["worker_restarts"] for r in result.history] == [0, 0, 1, 0]
     assert any("died" in str(line) and "restarting the rollout workers" in str(line) for line in logs)
     assert [r["staleness"] for r in result.history][3] <= 1
+
+
+@pytest.mark.slow
+def test_two_workers_sample_the_batch_one_worker_samples(data, verifier, tmp_path):
+    """Each worker samples its share of a batch with each prompt's own seed: the run does not depend on
+    how many workers share it."""
+    runs = []
+    for n in (1, 2):
+        cfg = _cfg(data, tmp_path / f"w{n}", "max_staleness=1", "steps=3", "save_every=0", f"rollout_workers={n}")
+        result = train(cfg, verifier, log=lambda *a: None)
+        result.trainer.close()
+        runs.append(result)
+    for a, b in zip(*(r.history for r in runs)):
+        assert (a["reward"], a["response_tokens"], a["loss"]) == (b["reward"], b["response_tokens"], b["loss"])
 
 
 @pytest.mark.slow

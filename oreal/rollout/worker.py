@@ -54,6 +54,7 @@ class WorkerSpec:
     size: int = 0  # the trainer and its workers
     generation: int = 0  # 0 for the first workers, +1 at each restart (a fault fires in generation 0 only)
     chunk: int = 8  # prompts a `sample` call, between heartbeats
+    options: object = None  # the engine's own settings (`vllm.*` for engine=vllm)
     hang_s: float = 300.0  # seconds without progress before the trainer counts a worker as hung
     timeout_s: float = 600.0  # a collective's timeout in the weight group
 
@@ -147,7 +148,7 @@ class Channel:
 
     def __init__(self, store, prefix: str, rank: int, outbox: str, inbox: str):
         self.store, self.key = store, f"{prefix}-channel/{rank}"
-        self.outbox, self.inbox, self.sent, self.read = outbox, inbox, 0, 0
+        self.outbox, self.inbox, self.sent, self.read, self.beaten = outbox, inbox, 0, 0, 0.0
 
     def put(self, msg) -> None:
         self.store.set(f"{self.key}/{self.outbox}/{self.sent}", pickle.dumps(msg))
@@ -164,7 +165,8 @@ class Channel:
         return msg
 
     def beat(self) -> None:
-        self.store.set(f"{self.key}/beat", repr(time.time()))
+        self.beaten = time.time()
+        self.store.set(f"{self.key}/beat", repr(self.beaten))
 
     def last_beat(self) -> float:
         key = f"{self.key}/beat"
@@ -185,8 +187,8 @@ def worker_main(spec: WorkerSpec, parent_pid: int) -> None:
     channel = Channel(store, spec.group, spec.rank, "res", "cmd")
     model = load_policy(spec.model_dir, spec.dtype, spec.device).eval().requires_grad_(False)
     tok = load_tokenizer(spec.model_dir)
-    engine = make_engine(spec.engine, model, tok, EngineSetup(spec.model_dir, None, spec.dtype, spec.seed,
-                                                              log=lambda *a, **k: None))
+    engine = make_engine(spec.engine, model, tok, EngineSetup(spec.model_dir, spec.options, spec.dtype, spec.seed,
+                                                              log=lambda *a, **k: None, device=torch.device(spec.device)))
     group = weight_group(spec.store_host, spec.store_port, spec.group, spec.rank, spec.size, spec.timeout_s, store)
     version = None
     channel.beat()
@@ -198,6 +200,8 @@ def worker_main(spec: WorkerSpec, parent_pid: int) -> None:
         if cmd is None:
             if os.getppid() != parent_pid:  # the trainer is gone (killed): so is its worker
                 return
+            if time.time() - channel.beaten > 1.0:  # idle is not hung: the trainer may train for long
+                channel.beat()
             time.sleep(0.01)
             continue
         if cmd == "stop":

@@ -41,6 +41,7 @@ from ..rollout.worker import (Channel, Sample, Sampled, Version, Weights, Worker
                               flat_by_dtype, from_record, launch, weight_group)
 
 MAX_RESTARTS = 3  # restarts in a row without a batch coming back before the run stops
+STARTUP_S = 900.0  # the least time a worker has to load its model before it first beats (vLLM takes minutes)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class Taken:
 
 def worker_spec(cfg, model_dir: str, world: int) -> WorkerSpec:
     """The rollout workers' settings from the run's config (the weight group's filled in at start)."""
-    from ..rollout import resolve_engine
+    from ..rollout import options_class, resolve_engine
 
     n = cfg.rollout_workers
     device = cfg.rollout_device if cfg.rollout_device != "auto" else cfg.device.split(":")[0]
@@ -75,8 +76,10 @@ def worker_spec(cfg, model_dir: str, world: int) -> WorkerSpec:
         devices = tuple(f"cuda:{first + i}" for i in range(n))
     else:
         devices = (device,) * n
-    return WorkerSpec(model_dir, resolve_engine(cfg.engine, devices[0]), cfg.dtype, devices, cfg.rollout_threads,
-                      cfg.seed, hang_s=cfg.rollout_timeout, timeout_s=cfg.dist_timeout)
+    engine = resolve_engine(cfg.engine, devices[0])
+    return WorkerSpec(model_dir, engine, cfg.dtype, devices, cfg.rollout_threads, cfg.seed,
+                      options=getattr(cfg, engine) if options_class(engine) else None, hang_s=cfg.rollout_timeout,
+                      timeout_s=cfg.dist_timeout)
 
 
 def admit(step: int, version: int, staleness: int) -> None:
@@ -137,9 +140,12 @@ class Workers:
     def dead(self) -> list[int]:
         return [i + 1 for i, p in enumerate(self.procs) if p.poll() is not None]
 
-    def silent_for(self) -> float:
-        """Seconds since the quietest worker last showed progress (since the start, for one still loading)."""
-        return time.time() - min(c.last_beat() or self.started for c in self.channels)
+    def hung(self, timeout_s: float) -> bool:
+        """Whether a worker showed no sign of life for `timeout_s` seconds: it beats while it samples,
+        after each command and every second while idle; one still loading has `STARTUP_S` at least."""
+        now = time.time()
+        return any(now - beat > timeout_s if (beat := c.last_beat()) else now - self.started > max(timeout_s, STARTUP_S)
+                   for c in self.channels)
 
     def stop(self, kill: bool = False) -> None:
         if not kill:
@@ -171,16 +177,14 @@ class RolloutsAhead:
         self.version: int | None = None  # the newest published
         self.snapshot: tuple[Weights, list[torch.Tensor]] | None = None  # a restarted worker gets these
         self.workers: Workers | None = None
+        self.started = False  # on every rank, from the first step on
         self.store = None
         self.generation = -1
         self.failed_starts = 0
 
-    @property
-    def started(self) -> bool:
-        return self.workers is not None
-
     def start(self) -> None:
-        """Spawn the workers (rank 0). The weights follow with `publish`."""
+        """Spawn the workers (rank 0; every rank marks them started). The weights follow with `publish`."""
+        self.started = True
         if not self.main:
             return
         import torch.distributed as dist
@@ -252,14 +256,15 @@ class RolloutsAhead:
 
     def _wait(self, done) -> int:
         """Collect results until `done()`, restarting workers that died or hung; the restarts."""
-        restarts = 0
+        restarts, checked = 0, time.time()
         while not done():
             got = self.workers.results()
             if not got:
-                why = self._trouble()
-                if why:
-                    restarts += 1
-                    self.restart(why)
+                if time.time() - checked > 1.0:  # a worker's health, once a second
+                    checked = time.time()
+                    if why := self._trouble():
+                        restarts += 1
+                        self.restart(why)
                 time.sleep(0.01)
                 continue
             self.failed_starts = 0
@@ -274,9 +279,8 @@ class RolloutsAhead:
         w = self.workers
         if dead := w.dead():
             return f"rollout worker {dead} died (exit code {[w.procs[i - 1].returncode for i in dead]})"
-        busy = any(s not in self.ready for s in self.requests)
-        if busy and w.silent_for() > self.timeout_s:
-            return f"a rollout worker showed no progress for {self.timeout_s:g} s (worker_timeout)"
+        if w.hung(self.timeout_s):
+            return f"a rollout worker showed no progress for {self.timeout_s:g} s (rollout_timeout)"
         return None
 
     def restart(self, why: str) -> None:
@@ -320,4 +324,4 @@ class RolloutsAhead:
                     self._send_sample(self.requests[step])
 
 
-__all__ = ["MAX_RESTARTS", "Request", "RolloutsAhead", "Taken", "admit", "merge", "split_prompts", "worker_spec"]
+__all__ = ["MAX_RESTARTS", "STARTUP_S", "Request", "RolloutsAhead", "Taken", "admit", "merge", "split_prompts", "worker_spec"]
