@@ -67,6 +67,8 @@ def test_the_settings_are_checked_before_anything_starts(data, tmp_path):
         _cfg(data, tmp_path, "max_staleness=-1")
     with pytest.raises(ConfigError, match="refill_rounds is not supported yet"):
         _cfg(data, tmp_path, "max_staleness=1", "algo.name=dapo")
+    with pytest.raises(ConfigError, match="weigh the stale tokens twice"):
+        _cfg(data, tmp_path, "max_staleness=1", "algo.tis_cap=2")
     with pytest.raises(ConfigError, match="return_logprobs=true"):
         _cfg(data, tmp_path, "max_staleness=1", "sampling.return_logprobs=false")
     cfg = _cfg(data, tmp_path, "max_staleness=1", "rollout_workers=2")
@@ -87,9 +89,14 @@ def test_the_ahead_state_of_a_checkpoint_round_trips():
     from oreal.rollout.engine import Rollout
 
     a.ready = {3: Sampled(3, 1, [[Rollout(0, 0, [1], [2, 3], "x", True, [-0.5, -0.25])]], 0.1)}
-    b = RolloutsAhead(1, spec, 2, SamplingConfig(max_new_tokens=4), main=False)
+    b = RolloutsAhead(1, spec, 2, SamplingConfig(max_new_tokens=4), main=True)
     b.load_state_dict(a.state_dict())
     assert b.requests == a.requests and b.ready[3].groups == a.ready[3].groups and b.ready[3].version == 1
+    other = RolloutsAhead(1, spec, 2, SamplingConfig(max_new_tokens=4), main=False)
+    other.load_state_dict(a.state_dict())
+    assert other.requests == a.requests and not other.ready  # rank 0 sends the batches
+    with pytest.raises(ckpt.CheckpointError, match="written with max_staleness=1"):
+        RolloutsAhead(2, spec, 2, SamplingConfig(max_new_tokens=4), main=True).load_state_dict(a.state_dict())
 
 
 # --------------------------------------------------------------------------- one worker
@@ -246,3 +253,14 @@ def test_a_kill_at_any_moment_resumes_to_the_same_bits(data, references, s, faul
     assert p.returncode == 0, p.stderr[-3000:]
     assert "resumed from" in p.stdout
     _same_bits(ref, out)
+
+
+def test_a_checkpoint_resumes_only_at_its_staleness(data, references, tmp_path):
+    """Its batches were drawn and sampled for its S: another S (0 included) is refused, not run."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(references(1), out)
+    for s in (0, 2):
+        p = _run(data, out, f"max_staleness={s}", "resume=auto", "steps=8")
+        assert p.returncode != 0 and "written with max_staleness=1" in p.stderr, p.stderr[-2000:]

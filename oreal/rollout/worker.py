@@ -22,10 +22,13 @@ import dataclasses
 import faulthandler
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -175,6 +178,10 @@ class Channel:
 
 def worker_main(spec: WorkerSpec, parent_pid: int) -> None:
     faulthandler.enable()
+    # a Ctrl-C or a scheduler's SIGTERM is the trainer's to handle: it checkpoints with its batches in
+    # flight, which needs its workers alive; a worker ends on "stop" or when the trainer is gone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     torch.set_num_threads(spec.threads)
     from transformers.utils import logging as hf_logging
 
@@ -207,7 +214,8 @@ def worker_main(spec: WorkerSpec, parent_pid: int) -> None:
         if cmd == "stop":
             return
         if isinstance(cmd, Weights):
-            receive_weights(group, model, cmd)
+            with beating(channel):  # a worker waiting in the broadcast for a slower one is not hung
+                receive_weights(group, model, cmd)
             if engine.holds_weights:  # an engine with its own copy (vLLM) takes them from the model
                 engine.update_weights(model.named_parameters())
             version = cmd.version
@@ -216,6 +224,23 @@ def worker_main(spec: WorkerSpec, parent_pid: int) -> None:
         else:
             channel.put(sample(engine, cmd, version, spec, channel))
         channel.beat()
+
+
+@contextmanager
+def beating(channel: Channel, every_s: float = 1.0):
+    """Beat from a thread for the block (a collective that waits on others)."""
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(every_s):
+            channel.beat()
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
 
 
 def sample(engine, cmd: Sample, version: int, spec: WorkerSpec, channel: Channel) -> Sampled:
@@ -242,11 +267,14 @@ def launch(spec: WorkerSpec) -> subprocess.Popen:
     blob = base64.b64encode(pickle.dumps(spec)).decode()
     # not a torchrun rank: it joins no default group, and reads nothing of rank 0's place in one
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
-    return subprocess.Popen([sys.executable, "-m", "oreal.rollout.worker", blob, str(os.getpid())], env=env)
+    # its own session: a Ctrl-C at the terminal reaches the trainer, not its workers
+    return subprocess.Popen([sys.executable, "-m", "oreal.rollout.worker", blob, str(os.getpid())], env=env,
+                            start_new_session=True)
 
 
 def as_record(s: Sampled) -> dict:
     """A `Sampled` as plain data, for a checkpoint."""
+    assert s.error is None  # a failed batch is raised when it comes back, never kept
     return {"step": s.step, "version": s.version, "seconds": s.seconds,
             "groups": [[dataclasses.asdict(r) for r in g] for g in s.groups]}
 

@@ -36,7 +36,7 @@ import torch
 
 from .. import faults
 from ..data import Problem
-from ..errors import TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..rollout.worker import (Channel, Sample, Sampled, Version, Weights, WorkerSpec, as_record, broadcast,
                               flat_by_dtype, from_record, launch, weight_group)
 
@@ -74,6 +74,9 @@ def worker_spec(cfg, model_dir: str, world: int) -> WorkerSpec:
     if device == "cuda":  # one GPU a worker, after the trainer's ranks on this machine
         first = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         devices = tuple(f"cuda:{first + i}" for i in range(n))
+        if torch.cuda.is_available() and first + n > torch.cuda.device_count():
+            raise ConfigError(f"rollout_workers={n} need GPUs cuda:{first} to cuda:{first + n - 1} after the trainer's "
+                              f"{first}; this machine has {torch.cuda.device_count()} (rollout_device names another)")
     else:
         devices = (device,) * n
     engine = resolve_engine(cfg.engine, devices[0])
@@ -234,14 +237,18 @@ class RolloutsAhead:
         """Step `step`'s batch, on every rank (rank 0 waits for it and sends it to the others)."""
         from .. import distributed as dist_utils
 
+        if step not in self.requests:  # e.g. a run asked for more steps than the trainer was built for
+            raise TrainingError(f"step {step}: no batch was submitted for it (the trainer drew batches up to "
+                                f"step {max(self.requests, default=0)})")
         t0 = time.perf_counter()
         faults.inject("rollout_wait", step)  # a kill while the workers sample
         restarts = self._wait(lambda: step in self.ready) if self.main else 0
 
         def rank0():
             got = self.ready.pop(step)
-            if got.error:
-                raise TrainingError(f"the rollout worker failed on step {step}'s batch:\n{got.error}")
+            if len(got.groups) != len(self.requests[step].prompts):  # never pair responses with other questions
+                raise TrainingError(f"step {step}: the rollout workers sent {len(got.groups)} groups for "
+                                    f"{len(self.requests[step].prompts)} questions")
             admit(step, got.version, self.staleness)
             return got.groups, got.version, got.seconds
         groups, version, seconds = dist_utils.from_rank0(rank0)
@@ -255,7 +262,15 @@ class RolloutsAhead:
             self._wait(lambda: all(s in self.ready for s, r in self.requests.items() if r.after < version))
 
     def _wait(self, done) -> int:
-        """Collect results until `done()`, restarting workers that died or hung; the restarts."""
+        """Collect results until `done()`, restarting workers that died or hung; the restarts. On any
+        error the workers are killed: none outlives a failed run."""
+        try:
+            return self._collect(done)
+        except BaseException:
+            self.close(kill=True)
+            raise
+
+    def _collect(self, done) -> int:
         restarts, checked = 0, time.time()
         while not done():
             got = self.workers.results()
@@ -272,13 +287,18 @@ class RolloutsAhead:
                 parts = self.parts.setdefault(part.step, {})
                 parts[part.worker] = part
                 if len(parts) == self.n and part.step in self.requests:
-                    self.ready[part.step] = merge([parts[i] for i in sorted(self.parts.pop(part.step))])
+                    got = merge([parts[i] for i in sorted(self.parts.pop(part.step))])
+                    if got.error:  # a prompt too long, a broken engine: not something a restart mends
+                        raise TrainingError(f"the rollout worker failed on step {part.step}'s batch:\n{got.error}")
+                    self.ready[part.step] = got
         return restarts
 
     def _trouble(self) -> str | None:
         w = self.workers
         if dead := w.dead():
             return f"rollout worker {dead} died (exit code {[w.procs[i - 1].returncode for i in dead]})"
+        if w.error:
+            return f"the weight broadcast to the rollout workers failed:\n{w.error}"
         if w.hung(self.timeout_s):
             return f"a rollout worker showed no progress for {self.timeout_s:g} s (rollout_timeout)"
         return None
@@ -286,10 +306,10 @@ class RolloutsAhead:
     def restart(self, why: str) -> None:
         """Kill the workers, start new ones from the newest weights and send them every request in flight."""
         self.failed_starts += 1
+        self.workers.stop(kill=True)
         if self.failed_starts > MAX_RESTARTS:
             raise TrainingError(f"{why}; {MAX_RESTARTS} restarts in a row brought no batch back, stopping")
         self.log(f"{why}: restarting the rollout workers from version {self.version} of the weights")
-        self.workers.stop(kill=True)
         self.parts.clear()
         self.start()
         msg, buffers = self.snapshot
@@ -298,23 +318,27 @@ class RolloutsAhead:
             if step not in self.ready:
                 self._send_sample(self.requests[step])
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self.workers is not None:
-            self.workers.stop()
+            self.workers.stop(kill)
             self.workers = None
+        self.store = None  # its port closes with it
 
     # -- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         """The requests in flight and the batches sampled and not yet taken (call `settle` first)."""
-        return {"requests": [dataclasses.asdict(r) for r in self.requests.values()],
+        return {"staleness": self.staleness, "requests": [dataclasses.asdict(r) for r in self.requests.values()],
                 "ready": [as_record(s) for s in self.ready.values()]}
 
     def load_state_dict(self, st: dict) -> None:
+        if st.get("staleness") != self.staleness:  # its batches were drawn and sampled for another S
+            raise CheckpointError(f"the checkpoint was written with max_staleness={st.get('staleness')}; resume with "
+                                  f"that (this run has max_staleness={self.staleness})")
         self.requests = {}
         for r in st["requests"]:
             r = dict(r, questions=[Problem(**q) for q in r["questions"]])
             self.requests[r["step"]] = Request(**r)
-        self.ready = {d["step"]: from_record(d) for d in st["ready"]}
+        self.ready = {d["step"]: from_record(d) for d in st["ready"]} if self.main else {}  # rank 0 sends them
 
     def resubmit(self) -> None:
         """After a resume: the restored requests not yet sampled, in step order."""

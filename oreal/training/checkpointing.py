@@ -91,6 +91,9 @@ class Checkpointing:
 
     def load_checkpoint(self, path: Path) -> None:
         st = ckpt.load_trainer_state(path)
+        if st.get("ahead") and self.ahead is None:
+            raise ckpt.CheckpointError(f"{path} was written with max_staleness={st['ahead']['staleness']} and holds "
+                                       f"the batches it sampled ahead; resume with that max_staleness")
         if self.credit is not None and CREDIT not in st.get("models", [CREDIT]):
             raise ckpt.CheckpointError(f"{path} has no credit model but this config uses one (algo.token_weights)")
         if (path / "sharded").is_dir():  # DCP shards, resharded to this run's world size

@@ -285,6 +285,10 @@ class TrainConfig:
             raise ConfigError("max_staleness > 0 with algo.refill_rounds is not supported yet: a refill decides on "
                               "the step's rewards, which a batch sampled ahead does not have when it is drawn; "
                               "set algo.refill_rounds=0")
+        if self.algo.tis_cap:
+            raise ConfigError("max_staleness > 0 with algo.tis_cap would weigh the stale tokens twice: pi_old is "
+                              "already the rollout worker's log-probs, which the ratio objectives correct for; "
+                              "set algo.tis_cap=0")
         if self.batch_questions < self.rollout_workers:
             raise ConfigError(f"batch_questions={self.batch_questions} for {self.rollout_workers} rollout_workers: "
                               f"each worker samples a share of a batch")
