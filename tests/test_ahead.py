@@ -173,6 +173,7 @@ def test_a_worker_that_dies_is_restarted_and_the_run_goes_on(data, verifier, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive
 def test_two_workers_sample_the_batch_one_worker_samples(data, verifier, tmp_path):
     """Each worker samples its share of a batch with each prompt's own seed: the run does not depend on
     how many workers share it."""
@@ -239,9 +240,9 @@ def references(data):
 
 @pytest.mark.parametrize("s,fault", [
     (1, "rollout_wait@3"),  # the worker mid-sample, the trainer waiting for it (the queue empty)
-    pytest.param(1, "weights_push@3", marks=pytest.mark.slow),  # a weight broadcast in flight
-    pytest.param(2, "checkpoint_write@4", marks=pytest.mark.slow),  # mid-save, the next S batches in it
-    pytest.param(2, "step_end@5", marks=pytest.mark.slow),  # the queue full: S batches sampled ahead
+    pytest.param(1, "weights_push@3", marks=[pytest.mark.slow, pytest.mark.exhaustive]),  # a weight broadcast in flight
+    pytest.param(2, "checkpoint_write@4", marks=[pytest.mark.slow, pytest.mark.exhaustive]),  # mid-save, the next S batches in it
+    pytest.param(2, "step_end@5", marks=[pytest.mark.slow, pytest.mark.exhaustive]),  # the queue full: S batches sampled ahead
 ])
 def test_a_kill_at_any_moment_resumes_to_the_same_bits(data, references, s, fault, tmp_path):
     ref = references(s)
@@ -255,6 +256,8 @@ def test_a_kill_at_any_moment_resumes_to_the_same_bits(data, references, s, faul
     _same_bits(ref, out)
 
 
+@pytest.mark.slow
+@pytest.mark.exhaustive
 def test_a_checkpoint_resumes_only_at_its_staleness(data, references, tmp_path):
     """Its batches were drawn and sampled for its S: another S (0 included) is refused, not run."""
     import shutil
